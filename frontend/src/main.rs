@@ -1,1 +1,39 @@
-fn main() {}
+//! `vfio-gate`: parse the command line, run one subcommand, map the outcome to an exit status.
+//! The exit statuses are listed in `vfio_gate::error` and in `vfio-gate --help`.
+
+use std::io;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use vfio_gate::cli::{Cli, Command};
+use vfio_gate::client::Client;
+use vfio_gate::commands::{self, Context};
+use vfio_gate::error::Error;
+use vfio_gate::messages;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => return messages::usage(&err, std::env::args_os()),
+    };
+    match run(&cli) {
+        Ok(code) => code,
+        Err(err) => messages::report(&err, cli.json),
+    }
+}
+
+fn run(cli: &Cli) -> Result<ExitCode, Error> {
+    let ctx = Context {
+        client: Client::new(&cli.socket, Duration::from_secs(cli.timeout)),
+        json: cli.json,
+        pci_ids: cli.pci_ids.as_deref(),
+    };
+    let mut out = io::stdout().lock();
+    let status = match &cli.command {
+        Command::List(args) => commands::list(&ctx, args, &mut out)?,
+        Command::Bind(args) => commands::bind(&ctx, args, &mut out)?,
+        Command::Release(args) => commands::release(&ctx, args, &mut out)?,
+    };
+    Ok(status.into())
+}

@@ -1,0 +1,478 @@
+//! What can go wrong, which exit status it gives, and what the user should do next.
+//!
+//! Exit statuses (scripts rely on these numbers; never renumber them):
+//!
+//! | code | meaning |
+//! |---|---|
+//! | 0 | success |
+//! | 1 | any other failure: the kernel refused, the helper failed or timed out, its answer made no sense |
+//! | 2 | bad usage: unknown option, malformed address or driver (clap's own) |
+//! | 3 | denied by the policy or a built-in guard |
+//! | 4 | no such device |
+//! | 5 | the helper is unreachable: socket missing, connection refused, or not permitted |
+//! | 6 | busy: try again |
+//! | 7 | protocol version mismatch: the frontend and the helper come from different releases |
+
+use std::io;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use vfio_gate_protocol::{DecodeError, EncodeError, FrameError, PciAddress, RuleRef, WireError};
+
+/// The `--help` copy of the table above.
+pub const EXIT_STATUS_HELP: &str = "\
+Exit status:
+  0  success
+  1  other failure: the kernel refused, the helper failed or timed out, its answer made no sense
+  2  bad usage: unknown option, malformed address or driver
+  3  denied by the policy or a built-in guard
+  4  no such device
+  5  the helper is unreachable: socket missing, connection refused, or not permitted
+  6  busy: try again
+  7  protocol version mismatch: vfio-gate and vfio-gated come from different releases";
+
+/// The policy file the helper reads unless its admin passed `--policy`.
+pub const DEFAULT_POLICY: &str = "/etc/vfio-gate/policy.toml";
+
+/// The exit status of `vfio-gate`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Status {
+    Ok = 0,
+    Failure = 1,
+    Usage = 2,
+    Denied = 3,
+    NotFound = 4,
+    Unreachable = 5,
+    Busy = 6,
+    VersionMismatch = 7,
+}
+
+impl Status {
+    pub const ALL: [Status; 8] = [
+        Status::Ok,
+        Status::Failure,
+        Status::Usage,
+        Status::Denied,
+        Status::NotFound,
+        Status::Unreachable,
+        Status::Busy,
+        Status::VersionMismatch,
+    ];
+
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+}
+
+impl From<Status> for ExitCode {
+    fn from(s: Status) -> Self {
+        ExitCode::from(s.code())
+    }
+}
+
+/// A failed command. Each variant is one failed step; `Display` says what failed and the source
+/// chain says why (printed once, joined by ": ").
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot reach the vfio-gate helper at {}", socket.display())]
+    Connect {
+        socket: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("sending the request to the helper at {}", socket.display())]
+    Send {
+        socket: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "the helper at {} did not answer within {} s",
+        socket.display(),
+        timeout.as_secs()
+    )]
+    Timeout { socket: PathBuf, timeout: Duration },
+    #[error("reading the helper's answer from {}", socket.display())]
+    Receive {
+        socket: PathBuf,
+        #[source]
+        source: FrameError,
+    },
+    #[error("{}", describe_decode(.0))]
+    Decode(DecodeError),
+    #[error("encoding the request")]
+    Encode(#[source] EncodeError),
+    #[error("the helper answered a {request} request with {got}")]
+    UnexpectedResponse {
+        request: &'static str,
+        got: &'static str,
+    },
+    #[error("{}", describe_wire(.0))]
+    Helper(WireError),
+    #[error("writing the output")]
+    Output(#[source] io::Error),
+}
+
+fn describe_decode(e: &DecodeError) -> String {
+    match e {
+        DecodeError::VersionMismatch { got, expected } => format!(
+            "the helper speaks protocol version {got}, this vfio-gate speaks version {expected}"
+        ),
+        other => format!("the helper's answer cannot be decoded: {other}"),
+    }
+}
+
+fn describe_wire(e: &WireError) -> String {
+    match e {
+        WireError::Denied {
+            rule: Some(rule),
+            reason,
+        } => format!("denied: {reason} (decided by rule {rule})"),
+        WireError::Denied { rule: None, reason } => {
+            format!("denied: {reason} (no policy rule allows it)")
+        }
+        WireError::VersionMismatch { server, client } => format!(
+            "the helper speaks protocol version {server}, this vfio-gate speaks version {client}"
+        ),
+        other => other.to_string(),
+    }
+}
+
+const HELPER_LOG: &str = "the helper's log (journalctl -u vfio-gate.service)";
+const ONE_RELEASE: &str = "Install vfio-gate and vfio-gated from one release, then restart the helper \
+     (systemctl restart vfio-gate.socket)";
+
+impl Error {
+    /// The exit status this error gives.
+    pub fn status(&self) -> Status {
+        match self {
+            Error::Connect { .. } => Status::Unreachable,
+            Error::Decode(DecodeError::VersionMismatch { .. }) => Status::VersionMismatch,
+            Error::Helper(w) => match w {
+                WireError::Denied { .. } => Status::Denied,
+                WireError::NotFound { .. } => Status::NotFound,
+                WireError::Busy { .. } => Status::Busy,
+                WireError::VersionMismatch { .. } => Status::VersionMismatch,
+                _ => Status::Failure,
+            },
+            Error::Send { .. }
+            | Error::Timeout { .. }
+            | Error::Receive { .. }
+            | Error::Decode(_)
+            | Error::Encode(_)
+            | Error::UnexpectedResponse { .. }
+            | Error::Output(_) => Status::Failure,
+        }
+    }
+
+    /// A stable, machine-readable name for the error (`error.kind` under `--json`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Connect { .. } => "unreachable",
+            Error::Receive {
+                source: FrameError::TooLarge { .. } | FrameError::Empty,
+                ..
+            } => "protocol",
+            Error::Send { .. } | Error::Receive { .. } => "connection",
+            Error::Timeout { .. } => "timeout",
+            Error::Decode(DecodeError::VersionMismatch { .. }) => "version_mismatch",
+            Error::Decode(_) | Error::UnexpectedResponse { .. } => "protocol",
+            Error::Encode(_) => "internal",
+            Error::Output(_) => "output",
+            Error::Helper(w) => match w {
+                WireError::Denied { .. } => "denied",
+                WireError::NotFound { .. } => "not_found",
+                WireError::Busy { .. } => "busy",
+                WireError::BadRequest { .. } => "bad_request",
+                WireError::VersionMismatch { .. } => "version_mismatch",
+                WireError::Failed { .. } => "failed",
+                WireError::Internal { .. } => "internal",
+                _ => "other",
+            },
+        }
+    }
+
+    /// What the user can do about it, as one or two sentences.
+    pub fn next_step(&self) -> Option<String> {
+        let step = match self {
+            Error::Connect { source, .. } => match source.kind() {
+                io::ErrorKind::ConnectionRefused => format!(
+                    "The socket exists but no helper is listening on it. Try: systemctl restart \
+                     vfio-gate.socket (or run vfio-gated --listen PATH as root and pass --socket \
+                     PATH), and see {HELPER_LOG}"
+                ),
+                io::ErrorKind::PermissionDenied => "You may not connect to this socket. Ask the \
+                    admin for access (the socket's group and mode are set by SocketGroup= and \
+                    SocketMode= in vfio-gate.socket)"
+                    .to_owned(),
+                _ => "Is the helper installed and its socket enabled? Try: systemctl enable --now \
+                      vfio-gate.socket (or run vfio-gated --listen PATH as root and pass --socket \
+                      PATH)"
+                    .to_owned(),
+            },
+            Error::Receive {
+                source: FrameError::TooLarge { .. } | FrameError::Empty,
+                ..
+            } => format!(
+                "The helper's answer is not a vfio-gate frame. {ONE_RELEASE}; if they do match, \
+                 this is a bug: please report it"
+            ),
+            Error::Send { .. } | Error::Receive { .. } => format!(
+                "The helper closed the connection without answering; it may have crashed. See \
+                 {HELPER_LOG}, then try again"
+            ),
+            Error::Timeout { .. } => format!(
+                "A bind or release can wait on the kernel, for example while a VM still has \
+                 /dev/vfio/<group> open. See {HELPER_LOG}; try again later, or with a longer \
+                 --timeout"
+            ),
+            Error::Decode(DecodeError::VersionMismatch { .. }) => ONE_RELEASE.to_owned(),
+            Error::Decode(_) | Error::UnexpectedResponse { .. } => format!(
+                "vfio-gate and vfio-gated may come from different releases. {ONE_RELEASE}; if \
+                 they do match, this is a bug: please report it"
+            ),
+            Error::Encode(_) => "This is a bug in vfio-gate: please report it".to_owned(),
+            Error::Output(_) => return None,
+            Error::Helper(w) => match w {
+                WireError::Denied {
+                    rule: Some(rule), ..
+                } => format!(
+                    "If you need this, ask the admin; the deciding rule is '{}' at {}:{}",
+                    rule.name, rule.file, rule.line
+                ),
+                WireError::Denied { rule: None, .. } => format!(
+                    "If you need this, ask the admin to add a [[rule]] granting it to you in \
+                     {DEFAULT_POLICY}"
+                ),
+                WireError::NotFound { .. } => {
+                    "Run `vfio-gate list` to see the devices and their addresses".to_owned()
+                }
+                WireError::Busy { .. } => "Try again in a moment".to_owned(),
+                WireError::BadRequest { .. } => format!(
+                    "The helper did not understand this vfio-gate. {ONE_RELEASE}; if they do \
+                     match, this is a bug: please report it"
+                ),
+                WireError::VersionMismatch { .. } => ONE_RELEASE.to_owned(),
+                WireError::Failed { .. } => "The helper put the device back as it was. The \
+                     kernel log says why (dmesg, or journalctl -k); check that the driver's module \
+                     is loaded (lsmod | grep -e vfio_pci -e pci_stub)"
+                    .to_owned(),
+                WireError::Internal { .. } => {
+                    format!("See {HELPER_LOG}, and please report the bug")
+                }
+                _ => format!(
+                    "See {HELPER_LOG}; this vfio-gate may be older than the helper ({ONE_RELEASE})"
+                ),
+            },
+        };
+        Some(step)
+    }
+
+    /// The policy rule behind a denial, if the helper named one.
+    pub fn rule(&self) -> Option<&RuleRef> {
+        match self {
+            Error::Helper(WireError::Denied { rule, .. }) => rule.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// The device the helper could not find.
+    pub fn device(&self) -> Option<PciAddress> {
+        match self {
+            Error::Helper(WireError::NotFound { device }) => Some(*device),
+            _ => None,
+        }
+    }
+
+    /// The socket, for errors about reaching the helper.
+    pub fn socket(&self) -> Option<&std::path::Path> {
+        match self {
+            Error::Connect { socket, .. }
+            | Error::Send { socket, .. }
+            | Error::Timeout { socket, .. }
+            | Error::Receive { socket, .. } => Some(socket),
+            _ => None,
+        }
+    }
+
+    /// True when stdout went away (`vfio-gate list | head`): not worth a message.
+    pub fn is_broken_pipe(&self) -> bool {
+        matches!(self, Error::Output(e) if e.kind() == io::ErrorKind::BrokenPipe)
+    }
+
+    /// The message and its causes, once, joined by ": ". A cause whose text its parent already
+    /// ends with (an error that both prints and exposes its source, like
+    /// `FrameError::Io`) is not repeated.
+    pub fn chain(&self) -> String {
+        let mut text = self.to_string();
+        let mut source = std::error::Error::source(self);
+        while let Some(cause) = source {
+            let cause_text = cause.to_string();
+            if !text.ends_with(&cause_text) {
+                text.push_str(": ");
+                text.push_str(&cause_text);
+            }
+            source = cause.source();
+        }
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn connect(kind: io::ErrorKind) -> Error {
+        Error::Connect {
+            socket: "/run/vfio-gate.sock".into(),
+            source: io::Error::from(kind),
+        }
+    }
+
+    #[test]
+    fn help_lists_every_status_with_its_number() {
+        for s in Status::ALL {
+            assert!(
+                EXIT_STATUS_HELP.contains(&format!("\n  {}  ", s.code())),
+                "{s:?} missing from the exit status help"
+            );
+        }
+        let distinct: std::collections::BTreeSet<u8> = Status::ALL.map(Status::code).into();
+        assert_eq!(distinct.len(), Status::ALL.len());
+    }
+
+    #[test]
+    fn every_way_of_not_reaching_the_helper_is_status_5_with_its_own_advice() {
+        let missing = connect(io::ErrorKind::NotFound);
+        let refused = connect(io::ErrorKind::ConnectionRefused);
+        let denied = connect(io::ErrorKind::PermissionDenied);
+        for e in [&missing, &refused, &denied] {
+            assert_eq!(e.status(), Status::Unreachable);
+            assert_eq!(e.kind(), "unreachable");
+            assert!(
+                e.chain()
+                    .starts_with("cannot reach the vfio-gate helper at /run/vfio-gate.sock: ")
+            );
+        }
+        assert!(
+            missing
+                .next_step()
+                .unwrap()
+                .contains("systemctl enable --now vfio-gate.socket")
+        );
+        assert!(
+            refused
+                .next_step()
+                .unwrap()
+                .contains("no helper is listening")
+        );
+        assert!(
+            denied
+                .next_step()
+                .unwrap()
+                .contains("Ask the admin for access")
+        );
+    }
+
+    #[test]
+    fn wire_errors_map_to_their_statuses() {
+        let addr: PciAddress = "01:00.0".parse().unwrap();
+        let rule = RuleRef {
+            name: "lab".into(),
+            file: "/etc/vfio-gate/policy.toml".into(),
+            line: 12,
+        };
+        for (wire, status, kind, step) in [
+            (
+                WireError::Denied {
+                    rule: Some(rule.clone()),
+                    reason: "r".into(),
+                },
+                Status::Denied,
+                "denied",
+                "'lab' at /etc/vfio-gate/policy.toml:12",
+            ),
+            (
+                WireError::Denied {
+                    rule: None,
+                    reason: "r".into(),
+                },
+                Status::Denied,
+                "denied",
+                "[[rule]]",
+            ),
+            (
+                WireError::NotFound { device: addr },
+                Status::NotFound,
+                "not_found",
+                "vfio-gate list",
+            ),
+            (
+                WireError::Busy { reason: "r".into() },
+                Status::Busy,
+                "busy",
+                "Try again",
+            ),
+            (
+                WireError::BadRequest { reason: "r".into() },
+                Status::Failure,
+                "bad_request",
+                "one release",
+            ),
+            (
+                WireError::VersionMismatch {
+                    server: 2,
+                    client: 1,
+                },
+                Status::VersionMismatch,
+                "version_mismatch",
+                "one release",
+            ),
+            (
+                WireError::Failed { reason: "r".into() },
+                Status::Failure,
+                "failed",
+                "dmesg",
+            ),
+            (
+                WireError::Internal { reason: "r".into() },
+                Status::Failure,
+                "internal",
+                "report",
+            ),
+        ] {
+            let e = Error::Helper(wire);
+            assert_eq!(e.status(), status, "{e:?}");
+            assert_eq!(e.kind(), kind, "{e:?}");
+            let next = e.next_step().unwrap();
+            assert!(next.contains(step), "{e:?}: {next}");
+        }
+    }
+
+    #[test]
+    fn a_version_mismatch_seen_by_the_client_is_status_7() {
+        let e = Error::Decode(DecodeError::VersionMismatch {
+            got: 2,
+            expected: 1,
+        });
+        assert_eq!(e.status(), Status::VersionMismatch);
+        assert_eq!(
+            e.chain(),
+            "the helper speaks protocol version 2, this vfio-gate speaks version 1"
+        );
+    }
+
+    #[test]
+    fn the_chain_includes_each_cause_once() {
+        let e = Error::Receive {
+            socket: "/s".into(),
+            source: FrameError::Io(io::Error::new(io::ErrorKind::ConnectionReset, "reset")),
+        };
+        assert_eq!(
+            e.chain(),
+            "reading the helper's answer from /s: reading a frame: reset"
+        );
+    }
+}

@@ -1,0 +1,36 @@
+//! `vfio-gate`: the unprivileged command line of vfio-gate.
+//!
+//! A user who wants a PCI device for their own VM cannot write sysfs: handing a device to
+//! `vfio-pci` (which exposes it through `/dev/vfio/<iommu-group>`) or to `pci-stub` (which only keeps
+//! host drivers off it) takes root. vfio-gate splits the job in two:
+//!
+//! - the privileged helper `vfio-gated` listens on a Unix socket (`/run/vfio-gate.sock` by
+//!   default), learns who is asking from the kernel (`SO_PEERCRED`), checks an admin-written policy
+//!   and is the only process that writes `/sys`;
+//! - this crate, the frontend, holds no privilege at all. It turns a command line into one typed
+//!   [`Request`](vfio_gate_protocol::Request), sends it as one frame, reads one
+//!   [`Response`](vfio_gate_protocol::Response), and renders it for a person (tables, sentences that
+//!   name the next step) or for a script (`--json`, distinct exit codes).
+//!
+//! Invariants worth keeping:
+//! - The frontend never writes sysfs, never execs anything and never asks for privilege. The only
+//!   files it reads are the PCI ID database (for names) and `/etc/passwd` (for the holder's name),
+//!   and neither is required: when they are missing, ids and uids are shown instead.
+//! - Identity is not part of any request; the helper takes it from the kernel.
+//! - Every failure maps to one [`Status`](error::Status) (the exit code) and, where there is one,
+//!   a next step the user can take. The table lives in [`error`] and in `--help`.
+//!
+//! Map: [`cli`] (clap argument structs; their doc comments are the help text), [`client`] (one
+//! request, one response over the socket), [`commands`] (what each subcommand does), [`output`]
+//! (tables, sentences, JSON), [`pci_ids`] (vendor, device and class names), [`users`] (uid to
+//! name), [`error`] (errors, next steps, exit codes), [`messages`] (how errors and warnings reach
+//! stderr, and stdout under `--json`).
+
+pub mod cli;
+pub mod client;
+pub mod commands;
+pub mod error;
+pub mod messages;
+pub mod output;
+pub mod pci_ids;
+pub mod users;

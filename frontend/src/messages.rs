@@ -1,0 +1,165 @@
+//! How failures and warnings reach the user: stderr lines prefixed `vfio-gate: `, and under
+//! `--json` also one `{"error": {...}}` object on stdout.
+//!
+//! Failures to write these messages are ignored: there is nowhere left to report them.
+
+use std::ffi::OsString;
+use std::io::{self, Write};
+use std::path::Path;
+use std::process::ExitCode;
+
+use serde::Serialize;
+use vfio_gate_protocol::{PciAddress, RuleRef};
+
+use crate::error::{Error, Status};
+use crate::output::write_json;
+
+/// The `--json` form of an error. Field names are stable; optional fields are left out when empty.
+#[derive(Debug, Serialize)]
+pub struct JsonError<'a> {
+    /// A stable name: unreachable, timeout, connection, protocol, version_mismatch, denied,
+    /// not_found, busy, bad_request, failed, internal, output, usage.
+    pub kind: &'a str,
+    pub exit_code: u8,
+    /// The message and its causes, as printed on stderr.
+    pub message: String,
+    pub next_step: Option<String>,
+    /// The deciding rule of a denial.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<&'a RuleRef>,
+    /// The device of a "not found".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device: Option<PciAddress>,
+    /// The socket, when the helper could not be reached or did not answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub socket: Option<&'a Path>,
+}
+
+#[derive(Debug, Serialize)]
+struct JsonErrorDocument<'a> {
+    error: JsonError<'a>,
+}
+
+impl<'a> JsonError<'a> {
+    pub fn from_error(err: &'a Error) -> Self {
+        Self {
+            kind: err.kind(),
+            exit_code: err.status().code(),
+            message: err.chain(),
+            next_step: err.next_step(),
+            rule: err.rule(),
+            device: err.device(),
+            socket: err.socket(),
+        }
+    }
+
+    /// Writes `{"error": {...}}` and a newline.
+    pub fn write_to(self, w: &mut impl Write) -> io::Result<()> {
+        write_json(w, &JsonErrorDocument { error: self })
+    }
+}
+
+/// Reports a failed command and returns its exit status. A closed stdout is not worth a word:
+/// what was asked was done, so it exits 0 quietly.
+pub fn report(err: &Error, json: bool) -> ExitCode {
+    if err.is_broken_pipe() {
+        return ExitCode::SUCCESS;
+    }
+    if json {
+        let _ = JsonError::from_error(err).write_to(&mut io::stdout().lock());
+    }
+    let mut stderr = io::stderr().lock();
+    let _ = writeln!(stderr, "vfio-gate: {}", err.chain());
+    if let Some(step) = err.next_step() {
+        let _ = writeln!(stderr, "vfio-gate: {step}");
+    }
+    err.status().into()
+}
+
+/// Prints a warning on stderr.
+pub fn warn(text: &str) {
+    let _ = writeln!(io::stderr().lock(), "vfio-gate: warning: {text}");
+}
+
+/// Reports what clap refused (or prints the help and version it was asked for) and returns
+/// clap's exit status: 2 for bad usage, 0 for `--help`. Under `--json` a usage error is also
+/// printed as a JSON error object on stdout.
+pub fn usage(err: &clap::Error, args: impl IntoIterator<Item = OsString>) -> ExitCode {
+    if err.use_stderr() && wants_json(args) {
+        let rendered = err.render().to_string();
+        let message = rendered
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim_start_matches("error: ")
+            .to_owned();
+        let _ = JsonError {
+            kind: "usage",
+            exit_code: Status::Usage.code(),
+            message,
+            next_step: Some("See vfio-gate --help".to_owned()),
+            rule: None,
+            device: None,
+            socket: None,
+        }
+        .write_to(&mut io::stdout().lock());
+    }
+    let _ = err.print();
+    // clap's codes are 0 (help, version) and 2 (usage); anything else is still bad usage.
+    match err.exit_code() {
+        0 => ExitCode::SUCCESS,
+        _ => Status::Usage.into(),
+    }
+}
+
+/// Whether `--json` was among the arguments, before any `--`: the parse failed, so clap cannot
+/// tell us.
+fn wants_json(args: impl IntoIterator<Item = OsString>) -> bool {
+    args.into_iter()
+        .skip(1)
+        .take_while(|a| a != "--")
+        .any(|a| a == "--json")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vfio_gate_protocol::WireError;
+
+    #[test]
+    fn json_error_carries_kind_code_message_step_and_rule() {
+        let err = Error::Helper(WireError::Denied {
+            rule: Some(RuleRef {
+                name: "no storage".into(),
+                file: "/etc/vfio-gate/policy.toml".into(),
+                line: 30,
+            }),
+            reason: "storage controllers are not for VMs".into(),
+        });
+        let mut out = Vec::new();
+        JsonError::from_error(&err).write_to(&mut out).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        let e = &v["error"];
+        assert_eq!(e["kind"], "denied");
+        assert_eq!(e["exit_code"], 3);
+        assert_eq!(
+            e["message"],
+            "denied: storage controllers are not for VMs (decided by rule 'no storage' \
+             (/etc/vfio-gate/policy.toml:30))"
+        );
+        assert_eq!(e["rule"]["name"], "no storage");
+        assert!(e["next_step"].as_str().unwrap().contains("ask the admin"));
+        assert!(e.get("socket").is_none() && e.get("device").is_none());
+    }
+
+    #[test]
+    fn json_is_detected_before_a_double_dash_only() {
+        let args = |a: &[&str]| a.iter().map(OsString::from).collect::<Vec<_>>();
+        assert!(wants_json(args(&["vfio-gate", "bind", "--json", "x"])));
+        assert!(
+            !wants_json(args(&["--json", "bind", "x"])),
+            "argv[0] is not an argument"
+        );
+        assert!(!wants_json(args(&["vfio-gate", "run", "--", "--json"])));
+    }
+}

@@ -1,0 +1,81 @@
+//! User names for uids, from `/etc/passwd`.
+//!
+//! Only the local file is read (no NSS, so no LDAP or systemd-homed names): it needs no library
+//! and cannot hang. A uid without an entry is shown as its number.
+
+use std::collections::{BTreeSet, HashMap};
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+
+pub const PASSWD: &str = "/etc/passwd";
+
+/// Names for a set of uids.
+#[derive(Debug, Default, Clone)]
+pub struct UserNames(HashMap<u32, String>);
+
+impl UserNames {
+    /// Reads `path` for the wanted uids; a missing or unreadable file gives no names.
+    pub fn load(path: &Path, wanted: &BTreeSet<u32>) -> Self {
+        if wanted.is_empty() {
+            return Self::default();
+        }
+        std::fs::File::open(path)
+            .map(|f| Self::parse(BufReader::new(f), wanted))
+            .unwrap_or_default()
+    }
+
+    /// Parses passwd lines (`name:password:uid:gid:gecos:home:shell`); the first entry for a uid
+    /// wins, as with getpwuid.
+    pub fn parse(reader: impl BufRead, wanted: &BTreeSet<u32>) -> Self {
+        let mut names = HashMap::new();
+        for line in reader.split(b'\n').map_while(Result::ok) {
+            let line = String::from_utf8_lossy(&line);
+            let mut fields = line.split(':');
+            let (Some(name), Some(_), Some(uid)) = (fields.next(), fields.next(), fields.next())
+            else {
+                continue;
+            };
+            let Ok(uid) = uid.parse::<u32>() else {
+                continue;
+            };
+            if !name.is_empty() && wanted.contains(&uid) {
+                names.entry(uid).or_insert_with(|| name.to_owned());
+            }
+        }
+        Self(names)
+    }
+
+    /// The user's name, or the uid as text.
+    pub fn display(&self, uid: u32) -> String {
+        self.0.get(&uid).cloned().unwrap_or_else(|| uid.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_wanted_uids_and_falls_back_to_numbers() {
+        let passwd = "root:x:0:0:root:/root:/bin/sh\n\
+                      # not a comment format, but harmless\n\
+                      alice:x:1000:1100:Alice:/home/alice:/bin/sh\n\
+                      evil:x:1000:1000::/:/bin/sh\n\
+                      broken\n\
+                      bob:x:notanumber:0::/:/bin/sh\n\
+                      bob:x:1001:1001::/home/bob:/bin/sh";
+        let wanted = BTreeSet::from([1000, 1001, 4242]);
+        let n = UserNames::parse(passwd.as_bytes(), &wanted);
+        assert_eq!(n.display(1000), "alice");
+        assert_eq!(n.display(1001), "bob");
+        assert_eq!(n.display(4242), "4242");
+        // Not wanted, so not kept.
+        assert_eq!(n.display(0), "0");
+    }
+
+    #[test]
+    fn a_missing_file_gives_numbers() {
+        let n = UserNames::load(Path::new("/nonexistent/passwd"), &BTreeSet::from([0]));
+        assert_eq!(n.display(0), "0");
+    }
+}
