@@ -1,1 +1,29 @@
-fn main() {}
+//! `vfio-gated`: see the library documentation.
+
+use std::process::ExitCode;
+
+use vfio_gated::options::{Command, USAGE};
+
+fn main() -> ExitCode {
+    match Command::parse(std::env::args_os().skip(1)) {
+        Ok(Command::Help) => {
+            print!("{USAGE}");
+            ExitCode::SUCCESS
+        }
+        Ok(Command::Version) => {
+            println!("vfio-gated {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        Ok(Command::Run(opts)) => match vfio_gated::run(&opts) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("vfio-gated: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Err(e) => {
+            eprintln!("vfio-gated: {e}\n\n{USAGE}");
+            ExitCode::from(2)
+        }
+    }
+}

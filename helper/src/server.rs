@@ -1,0 +1,296 @@
+//! Accepting clients: bounded concurrency, bounded reads, idle exit.
+//!
+//! One thread per connection, up to a bound; a client over the bound gets a typed `Busy` answer
+//! at once instead of a hang. Each frame must arrive within a deadline (so a client trickling
+//! bytes cannot hold a thread forever), and a connection idle between requests is closed after
+//! the same timeout. When no connection is open for the idle timeout, [`serve`] returns and the
+//! helper exits: the socket stays with the activator, which starts a new helper on the next
+//! connection.
+
+use std::io::{self, Read};
+use std::os::fd::AsFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use vfio_gate_protocol::{
+    FrameError, MAX_REQUEST_FRAME, Request, Response, WireError, decode_request, encode_response,
+    read_frame, write_frame,
+};
+
+use crate::audit;
+use crate::peer::Peer;
+use crate::service::{Service, Verdict};
+
+/// Limits of the accept loop.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Exit after this long with no connection open.
+    pub idle_timeout: Duration,
+    /// Connections served at once; one more gets `Busy`.
+    pub max_connections: usize,
+    /// How long a client may take to send one frame, or to read one answer.
+    pub io_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            idle_timeout: Duration::from_secs(30),
+            max_connections: 64,
+            io_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The accept loop failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("waiting for connections: {0}")]
+    Poll(#[source] nix::Error),
+}
+
+struct Activity {
+    open: AtomicUsize,
+    last: Mutex<Instant>,
+}
+
+impl Activity {
+    fn touch(&self) {
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+    }
+    fn idle_for(&self) -> Duration {
+        self.last
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .elapsed()
+    }
+}
+
+/// Decrements the open-connection count however the connection thread ends.
+struct OpenGuard(Arc<Activity>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.open.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Serves `listener` until the helper has been idle for `limits.idle_timeout`.
+pub fn serve(
+    listener: UnixListener,
+    service: Arc<Service>,
+    limits: Limits,
+) -> Result<(), ServeError> {
+    let activity = Arc::new(Activity {
+        open: AtomicUsize::new(0),
+        last: Mutex::new(Instant::now()),
+    });
+    loop {
+        let idle = activity.idle_for();
+        if activity.open.load(Ordering::SeqCst) == 0 && idle >= limits.idle_timeout {
+            audit::Line::new("idle-exit")
+                .field("idle_s", limits.idle_timeout.as_secs())
+                .emit();
+            return Ok(());
+        }
+        // Wake at least once a second to re-check idleness.
+        let wait = limits
+            .idle_timeout
+            .saturating_sub(idle)
+            .clamp(Duration::from_millis(10), Duration::from_secs(1));
+        let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
+        let timeout = PollTimeout::try_from(wait).unwrap_or(PollTimeout::MAX);
+        match poll(&mut fds, timeout) {
+            Ok(0) => continue,
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(ServeError::Poll(e)),
+        }
+        let stream = match listener.accept() {
+            Ok((s, _)) => s,
+            // The client may have gone between poll and accept; transient errors (EMFILE under
+            // load) must not end the service.
+            Err(e) => {
+                audit::Line::new("accept-error").field("error", e).emit();
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+        };
+        activity.touch();
+        if activity.open.load(Ordering::SeqCst) >= limits.max_connections {
+            refuse_busy(stream, &limits);
+            continue;
+        }
+        activity.open.fetch_add(1, Ordering::SeqCst);
+        let guard = OpenGuard(activity.clone());
+        let service = service.clone();
+        let limits_c = limits.clone();
+        let spawned = std::thread::Builder::new()
+            .name("conn".into())
+            .stack_size(256 * 1024)
+            .spawn(move || {
+                let _guard = guard;
+                connection(stream, &service, &limits_c);
+            });
+        if let Err(e) = spawned {
+            // The guard moved into the closure and was dropped with it.
+            audit::Line::new("spawn-error").field("error", e).emit();
+        }
+    }
+}
+
+fn refuse_busy(mut stream: UnixStream, limits: &Limits) {
+    let _ = stream.set_write_timeout(Some(limits.io_timeout.min(Duration::from_secs(1))));
+    let resp = Response::Error(WireError::Busy {
+        reason: format!(
+            "the helper is serving {} connections, its limit; retry in a moment",
+            limits.max_connections
+        ),
+    });
+    if let Ok(frame) = encode_response(&resp) {
+        let _ = write_frame(&mut stream, &frame);
+    }
+    audit::Line::new("connection-refused")
+        .field("reason", "busy")
+        .emit();
+}
+
+/// A reader that fails with `TimedOut` once `deadline` has passed, however the bytes trickle in.
+struct Deadline<'a> {
+    stream: &'a UnixStream,
+    deadline: Instant,
+}
+
+impl Read for Deadline<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        self.stream.set_read_timeout(Some(left))?;
+        (&*self.stream).read(buf).map_err(|e| match e.kind() {
+            io::ErrorKind::WouldBlock => io::ErrorKind::TimedOut.into(),
+            _ => e,
+        })
+    }
+}
+
+fn connection(mut stream: UnixStream, service: &Service, limits: &Limits) {
+    let peer = match Peer::of(&stream) {
+        Ok(p) => p,
+        Err(e) => {
+            audit::Line::new("connection-error")
+                .field("error", e)
+                .emit();
+            return;
+        }
+    };
+    let _ = stream.set_write_timeout(Some(limits.io_timeout));
+    loop {
+        let started = Instant::now();
+        let mut reader = Deadline {
+            stream: &stream,
+            deadline: started + limits.io_timeout,
+        };
+        let payload = match read_frame(&mut reader, MAX_REQUEST_FRAME) {
+            Ok(p) => p,
+            Err(FrameError::Closed) => return,
+            Err(e) => {
+                // A bad length leaves no frame boundary to resynchronise on: answer, then close.
+                let reply = !matches!(e, FrameError::Io(_) | FrameError::Truncated);
+                let err = WireError::BadRequest {
+                    reason: e.to_string(),
+                };
+                audit_line(&peer, None, &Verdict::default(), &Err(err.clone()), started);
+                if reply {
+                    send(&mut stream, &Response::Error(err));
+                }
+                return;
+            }
+        };
+        let started = Instant::now();
+        let (response, verdict, request) = match decode_request(&payload) {
+            Ok(req) => {
+                let (resp, verdict) = service.handle(&peer, &req);
+                (resp, verdict, Some(req))
+            }
+            Err(e) => (Response::Error(e.into()), Verdict::default(), None),
+        };
+        let result = match &response {
+            Response::Error(e) => Err(e.clone()),
+            _ => Ok(()),
+        };
+        audit_line(&peer, request.as_ref(), &verdict, &result, started);
+        if !send(&mut stream, &response) {
+            return;
+        }
+    }
+}
+
+fn send(stream: &mut UnixStream, response: &Response) -> bool {
+    let frame = match encode_response(response) {
+        Ok(f) => f,
+        Err(e) => match encode_response(&Response::Error(WireError::Internal {
+            reason: e.to_string(),
+        })) {
+            Ok(f) => f,
+            Err(_) => return false,
+        },
+    };
+    write_frame(stream, &frame).is_ok()
+}
+
+fn error_kind(e: &WireError) -> &'static str {
+    match e {
+        WireError::Denied { .. } => "denied",
+        WireError::NotFound { .. } => "not-found",
+        WireError::Busy { .. } => "busy",
+        WireError::BadRequest { .. } => "bad-request",
+        WireError::VersionMismatch { .. } => "version-mismatch",
+        WireError::Failed { .. } => "failed",
+        _ => "internal",
+    }
+}
+
+fn audit_line(
+    peer: &Peer,
+    request: Option<&Request>,
+    verdict: &Verdict,
+    result: &Result<(), WireError>,
+    started: Instant,
+) {
+    let mut line = audit::Line::new("request");
+    line.field("peer_uid", peer.uid)
+        .field("peer_gid", peer.gid)
+        .field("peer_pid", peer.pid)
+        .field("request", request.map_or("invalid", Request::kind));
+    match request {
+        Some(Request::Bind { device, driver }) => {
+            line.field("device", device).field("driver", driver);
+        }
+        Some(Request::Release { device }) => {
+            line.field("device", device);
+        }
+        _ => {}
+    }
+    if let Some(allowed) = verdict.allowed {
+        line.field("decision", if allowed { "allow" } else { "deny" });
+    }
+    if let Some(rule) = &verdict.rule {
+        line.field("rule", &rule.name)
+            .field("rule_at", format!("{}:{}", rule.file, rule.line));
+    }
+    match result {
+        Ok(()) => {
+            line.field("result", "ok");
+        }
+        Err(e) => {
+            line.field("result", error_kind(e)).field("error", e);
+        }
+    }
+    line.duration(started.elapsed()).emit();
+}

@@ -1,0 +1,419 @@
+//! Lease records: what vfio-gate did to a device, written before it does it.
+//!
+//! One file per leased device in the state directory (`/run/vfio-gate`, kept across idle exits by
+//! systemd's `RuntimeDirectoryPreserve=yes`). A record is written atomically — temp file, fsync,
+//! rename, fsync the directory — *before* the first sysfs write of a bind (phase `intent`), then
+//! updated (`applied`), and removed once a release has restored the device. The record holds the
+//! original driver and override, so a release by a later helper process restores the right state.
+//!
+//! The format is plain `key=value` lines so an admin can read it; parsing is strict and a record
+//! that does not parse, or whose file name disagrees with its content, is reported, never trusted.
+
+use std::fmt;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{OFlag, open, openat, renameat};
+use nix::sys::stat::{Mode, fstat};
+use nix::unistd::{UnlinkatFlags, fsync, geteuid, unlinkat};
+use vfio_gate_protocol::{Driver, PciAddress};
+
+use crate::ops::Original;
+use crate::sysfs::DriverName;
+
+const MAGIC: &str = "vfio-gate-lease 1";
+const SUFFIX: &str = ".lease";
+const MAX_RECORD: u64 = 4096;
+
+/// Where a lease is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Written before the first sysfs write of a bind.
+    Intent,
+    /// The device is on the target driver.
+    Applied,
+    /// A release has started.
+    Releasing,
+}
+
+impl Phase {
+    fn as_str(self) -> &'static str {
+        match self {
+            Phase::Intent => "intent",
+            Phase::Applied => "applied",
+            Phase::Releasing => "releasing",
+        }
+    }
+}
+
+/// One device held by one user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub device: PciAddress,
+    pub owner_uid: u32,
+    pub driver: Driver,
+    pub original: Original,
+    pub phase: Phase,
+    /// Seconds since the Unix epoch when the bind started.
+    pub since: u64,
+}
+
+/// The state directory or a record in it is unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("opening the state directory {path}: {errno}")]
+    OpenDir { path: PathBuf, errno: Errno },
+    #[error(
+        "the state directory {path} is owned by uid {uid}, not by the helper (uid {expected}); fix: chown root:root {path}"
+    )]
+    DirOwner {
+        path: PathBuf,
+        uid: u32,
+        expected: u32,
+    },
+    #[error(
+        "the state directory {path} has mode {mode:o}; it must not be group- or world-writable (fix: chmod 0700 {path})"
+    )]
+    DirMode { path: PathBuf, mode: u32 },
+    #[error("{op} lease record {name}: {errno}")]
+    Io {
+        op: &'static str,
+        name: String,
+        errno: Errno,
+    },
+    #[error("lease record {name} is corrupt or foreign: {why}")]
+    Corrupt { name: String, why: String },
+}
+
+/// The open state directory.
+#[derive(Debug)]
+pub struct StateDir {
+    dir: OwnedFd,
+    path: PathBuf,
+}
+
+fn file_name(dev: PciAddress) -> String {
+    format!("{dev}{SUFFIX}")
+}
+
+impl StateDir {
+    /// Opens (creating it 0700 if missing) the state directory and checks that nobody but the
+    /// helper's own uid can write to it: a record there decides what a release restores.
+    pub fn open(path: &Path) -> Result<Self, StateError> {
+        let err = |errno| StateError::OpenDir {
+            path: path.to_owned(),
+            errno,
+        };
+        match nix::unistd::mkdir(path, Mode::from_bits_truncate(0o700)) {
+            Ok(()) | Err(Errno::EEXIST) => {}
+            Err(e) => return Err(err(e)),
+        }
+        let dir = open(
+            path,
+            OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(err)?;
+        let st = fstat(&dir).map_err(err)?;
+        let euid = geteuid().as_raw();
+        if st.st_uid != euid {
+            return Err(StateError::DirOwner {
+                path: path.to_owned(),
+                uid: st.st_uid,
+                expected: euid,
+            });
+        }
+        if st.st_mode & 0o022 != 0 {
+            return Err(StateError::DirMode {
+                path: path.to_owned(),
+                mode: st.st_mode & 0o7777,
+            });
+        }
+        Ok(Self {
+            dir,
+            path: path.to_owned(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Writes `lease` atomically: temp file, fsync, rename over the record, fsync the directory.
+    pub fn write(&self, lease: &Lease) -> Result<(), StateError> {
+        let name = file_name(lease.device);
+        let tmp = format!(".{name}.tmp");
+        let io = |op, errno| StateError::Io {
+            op,
+            name: name.clone(),
+            errno,
+        };
+        match unlinkat(&self.dir, tmp.as_str(), UnlinkatFlags::NoRemoveDir) {
+            Ok(()) | Err(Errno::ENOENT) => {}
+            Err(e) => return Err(io("removing a stale temp file for", e)),
+        }
+        let fd = openat(
+            &self.dir,
+            tmp.as_str(),
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o600),
+        )
+        .map_err(|e| io("creating", e))?;
+        let mut file = File::from(fd);
+        file.write_all(lease.to_string().as_bytes()).map_err(|e| {
+            io(
+                "writing",
+                Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+            )
+        })?;
+        fsync(file.as_fd()).map_err(|e| io("syncing", e))?;
+        drop(file);
+        renameat(&self.dir, tmp.as_str(), &self.dir, name.as_str())
+            .map_err(|e| io("renaming", e))?;
+        fsync(&self.dir).map_err(|e| io("syncing the directory for", e))
+    }
+
+    /// The record for `dev`, if there is one.
+    pub fn read(&self, dev: PciAddress) -> Result<Option<Lease>, StateError> {
+        let name = file_name(dev);
+        let fd = match openat(
+            &self.dir,
+            name.as_str(),
+            OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        ) {
+            Ok(fd) => fd,
+            Err(Errno::ENOENT) => return Ok(None),
+            Err(errno) => {
+                return Err(StateError::Io {
+                    op: "opening",
+                    name,
+                    errno,
+                });
+            }
+        };
+        let mut file = File::from(fd);
+        let meta = file.metadata().map_err(|e| StateError::Io {
+            op: "inspecting",
+            name: name.clone(),
+            errno: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+        })?;
+        if !meta.is_file() || meta.uid() != geteuid().as_raw() {
+            return Err(StateError::Corrupt {
+                name,
+                why: "not a regular file owned by the helper".into(),
+            });
+        }
+        let mut text = String::new();
+        (&mut file)
+            .take(MAX_RECORD)
+            .read_to_string(&mut text)
+            .map_err(|e| StateError::Corrupt {
+                name: name.clone(),
+                why: e.to_string(),
+            })?;
+        let lease: Lease = text.parse().map_err(|why| StateError::Corrupt {
+            name: name.clone(),
+            why,
+        })?;
+        if lease.device != dev {
+            return Err(StateError::Corrupt {
+                name,
+                why: format!("names device {}", lease.device),
+            });
+        }
+        Ok(Some(lease))
+    }
+
+    /// Removes the record for `dev` (no error if it is already gone).
+    pub fn remove(&self, dev: PciAddress) -> Result<(), StateError> {
+        let name = file_name(dev);
+        match unlinkat(&self.dir, name.as_str(), UnlinkatFlags::NoRemoveDir) {
+            Ok(()) | Err(Errno::ENOENT) => {}
+            Err(errno) => {
+                return Err(StateError::Io {
+                    op: "removing",
+                    name,
+                    errno,
+                });
+            }
+        }
+        fsync(&self.dir).map_err(|errno| StateError::Io {
+            op: "syncing the directory after removing",
+            name,
+            errno,
+        })
+    }
+
+    /// The devices that have a record, by file name.
+    pub fn devices(&self) -> Result<Vec<PciAddress>, StateError> {
+        let entries = std::fs::read_dir(&self.path).map_err(|e| StateError::OpenDir {
+            path: self.path.clone(),
+            errno: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+        })?;
+        let mut out: Vec<PciAddress> = entries
+            .filter_map(Result::ok)
+            .filter_map(|e| {
+                let name = e.file_name();
+                let name = name.to_str()?;
+                name.strip_suffix(SUFFIX)?.parse().ok()
+            })
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+}
+
+fn opt(d: &Option<DriverName>) -> &str {
+    d.as_ref().map_or("-", DriverName::as_str)
+}
+
+impl fmt::Display for Lease {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "{MAGIC}")?;
+        writeln!(f, "device={}", self.device)?;
+        writeln!(f, "owner_uid={}", self.owner_uid)?;
+        writeln!(f, "driver={}", self.driver)?;
+        writeln!(f, "original_driver={}", opt(&self.original.driver))?;
+        writeln!(
+            f,
+            "original_override={}",
+            opt(&self.original.driver_override)
+        )?;
+        writeln!(f, "phase={}", self.phase.as_str())?;
+        writeln!(f, "since={}", self.since)
+    }
+}
+
+impl std::str::FromStr for Lease {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let mut lines = text.lines();
+        if lines.next() != Some(MAGIC) {
+            return Err(format!("does not start with {MAGIC:?}"));
+        }
+        let mut fields = std::collections::BTreeMap::new();
+        for line in lines {
+            let (k, v) = line
+                .split_once('=')
+                .ok_or_else(|| format!("bad line {line:?}"))?;
+            if fields.insert(k, v).is_some() {
+                return Err(format!("duplicate key {k:?}"));
+            }
+        }
+        let mut take = |k: &str| fields.remove(k).ok_or_else(|| format!("missing {k}"));
+        let driver_name = |v: &str| -> Result<Option<DriverName>, String> {
+            if v == "-" {
+                Ok(None)
+            } else {
+                DriverName::new(v)
+                    .map(Some)
+                    .ok_or_else(|| format!("bad driver name {v:?}"))
+            }
+        };
+        let lease = Lease {
+            device: take("device")?.parse().map_err(|e| format!("{e}"))?,
+            owner_uid: take("owner_uid")?
+                .parse()
+                .map_err(|_| "bad owner_uid".to_string())?,
+            driver: take("driver")?.parse().map_err(|e| format!("{e}"))?,
+            original: Original {
+                driver: driver_name(take("original_driver")?)?,
+                driver_override: driver_name(take("original_override")?)?,
+            },
+            phase: match take("phase")? {
+                "intent" => Phase::Intent,
+                "applied" => Phase::Applied,
+                "releasing" => Phase::Releasing,
+                other => return Err(format!("unknown phase {other:?}")),
+            },
+            since: take("since")?
+                .parse()
+                .map_err(|_| "bad since".to_string())?,
+        };
+        if let Some(k) = fields.keys().next() {
+            return Err(format!("unknown key {k:?}"));
+        }
+        Ok(lease)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn lease(dev: &str) -> Lease {
+        Lease {
+            device: dev.parse().unwrap(),
+            owner_uid: 1000,
+            driver: Driver::VfioPci,
+            original: Original {
+                driver: DriverName::new("e1000e"),
+                driver_override: None,
+            },
+            phase: Phase::Intent,
+            since: 1_764_000_000,
+        }
+    }
+
+    #[test]
+    fn records_round_trip_atomically() {
+        let tmp = tempfile::tempdir().unwrap();
+        let state = StateDir::open(&tmp.path().join("state")).unwrap();
+        let mut l = lease("01:00.0");
+        state.write(&l).unwrap();
+        l.phase = Phase::Applied;
+        state.write(&l).unwrap();
+        assert_eq!(state.read(l.device).unwrap(), Some(l.clone()));
+        assert_eq!(state.devices().unwrap(), vec![l.device]);
+        let names: Vec<_> = std::fs::read_dir(state.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 1, "no temp file left: {names:?}");
+        state.remove(l.device).unwrap();
+        state.remove(l.device).unwrap();
+        assert_eq!(state.read(l.device).unwrap(), None);
+    }
+
+    #[test]
+    fn corrupt_and_foreign_records_are_reported() {
+        let tmp = tempfile::tempdir().unwrap();
+        let state = StateDir::open(tmp.path()).unwrap();
+        let dev: PciAddress = "01:00.0".parse().unwrap();
+        let path = tmp.path().join("0000:01:00.0.lease");
+        for bad in [
+            "garbage".to_string(),
+            lease("01:00.0")
+                .to_string()
+                .replace("phase=intent", "phase=maybe"),
+            lease("01:00.0").to_string() + "extra=1\n",
+            lease("01:00.0")
+                .to_string()
+                .replace("original_driver=e1000e", "original_driver=../x"),
+            lease("02:00.0").to_string(),
+        ] {
+            std::fs::write(&path, bad).unwrap();
+            assert!(matches!(state.read(dev), Err(StateError::Corrupt { .. })));
+        }
+        std::fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", &path).unwrap();
+        assert!(state.read(dev).is_err(), "symlinks are not followed");
+    }
+
+    #[test]
+    fn refuses_a_writable_directory() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(matches!(
+            StateDir::open(tmp.path()),
+            Err(StateError::DirMode { .. })
+        ));
+    }
+}

@@ -1,0 +1,363 @@
+//! A simulated kernel: the semantics of [`Kernel`] in memory, for fast tests of the sequences.
+//!
+//! It models what the real kernel does and what bites careful implementations (see
+//! `shared/anchors.md`): `driver_override` neither unbinds nor loads a module; a probe binds the
+//! override's driver if it is loaded, else nothing; `drivers_probe` reports success even when
+//! nothing bound (vfio-pci refusing a bridge, a driver not loaded); unbinding a device with no
+//! driver fails because its `driver/unbind` file does not exist. Faults can be injected per
+//! operation and device, and every call is logged so tests can assert the order of writes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+use std::path::PathBuf;
+use std::sync::{Mutex, MutexGuard};
+
+use vfio_gate_protocol::PciAddress;
+
+use super::{DeviceFacts, DriverName, Kernel, SysfsError};
+
+/// One simulated PCI function.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SimDevice {
+    pub facts: DeviceFacts,
+    pub iommu_group: Option<u32>,
+    /// The host driver whose id table matches this device (what a probe binds with no override).
+    pub native: Option<DriverName>,
+    pub driver: Option<DriverName>,
+    pub driver_override: Option<DriverName>,
+    /// Bridges have a non-normal header: vfio-pci's probe refuses them.
+    pub bridge: bool,
+}
+
+impl SimDevice {
+    /// An endpoint bound to its native driver, which is loaded.
+    pub fn endpoint(
+        addr: &str,
+        vendor: u16,
+        device: u16,
+        class: u32,
+        native: Option<&str>,
+    ) -> Self {
+        let native = native.map(|n| DriverName::new(n).expect("valid driver name"));
+        SimDevice {
+            facts: DeviceFacts {
+                address: addr.parse().expect("valid address"),
+                vendor,
+                device,
+                subsystem_vendor: vendor,
+                subsystem_device: 0,
+                class,
+            },
+            iommu_group: None,
+            driver: native.clone(),
+            native,
+            driver_override: None,
+            bridge: false,
+        }
+    }
+
+    pub fn in_group(mut self, group: u32) -> Self {
+        self.iommu_group = Some(group);
+        self
+    }
+
+    pub fn bridge(mut self) -> Self {
+        self.bridge = true;
+        self
+    }
+}
+
+/// The operations faults can be injected into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SimOp {
+    SetOverride,
+    Unbind,
+    Probe,
+}
+
+#[derive(Debug)]
+struct Fault {
+    op: SimOp,
+    dev: PciAddress,
+    errno: i32,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    devices: BTreeMap<PciAddress, SimDevice>,
+    loaded: BTreeSet<String>,
+    faults: Vec<Fault>,
+    log: Vec<String>,
+}
+
+/// An in-memory PCI bus with driver binding semantics.
+#[derive(Debug)]
+pub struct SimKernel {
+    inner: Mutex<Inner>,
+}
+
+impl Default for SimKernel {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl SimKernel {
+    /// An empty bus with vfio-pci and pci-stub loaded.
+    pub fn new() -> Self {
+        let inner = Inner {
+            loaded: ["vfio-pci", "pci-stub"].map(str::to_owned).into(),
+            ..Inner::default()
+        };
+        Self {
+            inner: Mutex::new(inner),
+        }
+    }
+
+    /// The test guest's layout (docs/guest.md), with its host drivers loaded.
+    pub fn guest_layout() -> Self {
+        let k = Self::new();
+        for d in [
+            SimDevice::endpoint("00:00.0", 0x8086, 0x29c0, 0x060000, None)
+                .in_group(0)
+                .bridge(),
+            SimDevice::endpoint("00:06.0", 0x1234, 0x11e8, 0x00ff00, None).in_group(5),
+            SimDevice::endpoint("00:06.1", 0x1b36, 0x0005, 0x00ff00, None).in_group(5),
+            SimDevice::endpoint("00:1b.0", 0x8086, 0x293e, 0x040300, Some("snd_hda_intel"))
+                .in_group(6),
+            SimDevice::endpoint("01:00.0", 0x8086, 0x10d3, 0x020000, Some("e1000e")).in_group(8),
+            SimDevice::endpoint("02:00.0", 0x1af4, 0x1041, 0x020000, Some("virtio-pci"))
+                .in_group(9),
+            SimDevice::endpoint("03:00.0", 0x1b36, 0x0010, 0x010802, Some("nvme")).in_group(10),
+            SimDevice::endpoint("04:00.0", 0x1b36, 0x000e, 0x060400, None)
+                .in_group(11)
+                .bridge(),
+            SimDevice::endpoint("05:01.0", 0x8086, 0x100e, 0x020000, Some("e1000")).in_group(11),
+            SimDevice::endpoint("05:02.0", 0x1234, 0x11e8, 0x00ff00, None).in_group(11),
+        ] {
+            k.add_device(d);
+        }
+        for m in ["snd_hda_intel", "e1000e", "virtio-pci", "nvme", "e1000"] {
+            k.load_driver(m);
+        }
+        k
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panicking test thread must not hide the state from the assertions that follow.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn add_device(&self, d: SimDevice) {
+        self.lock().devices.insert(d.facts.address, d);
+    }
+
+    pub fn remove_device(&self, dev: PciAddress) {
+        self.lock().devices.remove(&dev);
+    }
+
+    pub fn load_driver(&self, name: &str) {
+        self.lock().loaded.insert(name.to_owned());
+    }
+
+    pub fn unload_driver(&self, name: &str) {
+        let mut inner = self.lock();
+        inner.loaded.remove(name);
+        for d in inner.devices.values_mut() {
+            if d.driver.as_ref().is_some_and(|n| n.as_str() == name) {
+                d.driver = None;
+            }
+        }
+    }
+
+    /// The next `op` on `dev` fails with `errno` (one shot; several may be queued).
+    pub fn fail_next(&self, op: SimOp, dev: PciAddress, errno: i32) {
+        self.lock().faults.push(Fault { op, dev, errno });
+    }
+
+    /// A snapshot of one device.
+    pub fn device(&self, dev: PciAddress) -> Option<SimDevice> {
+        self.lock().devices.get(&dev).cloned()
+    }
+
+    /// Every write so far, in order, as `op address [value]`.
+    pub fn log(&self) -> Vec<String> {
+        self.lock().log.clone()
+    }
+
+    fn take_fault(inner: &mut Inner, op: SimOp, dev: PciAddress) -> Option<i32> {
+        let i = inner
+            .faults
+            .iter()
+            .position(|f| f.op == op && f.dev == dev)?;
+        Some(inner.faults.remove(i).errno)
+    }
+
+    fn path(dev: PciAddress, attr: &str) -> PathBuf {
+        PathBuf::from(format!("/sim/bus/pci/devices/{dev}/{attr}"))
+    }
+
+    fn write_err(dev: PciAddress, attr: &str, errno: i32) -> SysfsError {
+        SysfsError::Write {
+            path: Self::path(dev, attr),
+            source: io::Error::from_raw_os_error(errno),
+        }
+    }
+
+    fn read<T>(&self, dev: PciAddress, f: impl FnOnce(&SimDevice) -> T) -> Result<T, SysfsError> {
+        self.lock()
+            .devices
+            .get(&dev)
+            .map(f)
+            .ok_or(SysfsError::NoDevice(dev))
+    }
+}
+
+impl Kernel for SimKernel {
+    fn devices(&self) -> Result<Vec<PciAddress>, SysfsError> {
+        Ok(self.lock().devices.keys().copied().collect())
+    }
+
+    fn exists(&self, dev: PciAddress) -> bool {
+        self.lock().devices.contains_key(&dev)
+    }
+
+    fn facts(&self, dev: PciAddress) -> Result<DeviceFacts, SysfsError> {
+        self.read(dev, |d| d.facts)
+    }
+
+    fn driver(&self, dev: PciAddress) -> Result<Option<DriverName>, SysfsError> {
+        self.read(dev, |d| d.driver.clone())
+    }
+
+    fn driver_override(&self, dev: PciAddress) -> Result<Option<DriverName>, SysfsError> {
+        self.read(dev, |d| d.driver_override.clone())
+    }
+
+    fn iommu_group(&self, dev: PciAddress) -> Result<Option<u32>, SysfsError> {
+        self.read(dev, |d| d.iommu_group)
+    }
+
+    fn set_override(&self, dev: PciAddress, name: Option<&DriverName>) -> Result<(), SysfsError> {
+        let mut inner = self.lock();
+        let shown = name.map_or("(clear)", DriverName::as_str);
+        inner.log.push(format!("override {dev} {shown}"));
+        if let Some(errno) = Self::take_fault(&mut inner, SimOp::SetOverride, dev) {
+            return Err(Self::write_err(dev, "driver_override", errno));
+        }
+        let d = inner
+            .devices
+            .get_mut(&dev)
+            .ok_or_else(|| Self::write_err(dev, "driver_override", libc::ENOENT))?;
+        d.driver_override = name.cloned();
+        Ok(())
+    }
+
+    fn unbind(&self, dev: PciAddress) -> Result<(), SysfsError> {
+        let mut inner = self.lock();
+        let current = inner.devices.get(&dev).and_then(|d| d.driver.clone());
+        let shown = current.as_ref().map_or("-", DriverName::as_str);
+        inner.log.push(format!("unbind {dev} {shown}"));
+        if let Some(errno) = Self::take_fault(&mut inner, SimOp::Unbind, dev) {
+            return Err(Self::write_err(dev, "driver/unbind", errno));
+        }
+        match inner.devices.get_mut(&dev) {
+            Some(d) if d.driver.is_some() => {
+                d.driver = None;
+                Ok(())
+            }
+            // No driver: the `driver/unbind` path does not exist.
+            _ => Err(Self::write_err(dev, "driver/unbind", libc::ENOENT)),
+        }
+    }
+
+    fn probe(&self, dev: PciAddress) -> Result<(), SysfsError> {
+        let mut inner = self.lock();
+        inner.log.push(format!("probe {dev}"));
+        if let Some(errno) = Self::take_fault(&mut inner, SimOp::Probe, dev) {
+            return Err(SysfsError::Write {
+                path: PathBuf::from("/sim/bus/pci/drivers_probe"),
+                source: io::Error::from_raw_os_error(errno),
+            });
+        }
+        let loaded = inner.loaded.clone();
+        let d = inner
+            .devices
+            .get_mut(&dev)
+            .ok_or_else(|| SysfsError::Write {
+                path: PathBuf::from("/sim/bus/pci/drivers_probe"),
+                source: io::Error::from_raw_os_error(libc::ENODEV),
+            })?;
+        if d.driver.is_some() {
+            return Ok(());
+        }
+        // Only the override's driver may bind; without one, the native driver's id table matches.
+        let candidate = match &d.driver_override {
+            Some(o) => {
+                let generic = o.as_str() == "vfio-pci" || o.as_str() == "pci-stub";
+                (generic || d.native.as_ref() == Some(o)).then(|| o.clone())
+            }
+            None => d.native.clone(),
+        };
+        if let Some(c) = candidate {
+            let refused = c.as_str() == "vfio-pci" && d.bridge;
+            if loaded.contains(c.as_str()) && !refused {
+                d.driver = Some(c);
+            }
+        }
+        // Success whether or not anything bound, as the real drivers_probe.
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn a(s: &str) -> PciAddress {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn override_then_unbind_then_probe_binds_the_override() {
+        let k = SimKernel::guest_layout();
+        let dev = a("01:00.0");
+        let vfio = DriverName::new("vfio-pci").unwrap();
+        k.set_override(dev, Some(&vfio)).unwrap();
+        assert_eq!(
+            k.driver(dev).unwrap().unwrap().as_str(),
+            "e1000e",
+            "override alone unbinds nothing"
+        );
+        k.unbind(dev).unwrap();
+        k.probe(dev).unwrap();
+        assert_eq!(k.driver(dev).unwrap(), Some(vfio));
+    }
+
+    #[test]
+    fn probe_succeeds_binding_nothing() {
+        let k = SimKernel::guest_layout();
+        let bridge = a("04:00.0");
+        k.set_override(bridge, Some(&DriverName::new("vfio-pci").unwrap()))
+            .unwrap();
+        k.probe(bridge).unwrap();
+        assert_eq!(k.driver(bridge).unwrap(), None);
+        let dev = a("00:06.0");
+        k.unload_driver("pci-stub");
+        k.set_override(dev, Some(&DriverName::new("pci-stub").unwrap()))
+            .unwrap();
+        k.probe(dev).unwrap();
+        assert_eq!(k.driver(dev).unwrap(), None);
+    }
+
+    #[test]
+    fn unbind_without_driver_fails_and_faults_fire_once() {
+        let k = SimKernel::guest_layout();
+        let e = k.unbind(a("00:06.0")).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOENT));
+        let dev = a("01:00.0");
+        k.fail_next(SimOp::Unbind, dev, libc::EBUSY);
+        assert_eq!(k.unbind(dev).unwrap_err().raw_os_error(), Some(libc::EBUSY));
+        k.unbind(dev).unwrap();
+    }
+}
