@@ -37,7 +37,7 @@ pub enum FrameError {
     TooLarge { len: usize, max: usize },
     #[error("empty frame")]
     Empty,
-    #[error("reading a frame: {0}")]
+    #[error("reading a frame")]
     Io(#[source] io::Error),
 }
 

@@ -91,9 +91,12 @@ impl Sysfs {
     }
 
     fn write_attr(&self, path: &Path, value: &[u8]) -> Result<(), SysfsError> {
-        // One write(2) of the whole value: sysfs store methods see exactly one call.
+        // One write(2) of the whole value: sysfs store methods see exactly one call. O_TRUNC is
+        // what `echo >` does on every sysfs tool's path (kernfs ignores the size change); it makes
+        // a plain-file fixture tree hold the last value written, as sysfs shows it.
         let result = OpenOptions::new()
             .write(true)
+            .truncate(true)
             .open(path)
             .and_then(|mut f| f.write(value))
             .and_then(|n| {
@@ -267,8 +270,6 @@ mod tests {
             .unwrap();
         let ov = root.join("bus/pci/devices/0000:01:00.0/driver_override");
         assert_eq!(fs::read_to_string(&ov).unwrap(), "vfio-pci\n");
-        // Sysfs attributes take each write whole; plain files need emptying between writes.
-        fs::write(&ov, "").unwrap();
         s.set_override(dev, None).unwrap();
         assert_eq!(fs::read_to_string(&ov).unwrap(), "\n");
         s.unbind(dev).unwrap();

@@ -1,0 +1,360 @@
+//! The helper binary end to end on this machine: a fixture sysfs tree (never the host's /sys),
+//! a socket of its own (`--listen`), real frames from real connections.
+//!
+//! The fixture has no kernel behind it, so writes land in plain files and no driver ever changes:
+//! exactly a probe that "succeeds" and binds nothing, which the helper must catch and roll back.
+
+use std::io::{Read, Write};
+use std::os::unix::fs::{PermissionsExt, symlink};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use vfio_gate_protocol::{
+    Driver, MAX_RESPONSE_FRAME, Request, Response, WireError, decode_response, encode_request,
+    read_frame,
+};
+
+const HELPER: &str = env!("CARGO_BIN_EXE_vfio-gated");
+
+struct Helper {
+    dir: tempfile::TempDir,
+    child: Child,
+}
+
+impl Helper {
+    fn socket(&self) -> PathBuf {
+        self.dir.path().join("gate.sock")
+    }
+    fn sysfs(&self) -> PathBuf {
+        self.dir.path().join("sys")
+    }
+    fn stderr(mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let mut s = String::new();
+        self.child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut s)
+            .unwrap();
+        s
+    }
+}
+
+fn device(root: &Path, addr: &str, ids: [&str; 5], driver: Option<&str>, group: u32) {
+    let real = root.join("devices/pci0000:00").join(addr);
+    std::fs::create_dir_all(&real).unwrap();
+    for (attr, v) in [
+        "vendor",
+        "device",
+        "subsystem_vendor",
+        "subsystem_device",
+        "class",
+    ]
+    .iter()
+    .zip(ids)
+    {
+        std::fs::write(real.join(attr), format!("{v}\n")).unwrap();
+    }
+    std::fs::write(real.join("driver_override"), "(null)\n").unwrap();
+    symlink(&real, root.join("bus/pci/devices").join(addr)).unwrap();
+    let g = root.join("kernel/iommu_groups").join(group.to_string());
+    std::fs::create_dir_all(&g).unwrap();
+    symlink(&g, real.join("iommu_group")).unwrap();
+    if let Some(d) = driver {
+        let dd = root.join("bus/pci/drivers").join(d);
+        std::fs::create_dir_all(&dd).unwrap();
+        std::fs::write(dd.join("unbind"), "").unwrap();
+        symlink(&dd, real.join("driver")).unwrap();
+    }
+}
+
+fn write_policy(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).unwrap();
+}
+
+fn policy_for_me(idle: u32) -> String {
+    let uid = nix::unistd::getuid().as_raw();
+    format!(
+        r#"
+[settings]
+idle_timeout = {idle}
+
+[[rule]]
+name = "the NIC for the test user"
+subjects = {{ uids = [{uid}] }}
+devices = [{{ address = "01:00.0", vendor = "8086", device = "10d3" }}]
+drivers = ["vfio-pci"]
+
+[[deny]]
+name = "never storage"
+devices = [{{ class = "01xxxx" }}]
+"#
+    )
+}
+
+fn spawn_with(policy: &str, extra_env: &[(&str, &str)]) -> Helper {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("sys");
+    std::fs::create_dir_all(root.join("bus/pci/devices")).unwrap();
+    std::fs::write(root.join("bus/pci/drivers_probe"), "").unwrap();
+    device(
+        &root,
+        "0000:01:00.0",
+        ["0x8086", "0x10d3", "0x8086", "0x0000", "0x020000"],
+        Some("e1000e"),
+        8,
+    );
+    device(
+        &root,
+        "0000:03:00.0",
+        ["0x1b36", "0x0010", "0x1af4", "0x1100", "0x010802"],
+        Some("nvme"),
+        10,
+    );
+    let policy_path = dir.path().join("policy.toml");
+    write_policy(&policy_path, policy);
+    let child = Command::new(HELPER)
+        .arg("--listen")
+        .arg(dir.path().join("gate.sock"))
+        .arg("--sysfs-root")
+        .arg(&root)
+        .arg("--policy")
+        .arg(&policy_path)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .envs(extra_env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let helper = Helper { dir, child };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !helper.socket().exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the helper never created its socket"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    helper
+}
+
+fn connect(h: &Helper) -> UnixStream {
+    let s = UnixStream::connect(h.socket()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s
+}
+
+fn ask(s: &mut UnixStream, req: &Request) -> Response {
+    s.write_all(&encode_request(req).unwrap()).unwrap();
+    answer(s)
+}
+
+fn answer(s: &mut UnixStream) -> Response {
+    let payload = read_frame(s, MAX_RESPONSE_FRAME).unwrap();
+    decode_response(&payload).unwrap()
+}
+
+#[test]
+fn lists_decides_and_survives_hostile_frames() {
+    let h = spawn_with(&policy_for_me(30), &[]);
+    let mut s = connect(&h);
+
+    let Response::Devices(devs) = ask(&mut s, &Request::List) else {
+        panic!()
+    };
+    assert_eq!(devs.len(), 2);
+    assert_eq!(devs[0].driver.as_deref(), Some("e1000e"));
+    assert_eq!(devs[0].allowed, vec![Driver::VfioPci]);
+    assert_eq!(devs[1].iommu_group, Some(10));
+
+    // Storage: the deny rule decides, and nothing is written.
+    let resp = ask(
+        &mut s,
+        &Request::Bind {
+            device: "03:00.0".parse().unwrap(),
+            driver: Driver::VfioPci,
+        },
+    );
+    let Response::Error(WireError::Denied {
+        rule: Some(rule), ..
+    }) = resp
+    else {
+        panic!("{resp:?}")
+    };
+    assert_eq!((rule.name.as_str(), rule.line), ("never storage", 11));
+    let ov = h
+        .sysfs()
+        .join("bus/pci/devices/0000:03:00.0/driver_override");
+    assert_eq!(std::fs::read_to_string(&ov).unwrap(), "(null)\n");
+
+    // The NIC: allowed, but no kernel is behind the fixture, so the probe binds nothing. The
+    // helper must notice, roll back, and say so.
+    let resp = ask(
+        &mut s,
+        &Request::Bind {
+            device: "01:00.0".parse().unwrap(),
+            driver: Driver::VfioPci,
+        },
+    );
+    let Response::Error(WireError::Failed { reason }) = resp else {
+        panic!("{resp:?}")
+    };
+    assert!(reason.contains("did not bind to vfio-pci"), "{reason}");
+    assert!(reason.contains("restored"), "{reason}");
+    assert!(!h.dir.path().join("state/0000:01:00.0.lease").exists());
+
+    // Unknown device.
+    let resp = ask(
+        &mut s,
+        &Request::Bind {
+            device: "07:00.0".parse().unwrap(),
+            driver: Driver::PciStub,
+        },
+    );
+    assert!(
+        matches!(resp, Response::Error(WireError::NotFound { .. })),
+        "{resp:?}"
+    );
+
+    // Garbage inside a well-formed frame: typed error, same connection keeps working.
+    s.write_all(&[5, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff])
+        .unwrap();
+    assert!(matches!(
+        answer(&mut s),
+        Response::Error(WireError::BadRequest { .. })
+    ));
+    // A request from another protocol version.
+    s.write_all(&[3, 0, 0, 0, 9, 0, 0]).unwrap();
+    assert!(matches!(
+        answer(&mut s),
+        Response::Error(WireError::VersionMismatch {
+            server: 1,
+            client: 9
+        })
+    ));
+    assert!(matches!(ask(&mut s, &Request::List), Response::Devices(_)));
+
+    // An oversized frame: refused from its length alone, then the connection is closed.
+    let mut big = connect(&h);
+    big.write_all(&(1u32 << 30).to_le_bytes()).unwrap();
+    let resp = answer(&mut big);
+    let Response::Error(WireError::BadRequest { reason }) = resp else {
+        panic!("{resp:?}")
+    };
+    assert!(reason.contains("exceeds"), "{reason}");
+    let mut rest = Vec::new();
+    assert_eq!(
+        big.read_to_end(&mut rest).unwrap(),
+        0,
+        "closed after an oversized frame"
+    );
+
+    // Still serving everyone else.
+    assert!(matches!(
+        ask(&mut connect(&h), &Request::List),
+        Response::Devices(_)
+    ));
+
+    let log = h.stderr();
+    assert!(log.contains("event=start"), "{log}");
+    assert!(
+        log.contains(
+            r#"request=bind device=0000:03:00.0 driver=vfio-pci decision=deny rule="never storage""#
+        ),
+        "{log}"
+    );
+    assert!(log.contains("result=bad-request"), "{log}");
+    assert!(
+        log.lines().filter(|l| l.contains("event=request")).count() >= 7,
+        "{log}"
+    );
+}
+
+#[test]
+fn refuses_to_start_on_an_unsafe_policy_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    write_policy(&policy, &policy_for_me(30));
+    std::fs::set_permissions(&policy, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let out = Command::new(HELPER)
+        .arg("--listen")
+        .arg(dir.path().join("s"))
+        .arg("--policy")
+        .arg(&policy)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("refusing to start"), "{err}");
+    assert!(err.contains("writable"), "{err}");
+}
+
+#[test]
+fn refuses_activation_variables_meant_for_another_process() {
+    let out = Command::new(HELPER)
+        .env("LISTEN_PID", "1")
+        .env("LISTEN_FDS", "1")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("LISTEN_PID"), "{err}");
+}
+
+#[test]
+fn exits_when_idle_but_not_while_a_connection_is_open() {
+    let mut h = spawn_with(&policy_for_me(1), &[]);
+    let s = connect(&h);
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(
+        h.child.try_wait().unwrap().is_none(),
+        "exited with a connection open"
+    );
+    drop(s);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(status) = h.child.try_wait().unwrap() {
+            assert!(status.success());
+            break;
+        }
+        assert!(Instant::now() < deadline, "did not exit when idle");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(h.stderr().contains("event=idle-exit"));
+}
+
+#[test]
+fn over_the_connection_limit_gets_busy_not_a_hang() {
+    let h = spawn_with(&policy_for_me(30), &[]);
+    // Hold the helper's whole connection budget with silent clients.
+    let mut held: Vec<UnixStream> = (0..64).map(|_| connect(&h)).collect();
+    // Make sure every held connection has been accepted before asking for one more.
+    let mut probe = connect(&h);
+    let resp = answer(&mut probe);
+    let Response::Error(WireError::Busy { reason }) = resp else {
+        panic!("{resp:?}")
+    };
+    assert!(reason.contains("limit"), "{reason}");
+    held.truncate(0);
+    // Once they are gone, service resumes.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut s = connect(&h);
+        s.write_all(&encode_request(&Request::List).unwrap())
+            .unwrap();
+        match read_frame(&mut s, MAX_RESPONSE_FRAME).map(|p| decode_response(&p).unwrap()) {
+            Ok(Response::Devices(_)) => break,
+            other => assert!(Instant::now() < deadline, "still refused: {other:?}"),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
