@@ -1,0 +1,514 @@
+//! The file format: TOML text → validated, name-resolved rules, or an error with file:line.
+//!
+//! Two stages. Serde maps the text onto the `Raw*` structs below, which mirror the file exactly
+//! (`deny_unknown_fields` everywhere, every value wrapped in [`Spanned`] so it keeps its place in
+//! the text). Then [`Compiler`] checks what serde cannot (non-empty lists, ID syntax, unique
+//! names) and builds [`Rule`]s. The raw structs are private: the format is the file, not an API.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+use vfio_gate_protocol::{Driver, RuleRef};
+
+use crate::error::PolicyError;
+use crate::matcher::{AddressPattern, ClassPattern, DeviceMatcher, parse_id};
+use crate::model::{DriverSet, Effect, Rule, Settings, Subjects};
+use crate::names::NameResolver;
+
+/// The only policy format version this crate reads.
+pub const POLICY_VERSION: i64 = 1;
+
+/// The longest rule name accepted. Names travel in denial messages and audit lines.
+const MAX_NAME_LEN: usize = 128;
+
+/// Read first, ignoring everything else, so a file written for another version is refused as
+/// such rather than for keys this version does not know.
+#[derive(Deserialize)]
+struct VersionProbe {
+    version: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    #[serde(rename = "version")]
+    _version: Option<Spanned<i64>>,
+    settings: Option<RawSettings>,
+    #[serde(default)]
+    rule: Vec<Spanned<RawAllow>>,
+    #[serde(default)]
+    deny: Vec<Spanned<RawDeny>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSettings {
+    idle_timeout: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAllow {
+    name: Spanned<String>,
+    subjects: Spanned<RawSubjects>,
+    devices: Spanned<Vec<Spanned<RawMatcher>>>,
+    drivers: Spanned<Vec<Spanned<String>>>,
+    companions: Option<Spanned<Vec<Spanned<String>>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDeny {
+    name: Spanned<String>,
+    devices: Spanned<Vec<Spanned<RawMatcher>>>,
+    subjects: Option<Spanned<RawSubjects>>,
+    drivers: Option<Spanned<Vec<Spanned<String>>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSubjects {
+    #[serde(default)]
+    users: Vec<Spanned<String>>,
+    #[serde(default)]
+    groups: Vec<Spanned<String>>,
+    #[serde(default)]
+    uids: Vec<Spanned<u32>>,
+    #[serde(default)]
+    gids: Vec<Spanned<u32>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMatcher {
+    address: Option<Spanned<String>>,
+    vendor: Option<Spanned<String>>,
+    device: Option<Spanned<String>>,
+    subsystem_vendor: Option<Spanned<String>>,
+    subsystem_device: Option<Spanned<String>>,
+    class: Option<Spanned<String>>,
+}
+
+enum RawRule {
+    Allow(RawAllow),
+    Deny(RawDeny),
+}
+
+/// What one policy file contributes.
+pub(crate) struct ParsedFile {
+    pub settings: Settings,
+    pub rules: Vec<Rule>,
+    pub warnings: Vec<String>,
+}
+
+/// Parses and validates one policy file. `file` names it in rule references and messages.
+pub(crate) fn parse_file(
+    text: &str,
+    file: &str,
+    names: &dyn NameResolver,
+) -> Result<ParsedFile, PolicyError> {
+    let mut c = Compiler {
+        text,
+        file,
+        names,
+        warnings: Vec::new(),
+        unresolved: false,
+    };
+    let probe: VersionProbe = c.deserialize()?;
+    if let Some(v) = probe.version {
+        if *v.get_ref() != POLICY_VERSION {
+            return Err(PolicyError::UnsupportedVersion {
+                file: file.to_owned(),
+                line: c.line(v.span()),
+                version: *v.get_ref(),
+            });
+        }
+    }
+    let raw: RawPolicy = c.deserialize()?;
+
+    let settings = match raw.settings {
+        Some(s) => c.settings(s)?,
+        None => Settings::default(),
+    };
+
+    // Check rules in the order they are written, so the first problem in the file is the one
+    // reported and a duplicate name is blamed on its second occurrence.
+    let mut raw_rules: Vec<(Range<usize>, RawRule)> = (raw.rule.into_iter())
+        .map(|r| (r.span(), RawRule::Allow(r.into_inner())))
+        .chain(
+            raw.deny
+                .into_iter()
+                .map(|r| (r.span(), RawRule::Deny(r.into_inner()))),
+        )
+        .collect();
+    raw_rules.sort_by_key(|(span, _)| span.start);
+
+    let mut seen: HashMap<String, u32> = HashMap::new();
+    let mut rules = Vec::with_capacity(raw_rules.len());
+    for (span, raw) in raw_rules {
+        rules.push(match raw {
+            RawRule::Allow(r) => {
+                let origin = c.origin(&r.name, span, &mut seen)?;
+                c.allow(origin, r)?
+            }
+            RawRule::Deny(r) => {
+                let origin = c.origin(&r.name, span, &mut seen)?;
+                c.deny(origin, r)?
+            }
+        });
+    }
+
+    if !rules.iter().any(|r| r.effect == Effect::Allow) {
+        c.warnings.push(format!(
+            "{file}: no [[rule]] grants anything, so every request will be denied"
+        ));
+    }
+    if c.unresolved {
+        c.warnings.extend(c.names.problems());
+    }
+    Ok(ParsedFile {
+        settings,
+        rules,
+        warnings: c.warnings,
+    })
+}
+
+struct Compiler<'a> {
+    text: &'a str,
+    file: &'a str,
+    names: &'a dyn NameResolver,
+    warnings: Vec<String>,
+    /// Whether some user or group name did not resolve (then the resolver's problems are news).
+    unresolved: bool,
+}
+
+impl Compiler<'_> {
+    /// The 1-based line holding byte `span.start`.
+    fn line(&self, span: Range<usize>) -> u32 {
+        line_of(self.text, span.start)
+    }
+
+    fn invalid(&self, span: Range<usize>, message: impl Into<String>) -> PolicyError {
+        PolicyError::Invalid {
+            file: self.file.to_owned(),
+            line: self.line(span),
+            message: message.into(),
+        }
+    }
+
+    fn deserialize<T: serde::de::DeserializeOwned>(&self) -> Result<T, PolicyError> {
+        let de = toml::de::Deserializer::parse(self.text).map_err(|e| PolicyError::Syntax {
+            file: self.file.to_owned(),
+            line: e.span().map_or(1, |s| self.line(s)),
+            message: e.message().trim_end().to_owned(),
+        })?;
+        T::deserialize(de).map_err(|e| {
+            let span = e.span().unwrap_or(0..0);
+            // Serde speaks of Rust types; the reader knows TOML.
+            let message = e
+                .message()
+                .trim_end()
+                .replace("expected i64", "expected an integer")
+                .replace("expected u32", "expected a uid or gid (a whole number)");
+            let message = format!("{message}{}", self.shape_hint(&e, &span));
+            self.invalid(span, message)
+        })
+    }
+
+    /// A next step for the commonest shape mistakes, which serde words in its own terms.
+    fn shape_hint(&self, e: &toml::de::Error, span: &Range<usize>) -> &'static str {
+        let message = e.message();
+        if message.starts_with("missing field") {
+            return " (every [[rule]] needs name, subjects, devices and drivers; every [[deny]] \
+                    needs name and devices)";
+        }
+        if message.starts_with("invalid type: integer") && message.contains("expected a string") {
+            return " (PCI IDs, classes and addresses are quoted strings, for example \
+                    vendor = \"8086\": an unquoted 8086 would be a decimal number)";
+        }
+        if !message.contains("expected a sequence") {
+            return "";
+        }
+        let at = self.text.get(span.clone()).unwrap_or("");
+        if at.starts_with('[') && !at.starts_with("[[") {
+            " (each rule is one entry of an array of tables: write [[rule]] or [[deny]], \
+             with double brackets)"
+        } else {
+            " (lists are written in brackets, for example drivers = [\"vfio-pci\"] and \
+             devices = [{ vendor = \"8086\" }])"
+        }
+    }
+
+    fn settings(&self, raw: RawSettings) -> Result<Settings, PolicyError> {
+        let mut settings = Settings::default();
+        if let Some(t) = raw.idle_timeout {
+            let secs = *t.get_ref();
+            if !(1..=Settings::MAX_IDLE_TIMEOUT_SECS as i64).contains(&secs) {
+                return Err(self.invalid(
+                    t.span(),
+                    format!(
+                        "idle_timeout = {secs} is out of range: give a number of seconds from \
+                         1 to {}",
+                        Settings::MAX_IDLE_TIMEOUT_SECS
+                    ),
+                ));
+            }
+            settings.idle_timeout = Duration::from_secs(secs as u64);
+        }
+        Ok(settings)
+    }
+
+    /// Checks a rule's name and records it; the rule is referred to by its header's line.
+    fn origin(
+        &self,
+        name: &Spanned<String>,
+        header: Range<usize>,
+        seen: &mut HashMap<String, u32>,
+    ) -> Result<RuleRef, PolicyError> {
+        let text = name.get_ref();
+        let problem = if text.trim().is_empty() {
+            Some("a rule name must not be empty: say what the rule is for")
+        } else if text.trim() != text {
+            Some("a rule name must not start or end with spaces")
+        } else if text.chars().any(char::is_control) {
+            Some("a rule name must not contain control characters (tabs, newlines)")
+        } else if text.chars().count() > MAX_NAME_LEN {
+            Some("a rule name must be at most 128 characters")
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            return Err(self.invalid(name.span(), problem));
+        }
+        let line = self.line(name.span());
+        if let Some(first) = seen.insert(text.clone(), line) {
+            return Err(self.invalid(
+                name.span(),
+                format!(
+                    "the rule name {text:?} is already used at {}:{first}: names must be unique \
+                     across [[rule]] and [[deny]], because decisions and audit lines cite them",
+                    self.file
+                ),
+            ));
+        }
+        Ok(RuleRef {
+            name: text.clone(),
+            file: self.file.to_owned(),
+            line: self.line(header),
+        })
+    }
+
+    fn allow(&mut self, origin: RuleRef, raw: RawAllow) -> Result<Rule, PolicyError> {
+        let subjects = self.subjects(&origin, Effect::Allow, raw.subjects)?;
+        let devices = self.devices(raw.devices)?;
+        let drivers = self.drivers(
+            raw.drivers,
+            "drivers is empty: list what the subjects may bind to, \"vfio-pci\" and/or \"pci-stub\"",
+        )?;
+        let companions = match raw.companions {
+            Some(c) => self.driver_names(c.into_inner())?,
+            None => DriverSet::default(),
+        };
+        Ok(Rule {
+            effect: Effect::Allow,
+            origin,
+            subjects,
+            devices,
+            drivers,
+            companions,
+        })
+    }
+
+    fn deny(&mut self, origin: RuleRef, raw: RawDeny) -> Result<Rule, PolicyError> {
+        let subjects = match raw.subjects {
+            Some(s) => self.subjects(&origin, Effect::Deny, s)?,
+            None => Subjects::Everyone,
+        };
+        let devices = self.devices(raw.devices)?;
+        let drivers = match raw.drivers {
+            Some(d) => self.drivers(
+                d,
+                "drivers is empty: list the drivers to deny, or leave drivers out to deny all",
+            )?,
+            None => DriverSet::ALL,
+        };
+        Ok(Rule {
+            effect: Effect::Deny,
+            origin,
+            subjects,
+            devices,
+            drivers,
+            companions: DriverSet::default(),
+        })
+    }
+
+    fn subjects(
+        &mut self,
+        origin: &RuleRef,
+        effect: Effect,
+        raw: Spanned<RawSubjects>,
+    ) -> Result<Subjects, PolicyError> {
+        let empty_hint = match effect {
+            Effect::Allow => "",
+            Effect::Deny => ", or leave subjects out to deny everyone",
+        };
+        let span = raw.span();
+        let raw = raw.into_inner();
+        if raw.users.len() + raw.groups.len() + raw.uids.len() + raw.gids.len() == 0 {
+            return Err(self.invalid(
+                span,
+                format!(
+                    "subjects is empty: name at least one of users, groups, uids or gids{empty_hint}"
+                ),
+            ));
+        }
+        let mut uids = Vec::new();
+        let mut gids = Vec::new();
+        for (kind, list, ids) in [
+            ("user", &raw.users, &mut uids),
+            ("group", &raw.groups, &mut gids),
+        ] {
+            for name in list {
+                let text = name.get_ref();
+                if text.is_empty() || text.contains(':') || text.chars().any(char::is_control) {
+                    return Err(self.invalid(name.span(), format!("{text:?} is not a {kind} name")));
+                }
+                let (id, by_number) = match kind {
+                    "user" => (self.names.uid(text), "uids"),
+                    _ => (self.names.gid(text), "gids"),
+                };
+                match id {
+                    Some(id) => ids.push(id),
+                    None => {
+                        // An unknown name matches nobody. In an allow rule that grants less
+                        // (fails closed); in a deny rule it fences off less, so say so plainly.
+                        let consequence = match effect {
+                            Effect::Allow => format!(
+                                "so the rule grants it nothing (create it, fix the name, or \
+                                 give the id in {by_number})"
+                            ),
+                            Effect::Deny => format!(
+                                "so this deny cannot apply to it: if it lives in a directory \
+                                 service, give its id in {by_number}"
+                            ),
+                        };
+                        self.unresolved = true;
+                        self.warnings.push(format!(
+                            "{}:{}: {kind} {text:?} in rule {:?} does not exist on this host, \
+                             {consequence}",
+                            self.file,
+                            self.line(name.span()),
+                            origin.name,
+                        ));
+                    }
+                }
+            }
+        }
+        for (kind, list, ids) in [("uid", &raw.uids, &mut uids), ("gid", &raw.gids, &mut gids)] {
+            for id in list {
+                if *id.get_ref() == u32::MAX {
+                    return Err(self.invalid(
+                        id.span(),
+                        format!("{kind} 4294967295 is (uid_t)-1, which names nobody"),
+                    ));
+                }
+                ids.push(*id.get_ref());
+            }
+        }
+        uids.sort_unstable();
+        uids.dedup();
+        gids.sort_unstable();
+        gids.dedup();
+        if uids.is_empty() && gids.is_empty() {
+            self.warnings.push(format!(
+                "{}:{}: rule {:?} applies to nobody: none of its users or groups exist",
+                self.file, origin.line, origin.name
+            ));
+        }
+        Ok(Subjects::Listed { uids, gids })
+    }
+
+    fn devices(
+        &self,
+        raw: Spanned<Vec<Spanned<RawMatcher>>>,
+    ) -> Result<Vec<DeviceMatcher>, PolicyError> {
+        if raw.get_ref().is_empty() {
+            return Err(self.invalid(
+                raw.span(),
+                "devices is empty: give at least one matcher, for example \
+                 devices = [{ address = \"01:00.0\", vendor = \"8086\", device = \"10d3\" }]",
+            ));
+        }
+        raw.into_inner()
+            .into_iter()
+            .map(|m| self.matcher(m))
+            .collect()
+    }
+
+    fn matcher(&self, raw: Spanned<RawMatcher>) -> Result<DeviceMatcher, PolicyError> {
+        let span = raw.span();
+        let raw = raw.into_inner();
+        let id = |name: &'static str| move |t: &str| parse_id(name, t);
+        let m = DeviceMatcher {
+            address: self.field(raw.address, AddressPattern::parse)?,
+            vendor: self.field(raw.vendor, id("vendor"))?,
+            device: self.field(raw.device, id("device"))?,
+            subsystem_vendor: self.field(raw.subsystem_vendor, id("subsystem_vendor"))?,
+            subsystem_device: self.field(raw.subsystem_device, id("subsystem_device"))?,
+            class: self.field(raw.class, ClassPattern::parse)?,
+        };
+        if m.is_empty() {
+            return Err(self.invalid(
+                span,
+                "an empty device matcher {} would match every device: give at least one of \
+                 address, vendor, device, subsystem_vendor, subsystem_device, class",
+            ));
+        }
+        Ok(m)
+    }
+
+    /// Parses one matcher field, placing its error on the field's line.
+    fn field<T>(
+        &self,
+        value: Option<Spanned<String>>,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Result<Option<T>, PolicyError> {
+        value
+            .map(|v| parse(v.get_ref()).map_err(|e| self.invalid(v.span(), e)))
+            .transpose()
+    }
+
+    fn drivers(
+        &self,
+        raw: Spanned<Vec<Spanned<String>>>,
+        empty: &str,
+    ) -> Result<DriverSet, PolicyError> {
+        if raw.get_ref().is_empty() {
+            return Err(self.invalid(raw.span(), empty));
+        }
+        self.driver_names(raw.into_inner())
+    }
+
+    fn driver_names(&self, raw: Vec<Spanned<String>>) -> Result<DriverSet, PolicyError> {
+        raw.into_iter()
+            .map(|d| {
+                d.get_ref()
+                    .parse::<Driver>()
+                    .map_err(|e| self.invalid(d.span(), e.to_string()))
+            })
+            .collect()
+    }
+}
+
+/// The 1-based line holding byte `offset` of `text`.
+pub(crate) fn line_of(text: &str, offset: usize) -> u32 {
+    let end = offset.min(text.len());
+    let newlines = text.as_bytes()[..end]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count();
+    u32::try_from(newlines + 1).unwrap_or(u32::MAX)
+}
