@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand};
-use vfio_gate_protocol::{Driver, PciAddress};
+use vfio_gate_protocol::{Driver, MAX_BIND_DEVICES, PciAddress};
 
 use crate::error::EXIT_STATUS_HELP;
 
@@ -72,28 +72,78 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct ListArgs {}
 
-/// Bind a device to vfio-pci (for your VM) or pci-stub, if the policy allows it.
+/// Bind devices to vfio-pci (for your VM) or pci-stub, if the policy allows it.
 ///
-/// On success the device is yours until you release it; with vfio-pci, /dev/vfio/N is
-/// handed to you.
+/// VFIO hands out whole IOMMU groups. Name the devices you want (all in one group); if the
+/// group's other endpoints are still on host drivers, the bind is refused and shows the plan
+/// that would work: re-run with --group to also move them (to vfio-pci where you named them, else
+/// to pci-stub, which keeps the host off them without giving you access). Bridges stay as they
+/// are when their driver keeps the group usable. Nothing changes unless the whole plan can be
+/// carried out; a failure midway puts every member back.
+///
+/// On success the group is yours until you release it; with vfio-pci, /dev/vfio/N is handed to
+/// you (N: the IOMMU group).
 #[derive(Debug, Args)]
 pub struct BindArgs {
-    /// The device, as lspci prints it (01:00.0) or in full (0000:01:00.0).
-    #[arg(value_name = "ADDR")]
-    pub device: PciAddress,
+    /// The devices, as lspci prints them (05:02.0) or in full (0000:05:02.0). The first is the
+    /// one you mean to use.
+    #[arg(value_name = "ADDR", required = true, num_args = 1..=MAX_BIND_DEVICES)]
+    pub devices: Vec<PciAddress>,
 
-    /// The driver to hand the device to.
+    /// The driver to hand the devices to.
     #[arg(long = "to", value_name = "DRIVER", default_value = "vfio-pci", value_parser = driver_parser())]
     pub driver: Driver,
+
+    /// Also move the group's other endpoints off their host drivers, as the policy allows, so
+    /// that the group becomes usable.
+    #[arg(long)]
+    pub group: bool,
+
+    /// Show what would be done, and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
-/// Release a device you bound, giving it back to the driver it had before.
+impl BindArgs {
+    /// The named devices in order, each once (01:00.0 and 0000:01:00.0 are one device).
+    pub fn unique_devices(&self) -> Vec<PciAddress> {
+        let mut seen = std::collections::BTreeSet::new();
+        self.devices
+            .iter()
+            .copied()
+            .filter(|d| seen.insert(*d))
+            .collect()
+    }
+
+    /// This bind as a command line a user can paste, with `--group` and `--dry-run` as given.
+    pub fn command_line(&self, group: bool, dry_run: bool) -> String {
+        let mut line = String::from("vfio-gate bind");
+        for d in self.unique_devices() {
+            line.push(' ');
+            line.push_str(&d.short());
+        }
+        line.push_str(" --to ");
+        line.push_str(self.driver.as_str());
+        if group {
+            line.push_str(" --group");
+        }
+        if dry_run {
+            line.push_str(" --dry-run");
+        }
+        line
+    }
+}
+
+/// Release the IOMMU group you bound, giving every device vfio-gate moved back to the driver it
+/// had before.
 ///
-/// If the device does not go back to its previous driver, the release still happens (the device
-/// is no longer yours) and a warning says what to check; the exit status is 0.
+/// Name any device of the group. If the group is open (a VM is using it), the release is refused
+/// at once: stop the VM first. If a device does not go back to its previous driver, the release
+/// still happens (the group is no longer yours) and a warning says what to check; the exit status
+/// is 0.
 #[derive(Debug, Args)]
 pub struct ReleaseArgs {
-    /// The device, as lspci prints it (01:00.0) or in full (0000:01:00.0).
+    /// A device of the group, as lspci prints it (01:00.0) or in full (0000:01:00.0).
     #[arg(value_name = "ADDR")]
     pub device: PciAddress,
 }
@@ -125,8 +175,9 @@ mod tests {
             let Command::Bind(args) = cli.command else {
                 panic!("not bind")
             };
-            assert_eq!(args.device, PciAddress::new(0, 1, 0, 0).unwrap());
+            assert_eq!(args.devices, vec![PciAddress::new(0, 1, 0, 0).unwrap()]);
             assert_eq!(args.driver, Driver::VfioPci);
+            assert!(!args.group && !args.dry_run);
         }
         let cli = parse(&["bind", "01:00.0", "--to", "pci-stub", "--json"]).unwrap();
         assert!(cli.json);
@@ -134,6 +185,46 @@ mod tests {
             panic!("not bind")
         };
         assert_eq!(args.driver, Driver::PciStub);
+    }
+
+    #[test]
+    fn bind_takes_several_devices_in_order_and_its_flags_anywhere() {
+        let cli = parse(&[
+            "bind",
+            "05:02.0",
+            "--group",
+            "0000:05:01.0",
+            "--dry-run",
+            "05:02.0",
+        ])
+        .unwrap();
+        let Command::Bind(args) = cli.command else {
+            panic!("not bind")
+        };
+        let a = |s: &str| s.parse::<PciAddress>().unwrap();
+        assert_eq!(args.devices, vec![a("05:02.0"), a("05:01.0"), a("05:02.0")]);
+        assert_eq!(args.unique_devices(), vec![a("05:02.0"), a("05:01.0")]);
+        assert!(args.group && args.dry_run);
+        assert_eq!(
+            args.command_line(true, true),
+            "vfio-gate bind 05:02.0 05:01.0 --to vfio-pci --group --dry-run"
+        );
+        assert_eq!(
+            args.command_line(false, false),
+            "vfio-gate bind 05:02.0 05:01.0 --to vfio-pci"
+        );
+    }
+
+    #[test]
+    fn bind_names_at_most_the_protocol_limit() {
+        let addrs: Vec<String> = (0..=MAX_BIND_DEVICES)
+            .map(|i| format!("05:{:02x}.{}", i / 8, i % 8))
+            .collect();
+        let mut args = vec!["bind"];
+        args.extend(addrs.iter().map(String::as_str));
+        assert_eq!(parse(&args).unwrap_err().exit_code(), 2);
+        args.pop();
+        assert!(parse(&args).is_ok());
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! | 0 | success |
 //! | 1 | any other failure: the kernel refused, the helper failed or timed out, its answer made no sense |
 //! | 2 | bad usage: unknown option, malformed address or driver (clap's own) |
-//! | 3 | denied by the policy or a built-in guard |
+//! | 3 | denied: by the policy or a built-in guard, the group needs `--group`, or another user holds it |
 //! | 4 | no such device |
 //! | 5 | the helper is unreachable: socket missing, connection refused, or not permitted |
 //! | 6 | busy: try again |
@@ -18,7 +18,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use vfio_gate_protocol::{DecodeError, EncodeError, FrameError, PciAddress, RuleRef, WireError};
+use vfio_gate_protocol::{
+    DecodeError, EncodeError, FrameError, Guard, PciAddress, Plan, RuleRef, WireError,
+};
 
 /// The `--help` copy of the table above.
 pub const EXIT_STATUS_HELP: &str = "\
@@ -26,7 +28,8 @@ Exit status:
   0  success
   1  other failure: the kernel refused, the helper failed or timed out, its answer made no sense
   2  bad usage: unknown option, malformed address or driver
-  3  denied by the policy or a built-in guard
+  3  denied: by the policy or a built-in guard, the group needs --group, or another
+     user holds it
   4  no such device
   5  the helper is unreachable: socket missing, connection refused, or not permitted
   6  busy: try again
@@ -111,8 +114,45 @@ pub enum Error {
     },
     #[error("{}", describe_wire(.0))]
     Helper(WireError),
+    /// [`WireError::NeedsGroup`], with what the frontend adds.
+    #[error(
+        "IOMMU group {} would not be usable with only {} moved: {}",
+        .0.group,
+        list_addresses(&.0.named),
+        .0.reason
+    )]
+    NeedsGroup(Box<GroupNeeded>),
+    /// [`WireError::Held`], with the holder's name and the time in words.
+    #[error(
+        "{} is held by {user} since {when}",
+        group.map_or_else(|| "the IOMMU group".to_owned(), |g| format!("group {g}"))
+    )]
+    Held {
+        group: Option<u32>,
+        uid: u32,
+        /// The user name, or the uid as text.
+        user: String,
+        since: u64,
+        /// "17:02" today, else "2024-05-03 17:02" (local time).
+        when: String,
+    },
     #[error("writing the output")]
     Output(#[source] io::Error),
+}
+
+/// A bind refused because the named devices alone would leave their group unusable: the helper's
+/// [`WireError::NeedsGroup`], plus the devices the user named, the plan rendered as a table and
+/// the command that would carry it out.
+#[derive(Debug)]
+pub struct GroupNeeded {
+    pub group: u32,
+    pub plan: Plan,
+    pub reason: String,
+    pub named: Vec<PciAddress>,
+    /// The plan as printed (title line and indented table).
+    pub table: String,
+    /// The same bind with `--group`.
+    pub rerun: String,
 }
 
 fn describe_decode(e: &DecodeError) -> String {
@@ -124,8 +164,29 @@ fn describe_decode(e: &DecodeError) -> String {
     }
 }
 
+fn list_addresses(list: &[PciAddress]) -> String {
+    list.iter()
+        .map(|a| a.short())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn describe_wire(e: &WireError) -> String {
     match e {
+        WireError::Refused { reason, .. } => {
+            format!("refused by a built-in guard that no policy can override: {reason}")
+        }
+        WireError::NeedsGroup { group, reason, .. } => {
+            format!("IOMMU group {group} would not be usable this way: {reason}")
+        }
+        WireError::Held {
+            group: Some(g),
+            uid,
+            ..
+        } => format!("group {g} is held by uid {uid}"),
+        WireError::Held {
+            group: None, uid, ..
+        } => format!("the IOMMU group is held by uid {uid}"),
         WireError::Denied {
             rule: Some(rule),
             reason,
@@ -150,8 +211,12 @@ impl Error {
         match self {
             Error::Connect { .. } => Status::Unreachable,
             Error::Decode(DecodeError::VersionMismatch { .. }) => Status::VersionMismatch,
+            Error::NeedsGroup(_) | Error::Held { .. } => Status::Denied,
             Error::Helper(w) => match w {
-                WireError::Denied { .. } => Status::Denied,
+                WireError::Denied { .. }
+                | WireError::Refused { .. }
+                | WireError::NeedsGroup { .. }
+                | WireError::Held { .. } => Status::Denied,
                 WireError::NotFound { .. } => Status::NotFound,
                 WireError::Busy { .. } => Status::Busy,
                 WireError::VersionMismatch { .. } => Status::VersionMismatch,
@@ -181,8 +246,13 @@ impl Error {
             Error::Decode(_) | Error::UnexpectedResponse { .. } => "protocol",
             Error::Encode(_) => "internal",
             Error::Output(_) => "output",
+            Error::NeedsGroup(_) => "needs_group",
+            Error::Held { .. } => "held",
             Error::Helper(w) => match w {
                 WireError::Denied { .. } => "denied",
+                WireError::Refused { .. } => "refused",
+                WireError::NeedsGroup { .. } => "needs_group",
+                WireError::Held { .. } => "held",
                 WireError::NotFound { .. } => "not_found",
                 WireError::Busy { .. } => "busy",
                 WireError::BadRequest { .. } => "bad_request",
@@ -235,7 +305,20 @@ impl Error {
             ),
             Error::Encode(_) => "This is a bug in vfio-gate: please report it".to_owned(),
             Error::Output(_) => return None,
+            Error::NeedsGroup(n) => crate::output::needs_group_step(&n.plan, &n.named, &n.rerun),
+            Error::Held { user, .. } => format!(
+                "A group belongs to one user at a time: ask {user} to release it when they are \
+                 done (vfio-gate list shows who holds each device)"
+            ),
             Error::Helper(w) => match w {
+                WireError::Refused { device, guard, .. } => guard_advice(*guard, *device),
+                WireError::NeedsGroup { .. } => "Re-run with --group to move the group's other \
+                    members too, as the policy allows; add --dry-run to see the plan first"
+                    .to_owned(),
+                WireError::Held { .. } => "A group belongs to one user at a time: ask its \
+                    holder to release it when they are done (vfio-gate list shows who holds each \
+                    device)"
+                    .to_owned(),
                 WireError::Denied {
                     rule: Some(rule), ..
                 } => format!(
@@ -270,6 +353,60 @@ impl Error {
         Some(step)
     }
 
+    /// What is printed between the message and the next step: the plan of a refusal for want of
+    /// `--group`.
+    pub fn details(&self) -> Option<&str> {
+        match self {
+            Error::NeedsGroup(n) => Some(&n.table),
+            _ => None,
+        }
+    }
+
+    /// The plan `--group` would carry out.
+    pub fn plan(&self) -> Option<&Plan> {
+        match self {
+            Error::NeedsGroup(n) => Some(&n.plan),
+            Error::Helper(WireError::NeedsGroup { plan, .. }) => Some(plan),
+            _ => None,
+        }
+    }
+
+    /// The IOMMU group a refusal is about.
+    pub fn group(&self) -> Option<u32> {
+        match self {
+            Error::NeedsGroup(n) => Some(n.group),
+            Error::Helper(WireError::NeedsGroup { group, .. }) => Some(*group),
+            Error::Held { group, .. } | Error::Helper(WireError::Held { group, .. }) => *group,
+            _ => None,
+        }
+    }
+
+    /// The built-in guard that refused.
+    pub fn guard(&self) -> Option<Guard> {
+        match self {
+            Error::Helper(WireError::Refused { guard, .. }) => Some(*guard),
+            _ => None,
+        }
+    }
+
+    /// The command that would carry out the plan of a refusal for want of `--group`.
+    pub fn rerun(&self) -> Option<&str> {
+        match self {
+            Error::NeedsGroup(n) => Some(&n.rerun),
+            _ => None,
+        }
+    }
+
+    /// Who holds the group: uid, name (or the uid as text) and since when (Unix seconds).
+    pub fn holder(&self) -> Option<(u32, &str, u64)> {
+        match self {
+            Error::Held {
+                uid, user, since, ..
+            } => Some((*uid, user, *since)),
+            _ => None,
+        }
+    }
+
     /// The policy rule behind a denial, if the helper named one.
     pub fn rule(&self) -> Option<&RuleRef> {
         match self {
@@ -281,7 +418,9 @@ impl Error {
     /// The device the helper could not find.
     pub fn device(&self) -> Option<PciAddress> {
         match self {
-            Error::Helper(WireError::NotFound { device }) => Some(*device),
+            Error::Helper(WireError::NotFound { device } | WireError::Refused { device, .. }) => {
+                Some(*device)
+            }
             _ => None,
         }
     }
@@ -317,6 +456,38 @@ impl Error {
             source = cause.source();
         }
         text
+    }
+}
+
+/// What an admin (or the user) can do about a built-in guard's refusal of `device`.
+fn guard_advice(guard: Guard, device: PciAddress) -> String {
+    let addr = device.short();
+    match guard {
+        Guard::NoIommuGroup => "The IOMMU is off, so the kernel cannot isolate the device. An \
+            admin can turn it on: enable VT-d (Intel) or AMD-Vi/IOMMU (AMD) in the firmware \
+            settings, add intel_iommu=on or amd_iommu=on to the kernel command line \
+            (GRUB_CMDLINE_LINUX in /etc/default/grub, then update-grub), and reboot; \
+            ls /sys/kernel/iommu_groups then lists the groups"
+            .to_owned(),
+        Guard::BootVga => format!(
+            "{addr} is the boot display: the host console and the firmware framebuffer use it, \
+             so it is never handed out. Use another GPU for the VM; an admin can make another \
+             GPU the primary display in the firmware settings"
+        ),
+        Guard::HostInUse => format!(
+            "The host is using {addr}. An admin must stop that first: unmount its filesystems \
+             (umount), turn off its swap (swapoff), or take its network interface down \
+             (ip link set DEV down); then try again"
+        ),
+        Guard::NotEndpoint => format!(
+            "{addr} is a bridge, and bridges are never handed out. Bind the endpoint behind it \
+             instead (vfio-gate list shows the devices and their groups)"
+        ),
+        Guard::SriovEnabled => format!(
+            "{addr} has SR-IOV virtual functions enabled. Bind one of its virtual functions \
+             instead, or an admin can disable them first: echo 0 > \
+             /sys/bus/pci/devices/{device}/sriov_numvfs"
+        ),
     }
 }
 
@@ -449,6 +620,60 @@ mod tests {
             let next = e.next_step().unwrap();
             assert!(next.contains(step), "{e:?}: {next}");
         }
+    }
+
+    #[test]
+    fn every_guard_is_denied_with_its_own_advice() {
+        let addr: PciAddress = "03:00.0".parse().unwrap();
+        for (guard, advice) in [
+            (Guard::NoIommuGroup, "intel_iommu=on or amd_iommu=on"),
+            (Guard::BootVga, "Use another GPU"),
+            (Guard::HostInUse, "ip link set DEV down"),
+            (Guard::NotEndpoint, "Bind the endpoint behind it"),
+            (
+                Guard::SriovEnabled,
+                "echo 0 > /sys/bus/pci/devices/0000:03:00.0/sriov_numvfs",
+            ),
+        ] {
+            let e = Error::Helper(WireError::Refused {
+                device: addr,
+                guard,
+                reason: "r".into(),
+            });
+            assert_eq!(e.status(), Status::Denied);
+            assert_eq!(e.kind(), "refused");
+            assert_eq!(e.guard(), Some(guard));
+            assert_eq!(e.device(), Some(addr));
+            assert_eq!(
+                e.chain(),
+                "refused by a built-in guard that no policy can override: r"
+            );
+            let step = e.next_step().unwrap();
+            assert!(step.contains(advice), "{guard:?}: {step}");
+        }
+    }
+
+    #[test]
+    fn a_held_group_names_the_holder_and_the_time() {
+        let e = Error::Held {
+            group: Some(11),
+            uid: 1000,
+            user: "alice".into(),
+            since: 1_700_000_000,
+            when: "17:02".into(),
+        };
+        assert_eq!(e.chain(), "group 11 is held by alice since 17:02");
+        assert_eq!((e.status(), e.kind()), (Status::Denied, "held"));
+        assert_eq!(e.holder(), Some((1000, "alice", 1_700_000_000)));
+        assert!(e.next_step().unwrap().contains("ask alice to release it"));
+        // Not explained (no names at hand): still denied, still says who.
+        let raw = Error::Helper(WireError::Held {
+            group: Some(11),
+            uid: 1000,
+            since: 0,
+        });
+        assert_eq!(raw.chain(), "group 11 is held by uid 1000");
+        assert_eq!((raw.status(), raw.kind()), (Status::Denied, "held"));
     }
 
     #[test]

@@ -15,7 +15,8 @@
 //! Invariants worth keeping:
 //! - The frontend never writes sysfs, never execs anything and never asks for privilege. The only
 //!   files it reads are the PCI ID database (for names) and `/etc/passwd` (for the holder's name),
-//!   and neither is required: when they are missing, ids and uids are shown instead.
+//!   and neither is required: when they are missing, ids and uids are shown instead. After a
+//!   bind it `stat`s the `/dev/vfio/N` the helper reports, to say truthfully whose it is.
 //! - Identity is not part of any request; the helper takes it from the kernel.
 //! - Every failure maps to one [`Status`](error::Status) (the exit code) and, where there is one,
 //!   a next step the user can take. The table lives in [`error`] and in `--help`.
@@ -23,13 +24,14 @@
 //! Map: [`cli`] (clap argument structs; their doc comments are the help text), [`client`] (one
 //! request, one response over the socket), [`commands`] (what each subcommand does), [`output`]
 //! (tables, sentences, JSON), [`pci_ids`] (vendor, device and class names), [`users`] (uid to
-//! name), [`error`] (errors, next steps, exit codes), [`messages`] (how errors and warnings reach
+//! name), [`localtime`] ("since 17:02"), [`error`] (errors, next steps, exit codes), [`messages`] (how errors and warnings reach
 //! stderr, and stdout under `--json`).
 
 pub mod cli;
 pub mod client;
 pub mod commands;
 pub mod error;
+pub mod localtime;
 pub mod messages;
 pub mod output;
 pub mod pci_ids;

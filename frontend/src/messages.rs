@@ -9,16 +9,16 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use serde::Serialize;
-use vfio_gate_protocol::{PciAddress, RuleRef};
+use vfio_gate_protocol::{Guard, PciAddress, Plan, RuleRef};
 
 use crate::error::{Error, Status};
 use crate::output::write_json;
 
 /// The `--json` form of an error. Field names are stable; optional fields are left out when empty.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Default, Serialize)]
 pub struct JsonError<'a> {
     /// A stable name: unreachable, timeout, connection, protocol, version_mismatch, denied,
-    /// not_found, busy, bad_request, failed, internal, output, usage.
+    /// refused, needs_group, held, not_found, busy, bad_request, failed, internal, output, usage.
     pub kind: &'a str,
     pub exit_code: u8,
     /// The message and its causes, as printed on stderr.
@@ -27,9 +27,28 @@ pub struct JsonError<'a> {
     /// The deciding rule of a denial.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rule: Option<&'a RuleRef>,
-    /// The device of a "not found".
+    /// The device of a "not found" or of a guard's refusal.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub device: Option<PciAddress>,
+    /// The built-in guard that refused (`refused`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub guard: Option<Guard>,
+    /// The IOMMU group (`needs_group`, `held`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<u32>,
+    /// What `--group` would do (`needs_group`), in the form of `bind --json`'s `plan`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plan: Option<&'a Plan>,
+    /// The command that would do it (`needs_group`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rerun: Option<&'a str>,
+    /// Who holds the group (`held`): uid, user name (or the uid as text), since (Unix seconds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub since: Option<u64>,
     /// The socket, when the helper could not be reached or did not answer.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub socket: Option<&'a Path>,
@@ -42,6 +61,7 @@ struct JsonErrorDocument<'a> {
 
 impl<'a> JsonError<'a> {
     pub fn from_error(err: &'a Error) -> Self {
+        let holder = err.holder();
         Self {
             kind: err.kind(),
             exit_code: err.status().code(),
@@ -49,6 +69,13 @@ impl<'a> JsonError<'a> {
             next_step: err.next_step(),
             rule: err.rule(),
             device: err.device(),
+            guard: err.guard(),
+            group: err.group(),
+            plan: err.plan(),
+            rerun: err.rerun(),
+            uid: holder.map(|h| h.0),
+            user: holder.map(|h| h.1),
+            since: holder.map(|h| h.2),
             socket: err.socket(),
         }
     }
@@ -70,6 +97,9 @@ pub fn report(err: &Error, json: bool) -> ExitCode {
     }
     let mut stderr = io::stderr().lock();
     let _ = writeln!(stderr, "vfio-gate: {}", err.chain());
+    if let Some(details) = err.details() {
+        let _ = stderr.write_all(details.as_bytes());
+    }
     if let Some(step) = err.next_step() {
         let _ = writeln!(stderr, "vfio-gate: {step}");
     }
@@ -98,9 +128,7 @@ pub fn usage(err: &clap::Error, args: impl IntoIterator<Item = OsString>) -> Exi
             exit_code: Status::Usage.code(),
             message,
             next_step: Some("See vfio-gate --help".to_owned()),
-            rule: None,
-            device: None,
-            socket: None,
+            ..JsonError::default()
         }
         .write_to(&mut io::stdout().lock());
     }

@@ -5,9 +5,14 @@
 
 use std::collections::BTreeSet;
 use std::io::{self, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
 
 use serde::Serialize;
-use vfio_gate_protocol::{BindReport, DeviceInfo, Driver, ReleaseReport};
+use vfio_gate_protocol::{
+    BindReport, DeviceInfo, Driver, PciAddress, Plan, PlanStep, ReleaseReport, RestoredDevice,
+    StepAction,
+};
 
 use crate::pci_ids::{PciNames, Wanted};
 use crate::users::UserNames;
@@ -125,63 +130,265 @@ fn drivers(list: &[Driver]) -> String {
         .join(",")
 }
 
-/// `/dev/vfio/<group>`, the node a vfio-pci device is used through.
-pub fn vfio_node(driver: Driver, group: Option<u32>) -> Option<String> {
-    match (driver, group) {
-        (Driver::VfioPci, Some(g)) => Some(format!("/dev/vfio/{g}")),
-        _ => None,
+/// The ids of a plan's members whose names the plan table shows.
+pub fn plan_names(plan: &Plan) -> Wanted {
+    let mut wanted = Wanted::default();
+    for s in &plan.steps {
+        wanted.add_device(s.vendor, s.device_id);
+    }
+    wanted
+}
+
+/// "→ vfio-pci (rule 'lab', /etc/vfio-gate/policy.toml:12)" or "stays on pcieport: keeps the
+/// group viable".
+pub fn action_text(step: &PlanStep) -> String {
+    match &step.action {
+        StepAction::Bind { driver, rule } => {
+            format!(
+                "→ {driver} (rule '{}', {}:{})",
+                rule.name, rule.file, rule.line
+            )
+        }
+        StepAction::Keep { reason } => match &step.driver {
+            Some(d) => format!("stays on {d}: {reason}"),
+            None => format!("stays without a driver: {reason}"),
+        },
     }
 }
 
-/// "01:00.0 is now on vfio-pci (was e1000e; IOMMU group 8, /dev/vfio/8), granted by rule 'x'
-/// (/etc/vfio-gate/policy.toml:12).", then how to release it.
-pub fn bind_summary(r: &BindReport) -> String {
-    let addr = r.device.short();
-    let was = match &r.previous_driver {
-        Some(d) => format!("was {d}"),
-        None => "had no driver".to_owned(),
-    };
-    let group = match (r.iommu_group, vfio_node(r.driver, r.iommu_group)) {
-        (Some(g), Some(node)) => format!("IOMMU group {g}, {node}"),
-        (Some(g), None) => format!("IOMMU group {g}"),
-        (None, _) => "no IOMMU group".to_owned(),
-    };
-    format!(
-        "{addr} is now on {} ({was}; {group}), granted by rule {}.\n\
-         Release it with: vfio-gate release {addr}\n",
-        r.driver, r.rule
+/// The plan as a table, one member a row in address order: MEMBER, IDS, NAME (when the PCI ID
+/// database is there), KIND, DRIVER (before), ACTION.
+pub fn plan_table(plan: &Plan, names: &PciNames) -> Table {
+    let with_names = !names.is_empty();
+    let mut headers = vec!["MEMBER", "IDS"];
+    if with_names {
+        headers.push("NAME");
+    }
+    headers.extend(["KIND", "DRIVER", "ACTION"]);
+    let mut table = Table::new(headers);
+    let mut steps: Vec<&PlanStep> = plan.steps.iter().collect();
+    steps.sort_by_key(|s| s.device);
+    for s in steps {
+        let mut row = vec![
+            s.device.short(),
+            format!("{:04x}:{:04x}", s.vendor, s.device_id),
+        ];
+        if with_names {
+            row.push(
+                names
+                    .short_device_name(s.vendor, s.device_id)
+                    .unwrap_or_else(|| "-".to_owned()),
+            );
+        }
+        row.extend([
+            s.kind.to_string(),
+            s.driver.clone().unwrap_or_else(|| "-".to_owned()),
+            action_text(s),
+        ]);
+        table.push(row);
+    }
+    table
+}
+
+/// "IOMMU group 11" or "no IOMMU group".
+pub fn group_name(group: Option<u32>) -> String {
+    group.map_or_else(
+        || "no IOMMU group".to_owned(),
+        |g| format!("IOMMU group {g}"),
     )
 }
 
-/// True when the device went back to the driver it had before the bind.
-pub fn restored_as_expected(r: &ReleaseReport) -> bool {
-    r.restored_driver == r.expected_driver
+/// The plan table under a title line, indented by two spaces.
+pub fn plan_block(title: &str, plan: &Plan, names: &PciNames) -> String {
+    let mut table = Vec::new();
+    // Writing to a Vec cannot fail.
+    let _ = plan_table(plan, names).write_to(&mut table);
+    let mut text = format!("{title}\n");
+    for line in String::from_utf8_lossy(&table).lines() {
+        text.push_str("  ");
+        text.push_str(line);
+        text.push('\n');
+    }
+    text
 }
 
-/// What `release` prints on stdout.
-pub fn release_summary(r: &ReleaseReport) -> String {
-    let addr = r.device.short();
-    match (&r.expected_driver, &r.restored_driver) {
-        (Some(e), Some(now)) if e == now => format!("{addr} is back on {now}.\n"),
-        (None, None) => {
-            format!("{addr} is released (it had no driver before, and has none now).\n")
-        }
-        (_, Some(now)) => format!("{addr} is released, and is now on {now}.\n"),
-        (_, None) => format!("{addr} is released, and now has no driver.\n"),
+/// The members a plan moves, other than `named`: "05:01.0 on pci-stub".
+fn moved_others(plan: &Plan, named: &[PciAddress]) -> Vec<String> {
+    plan.steps
+        .iter()
+        .filter(|s| !named.contains(&s.device))
+        .filter_map(|s| match &s.action {
+            StepAction::Bind { driver, .. } => Some(format!("{} on {driver}", s.device.short())),
+            StepAction::Keep { .. } => None,
+        })
+        .collect()
+}
+
+/// The members a plan leaves alone: "04:00.0 on pcieport".
+fn kept(plan: &Plan) -> Vec<String> {
+    plan.steps
+        .iter()
+        .filter(|s| matches!(s.action, StepAction::Keep { .. }))
+        .map(|s| match &s.driver {
+            Some(d) => format!("{} on {d}", s.device.short()),
+            None => format!("{} without a driver", s.device.short()),
+        })
+        .collect()
+}
+
+/// "a", "a and b", "a, b and c".
+fn join_words(items: &[String]) -> String {
+    match items {
+        [] => String::new(),
+        [one] => one.clone(),
+        [init @ .., last] => format!("{} and {last}", init.join(", ")),
     }
 }
 
-/// Why a release needs a look, when the device did not go back to its previous driver.
-pub fn release_warning(r: &ReleaseReport) -> Option<String> {
-    if restored_as_expected(r) {
+/// The next step of a refusal for want of `--group`: "re-run with --group to also put 05:01.0 on
+/// pci-stub and leave 04:00.0 on pcieport: vfio-gate bind 05:02.0 --to vfio-pci --group".
+pub fn needs_group_step(plan: &Plan, named: &[PciAddress], rerun: &str) -> String {
+    let moved = moved_others(plan, named);
+    let kept = kept(plan);
+    let what = match (moved.is_empty(), kept.is_empty()) {
+        (false, false) => format!(
+            "also put {} and leave {}",
+            join_words(&moved),
+            join_words(&kept)
+        ),
+        (false, true) => format!("also put {}", join_words(&moved)),
+        (true, false) => format!("bind the group as a whole and leave {}", join_words(&kept)),
+        (true, true) => "bind the group as a whole".to_owned(),
+    };
+    format!("Re-run with --group to {what}: {rerun}")
+}
+
+/// Who owns a group node and with which mode, as `stat` says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeOwner {
+    pub uid: u32,
+    /// The permission bits (`0o600`).
+    pub mode: u32,
+}
+
+impl NodeOwner {
+    pub fn stat(path: &Path) -> io::Result<Self> {
+        let m = std::fs::metadata(path)?;
+        Ok(Self {
+            uid: m.uid(),
+            mode: m.mode() & 0o7777,
+        })
+    }
+}
+
+/// What a successful bind prints after the plan: whose the group is now and how to give it back.
+/// `node` is what `stat` said about the report's `/dev/vfio/N` (checked, not assumed).
+pub fn bind_outcome(
+    r: &BindReport,
+    primary: PciAddress,
+    node: Option<&io::Result<NodeOwner>>,
+    users: &UserNames,
+) -> String {
+    let release = format!("Release with: vfio-gate release {}", primary.short());
+    let group = group_name(r.plan.group);
+    match (&r.vfio_node, node) {
+        (Some(path), Some(Ok(owner))) => format!(
+            "{group} is yours: {path} (owner {}, mode {:04o}). {release}\n",
+            users.display(owner.uid),
+            owner.mode
+        ),
+        (Some(path), _) => format!("{group} is yours: {path}. {release}\n"),
+        (None, _) => {
+            let mut drivers: Vec<String> = r
+                .plan
+                .steps
+                .iter()
+                .filter(|s| s.device == primary)
+                .filter_map(|s| match &s.action {
+                    StepAction::Bind { driver, .. } => Some(driver.to_string()),
+                    StepAction::Keep { .. } => None,
+                })
+                .collect();
+            let on = drivers
+                .pop()
+                .map(|d| format!(" on {d}"))
+                .unwrap_or_default();
+            format!(
+                "{group} is yours ({}{on}; no host driver will touch it). {release}\n",
+                primary.short()
+            )
+        }
+    }
+}
+
+/// What is wrong with the group node the helper handed over, if anything.
+pub fn node_warning(path: &str, node: &io::Result<NodeOwner>, me: u32) -> Option<String> {
+    match node {
+        Err(e) => Some(format!(
+            "cannot check {path}: {e}. If your VM cannot open it, see ls -l /dev/vfio and the \
+             helper's log (journalctl -u vfio-gate.service)"
+        )),
+        Ok(o) if o.uid != me => Some(format!(
+            "{path} is owned by uid {}, not by you (uid {me}): the helper should have handed it to \
+             you; see its log (journalctl -u vfio-gate.service)",
+            o.uid
+        )),
+        Ok(o) if o.mode & 0o077 != 0 => Some(format!(
+            "{path} has mode {:04o}: other users may open it too; an admin should check the udev \
+             rules for /dev/vfio",
+            o.mode
+        )),
+        Ok(_) => None,
+    }
+}
+
+/// The last line of a dry run.
+pub fn dry_run_note(run_it: &str) -> String {
+    format!("dry run: nothing was changed; run without --dry-run to do it: {run_it}\n")
+}
+
+/// True when the device went back to the driver it had before the bind.
+pub fn restored_as_expected(d: &RestoredDevice) -> bool {
+    d.restored_driver == d.expected_driver
+}
+
+/// What `release` prints on stdout: the group, then one line per device given back.
+pub fn release_summary(r: &ReleaseReport) -> String {
+    let group = group_name(r.group);
+    if r.devices.is_empty() {
+        return format!("Released {group}; vfio-gate had moved no device in it.\n");
+    }
+    let mut text = format!("Released {group}:\n");
+    let mut devices: Vec<&RestoredDevice> = r.devices.iter().collect();
+    devices.sort_by_key(|d| d.device);
+    for d in devices {
+        let addr = d.device.short();
+        let line = match (&d.expected_driver, &d.restored_driver) {
+            (Some(e), Some(now)) if e == now => format!("{addr} is back on {now}"),
+            (None, None) => {
+                format!("{addr} is released (it had no driver before, and has none now)")
+            }
+            (_, Some(now)) => format!("{addr} is released, and is now on {now}"),
+            (_, None) => format!("{addr} is released, and now has no driver"),
+        };
+        text.push_str("  ");
+        text.push_str(&line);
+        text.push('\n');
+    }
+    text
+}
+
+/// Why a released device needs a look, when it did not go back to its previous driver.
+pub fn release_warning(d: &RestoredDevice) -> Option<String> {
+    if restored_as_expected(d) {
         return None;
     }
-    let addr = r.device;
-    let now = r
+    let addr = d.device;
+    let now = d
         .restored_driver
         .as_deref()
         .map_or_else(|| "has no driver".to_owned(), |d| format!("is on {d}"));
-    Some(match &r.expected_driver {
+    Some(match &d.expected_driver {
         Some(expected) => {
             let module = expected.replace('-', "_");
             format!(
@@ -200,16 +407,8 @@ pub fn release_warning(r: &ReleaseReport) -> Option<String> {
     })
 }
 
-/// What `bind --json` prints: the helper's report plus the node to open.
-#[derive(Debug, Serialize)]
-pub struct BindJson<'a> {
-    #[serde(flatten)]
-    pub report: &'a BindReport,
-    /// `/dev/vfio/<group>` for a vfio-pci bind with a group, else null.
-    pub vfio_node: Option<String>,
-}
-
-/// What `release --json` prints: the helper's report plus whether it went as expected.
+/// What `release --json` prints: the helper's report plus whether every device went back to the
+/// driver it had before.
 #[derive(Debug, Serialize)]
 pub struct ReleaseJson<'a> {
     #[serde(flatten)]
@@ -226,7 +425,7 @@ pub fn write_json(w: &mut impl Write, value: &impl Serialize) -> io::Result<()> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vfio_gate_protocol::{Holder, PciAddress, RuleRef};
+    use vfio_gate_protocol::{Holder, MemberKind, RuleRef};
 
     fn addr(s: &str) -> PciAddress {
         s.parse().unwrap()
@@ -323,63 +522,250 @@ ADDRESS       IDS        CLASS               DRIVER    GROUP  ALLOWED           
         assert!(lines[2].ends_with("-       -"), "{text}");
     }
 
-    fn bind_report(driver: Driver, previous: Option<&str>, group: Option<u32>) -> BindReport {
-        BindReport {
-            device: addr("01:00.0"),
-            driver,
-            previous_driver: previous.map(str::to_owned),
-            iommu_group: group,
-            rule: RuleRef {
-                name: "lab".into(),
-                file: "/etc/vfio-gate/policy.toml".into(),
-                line: 12,
-            },
+    fn rule(name: &str, line: u32) -> RuleRef {
+        RuleRef {
+            name: name.into(),
+            file: "/etc/vfio-gate/policy.toml".into(),
+            line,
+        }
+    }
+
+    /// The test guest's group 11: a PCIe-to-PCI bridge, an e1000 and an edu device.
+    fn group_11() -> Plan {
+        let step = |a: &str, kind, vendor, device_id, driver: Option<&str>, action| PlanStep {
+            device: addr(a),
+            kind,
+            vendor,
+            device_id,
+            driver: driver.map(str::to_owned),
+            action,
+        };
+        Plan {
+            group: Some(11),
+            // Out of order on purpose: the table sorts by address.
+            steps: vec![
+                step(
+                    "05:02.0",
+                    MemberKind::Endpoint,
+                    0x1234,
+                    0x11e8,
+                    None,
+                    StepAction::Bind {
+                        driver: Driver::VfioPci,
+                        rule: rule("lab", 12),
+                    },
+                ),
+                step(
+                    "04:00.0",
+                    MemberKind::Bridge,
+                    0x1b36,
+                    0x000e,
+                    Some("pcieport"),
+                    StepAction::Keep {
+                        reason: "keeps the group viable".into(),
+                    },
+                ),
+                step(
+                    "05:01.0",
+                    MemberKind::Endpoint,
+                    0x8086,
+                    0x100e,
+                    Some("e1000"),
+                    StepAction::Bind {
+                        driver: Driver::PciStub,
+                        rule: rule("companions", 20),
+                    },
+                ),
+            ],
         }
     }
 
     #[test]
-    fn bind_summary_names_driver_group_node_rule_and_release_command() {
+    fn plan_table_shows_member_ids_kind_driver_and_action() {
+        let plan = group_11();
         assert_eq!(
-            bind_summary(&bind_report(Driver::VfioPci, Some("e1000e"), Some(8))),
-            "01:00.0 is now on vfio-pci (was e1000e; IOMMU group 8, /dev/vfio/8), granted by \
-             rule 'lab' (/etc/vfio-gate/policy.toml:12).\n\
-             Release it with: vfio-gate release 01:00.0\n"
+            render(&plan_table(&plan, &PciNames::default())),
+            "\
+MEMBER   IDS        KIND      DRIVER    ACTION
+04:00.0  1b36:000e  bridge    pcieport  stays on pcieport: keeps the group viable
+05:01.0  8086:100e  endpoint  e1000     → pci-stub (rule 'companions', /etc/vfio-gate/policy.toml:20)
+05:02.0  1234:11e8  endpoint  -         → vfio-pci (rule 'lab', /etc/vfio-gate/policy.toml:12)
+"
         );
-        let stub = bind_summary(&bind_report(Driver::PciStub, None, Some(3)));
-        assert!(
-            stub.starts_with("01:00.0 is now on pci-stub (had no driver; IOMMU group 3), "),
-            "{stub}"
+        let names = PciNames::parse(
+            include_str!("../tests/data/pci.ids").as_bytes(),
+            &plan_names(&plan),
         );
-        let none = bind_summary(&bind_report(Driver::VfioPci, None, None));
-        assert!(none.contains("(had no driver; no IOMMU group)"), "{none}");
+        let block = plan_block("IOMMU group 11:", &plan, &names);
+        assert_eq!(
+            block,
+            "\
+IOMMU group 11:
+  MEMBER   IDS        NAME                                 KIND      DRIVER    ACTION
+  04:00.0  1b36:000e  QEMU PCIe-to-PCI bridge              bridge    pcieport  stays on pcieport: keeps the group viable
+  05:01.0  8086:100e  82540EM Gigabit Ethernet Controller  endpoint  e1000     → pci-stub (rule 'companions', /etc/vfio-gate/policy.toml:20)
+  05:02.0  1234:11e8  QEMU edu device                      endpoint  -         → vfio-pci (rule 'lab', /etc/vfio-gate/policy.toml:12)
+"
+        );
     }
 
-    fn release_report(expected: Option<&str>, restored: Option<&str>) -> ReleaseReport {
-        ReleaseReport {
-            device: addr("01:00.0"),
+    #[test]
+    fn a_kept_member_without_a_driver_says_so() {
+        let step = PlanStep {
+            device: addr("00:1f.0"),
+            kind: MemberKind::OtherBridge,
+            vendor: 0x8086,
+            device_id: 0x2918,
+            driver: None,
+            action: StepAction::Keep {
+                reason: "no driver claims DMA".into(),
+            },
+        };
+        assert_eq!(
+            action_text(&step),
+            "stays without a driver: no driver claims DMA"
+        );
+    }
+
+    #[test]
+    fn the_needs_group_step_names_what_else_moves_and_what_stays() {
+        let plan = group_11();
+        assert_eq!(
+            needs_group_step(&plan, &[addr("05:02.0")], "vfio-gate bind 05:02.0 --group"),
+            "Re-run with --group to also put 05:01.0 on pci-stub and leave 04:00.0 on pcieport: \
+             vfio-gate bind 05:02.0 --group"
+        );
+        // Both endpoints named: nothing else moves.
+        let step = needs_group_step(&plan, &[addr("05:02.0"), addr("05:01.0")], "X");
+        assert_eq!(
+            step,
+            "Re-run with --group to bind the group as a whole and leave 04:00.0 on pcieport: X"
+        );
+        assert_eq!(
+            join_words(&["a".into(), "b".into(), "c".into()]),
+            "a, b and c"
+        );
+    }
+
+    fn report(vfio_node: Option<&str>, dry_run: bool) -> BindReport {
+        BindReport {
+            plan: group_11(),
+            dry_run,
+            vfio_node: vfio_node.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn bind_outcome_names_the_node_its_owner_and_the_release_command() {
+        let users = UserNames::parse(
+            "alice:x:1000:1000::/:/bin/sh\n".as_bytes(),
+            &BTreeSet::from([1000]),
+        );
+        let r = report(Some("/dev/vfio/11"), false);
+        let owner = Ok(NodeOwner {
+            uid: 1000,
+            mode: 0o600,
+        });
+        assert_eq!(
+            bind_outcome(&r, addr("05:02.0"), Some(&owner), &users),
+            "IOMMU group 11 is yours: /dev/vfio/11 (owner alice, mode 0600). Release with: \
+             vfio-gate release 05:02.0\n"
+        );
+        let missing = Err(io::Error::from(io::ErrorKind::NotFound));
+        assert_eq!(
+            bind_outcome(&r, addr("05:02.0"), Some(&missing), &users),
+            "IOMMU group 11 is yours: /dev/vfio/11. Release with: vfio-gate release 05:02.0\n"
+        );
+        let stub = bind_outcome(&report(None, false), addr("05:01.0"), None, &users);
+        assert_eq!(
+            stub,
+            "IOMMU group 11 is yours (05:01.0 on pci-stub; no host driver will touch it). \
+             Release with: vfio-gate release 05:01.0\n"
+        );
+    }
+
+    #[test]
+    fn node_warnings_catch_another_owner_a_loose_mode_and_a_missing_node() {
+        let ok = Ok(NodeOwner {
+            uid: 1000,
+            mode: 0o600,
+        });
+        assert_eq!(node_warning("/dev/vfio/11", &ok, 1000), None);
+        let w = node_warning("/dev/vfio/11", &ok, 1001).unwrap();
+        assert!(
+            w.contains("owned by uid 1000, not by you (uid 1001)"),
+            "{w}"
+        );
+        let loose = Ok(NodeOwner {
+            uid: 1000,
+            mode: 0o666,
+        });
+        let w = node_warning("/dev/vfio/11", &loose, 1000).unwrap();
+        assert!(w.contains("mode 0666"), "{w}");
+        let missing = Err(io::Error::from(io::ErrorKind::NotFound));
+        let w = node_warning("/dev/vfio/11", &missing, 1000).unwrap();
+        assert!(w.starts_with("cannot check /dev/vfio/11: "), "{w}");
+    }
+
+    #[test]
+    fn bind_json_is_the_report() {
+        let mut out = Vec::new();
+        write_json(&mut out, &report(Some("/dev/vfio/11"), false)).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["plan"]["group"], 11);
+        assert_eq!(v["dry_run"], false);
+        assert_eq!(v["vfio_node"], "/dev/vfio/11");
+        assert_eq!(v["plan"]["steps"][0]["device"], "0000:05:02.0");
+        assert_eq!(
+            v["plan"]["steps"][0]["action"]["Bind"]["driver"],
+            "vfio-pci"
+        );
+    }
+
+    fn restored(a: &str, expected: Option<&str>, restored: Option<&str>) -> RestoredDevice {
+        RestoredDevice {
+            device: addr(a),
             expected_driver: expected.map(str::to_owned),
             restored_driver: restored.map(str::to_owned),
         }
     }
 
     #[test]
-    fn release_as_expected_has_no_warning() {
-        let r = release_report(Some("e1000e"), Some("e1000e"));
-        assert_eq!(release_summary(&r), "01:00.0 is back on e1000e.\n");
-        assert_eq!(release_warning(&r), None);
-        let r = release_report(None, None);
-        assert!(release_summary(&r).contains("had no driver before"));
-        assert_eq!(release_warning(&r), None);
+    fn release_summary_lists_each_device_in_address_order() {
+        let r = ReleaseReport {
+            group: Some(11),
+            devices: vec![
+                restored("05:02.0", None, None),
+                restored("05:01.0", Some("e1000"), Some("e1000")),
+            ],
+        };
+        assert_eq!(
+            release_summary(&r),
+            "Released IOMMU group 11:\n  \
+             05:01.0 is back on e1000\n  \
+             05:02.0 is released (it had no driver before, and has none now)\n"
+        );
+        assert!(r.devices.iter().all(|d| release_warning(d).is_none()));
+        let empty = ReleaseReport {
+            group: None,
+            devices: vec![],
+        };
+        assert!(release_summary(&empty).contains("no device"));
     }
 
     #[test]
     fn release_to_another_driver_warns_with_what_to_check() {
-        let r = release_report(Some("snd_hda_intel"), None);
-        assert_eq!(
-            release_summary(&r),
-            "01:00.0 is released, and now has no driver.\n"
+        let d = restored("01:00.0", Some("snd_hda_intel"), None);
+        let r = ReleaseReport {
+            group: Some(8),
+            devices: vec![d.clone()],
+        };
+        assert!(
+            release_summary(&r).contains("01:00.0 is released, and now has no driver\n"),
+            "{}",
+            release_summary(&r)
         );
-        let w = release_warning(&r).unwrap();
+        let w = release_warning(&d).unwrap();
         assert!(
             w.starts_with(
                 "01:00.0 did not go back to its host driver snd_hda_intel: it has no driver."
@@ -390,33 +776,11 @@ ADDRESS       IDS        CLASS               DRIVER    GROUP  ALLOWED           
             w.contains("dmesg") && w.contains("modprobe snd_hda_intel"),
             "{w}"
         );
-        let r = release_report(Some("vfio-pci"), Some("pci-stub"));
-        let w = release_warning(&r).unwrap();
+        let w = release_warning(&restored("01:00.0", Some("vfio-pci"), Some("pci-stub"))).unwrap();
         assert!(
             w.contains("it is on pci-stub") && w.contains("lsmod | grep vfio_pci"),
             "{w}"
         );
-        assert!(release_warning(&release_report(None, Some("e1000e"))).is_some());
-    }
-
-    #[test]
-    fn bind_json_flattens_the_report() {
-        let r = bind_report(Driver::VfioPci, Some("e1000e"), Some(8));
-        let mut out = Vec::new();
-        write_json(
-            &mut out,
-            &BindJson {
-                report: &r,
-                vfio_node: vfio_node(r.driver, r.iommu_group),
-            },
-        )
-        .unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
-        assert_eq!(v["device"], "0000:01:00.0");
-        assert_eq!(v["driver"], "vfio-pci");
-        assert_eq!(v["previous_driver"], "e1000e");
-        assert_eq!(v["iommu_group"], 8);
-        assert_eq!(v["rule"]["line"], 12);
-        assert_eq!(v["vfio_node"], "/dev/vfio/8");
+        assert!(release_warning(&restored("01:00.0", None, Some("e1000e"))).is_some());
     }
 }

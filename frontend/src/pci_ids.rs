@@ -43,6 +43,12 @@ impl Wanted {
         self.subclasses.insert((base, sub));
     }
 
+    /// Asks for a device's vendor and device names only (no class).
+    pub fn add_device(&mut self, vendor: u16, device: u16) {
+        self.vendors.insert(vendor);
+        self.devices.insert((vendor, device));
+    }
+
     fn count(&self) -> usize {
         self.vendors.len() + self.devices.len() + self.classes.len() + self.subclasses.len()
     }
@@ -163,6 +169,15 @@ impl PciNames {
             Some(d) => format!("{v} {d}"),
             None => format!("{v} device {device:04x}"),
         })
+    }
+
+    /// The device's own name without its vendor ("QEMU edu device"), for narrow tables; else
+    /// what [`device_name`](Self::device_name) gives.
+    pub fn short_device_name(&self, vendor: u16, device: u16) -> Option<String> {
+        match self.devices.get(&(vendor, device)) {
+            Some(d) => Some(d.clone()),
+            None => self.device_name(vendor, device),
+        }
     }
 
     /// The subclass name ("Ethernet controller"), else the class name, from the database or, for

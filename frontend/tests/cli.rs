@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use util::{FakeHelper, Reply, against, pci_ids_fixture, run, vfio_gate};
 use vfio_gate_protocol::{
-    BindReport, DeviceInfo, Driver, Holder, PciAddress, ReleaseReport, Request, Response, RuleRef,
-    WireError,
+    BindReport, DeviceInfo, Driver, Guard, Holder, MemberKind, PROTOCOL_VERSION, PciAddress, Plan,
+    PlanStep, ReleaseReport, Request, Response, RestoredDevice, RuleRef, StepAction, WireError,
 };
 
 fn addr(s: &str) -> PciAddress {
@@ -186,81 +186,319 @@ mod list {
     }
 }
 
+/// The test guest's IOMMU group 11 as `bind 05:02.0 --group` plans it: the edu device to
+/// vfio-pci, the e1000 beside it to pci-stub, the bridge left on pcieport.
+fn group_11_plan() -> Plan {
+    let step = |a: &str, kind, vendor, device_id, driver: Option<&str>, action| PlanStep {
+        device: addr(a),
+        kind,
+        vendor,
+        device_id,
+        driver: driver.map(str::to_owned),
+        action,
+    };
+    Plan {
+        group: Some(11),
+        steps: vec![
+            step(
+                "0000:04:00.0",
+                MemberKind::Bridge,
+                0x1b36,
+                0x000e,
+                Some("pcieport"),
+                StepAction::Keep {
+                    reason: "keeps the group viable".into(),
+                },
+            ),
+            step(
+                "0000:05:01.0",
+                MemberKind::Endpoint,
+                0x8086,
+                0x100e,
+                Some("e1000"),
+                StepAction::Bind {
+                    driver: Driver::PciStub,
+                    rule: companion_rule(),
+                },
+            ),
+            step(
+                "0000:05:02.0",
+                MemberKind::Endpoint,
+                0x1234,
+                0x11e8,
+                None,
+                StepAction::Bind {
+                    driver: Driver::VfioPci,
+                    rule: rule(),
+                },
+            ),
+        ],
+    }
+}
+
+fn companion_rule() -> RuleRef {
+    RuleRef {
+        name: "lab companions".into(),
+        file: "/etc/vfio-gate/policy.toml".into(),
+        line: 20,
+    }
+}
+
+/// The plan table as printed with the fixture PCI ID database, indented under its title.
+const GROUP_11_TABLE: &str = "  \
+  MEMBER   IDS        NAME                                 KIND      DRIVER    ACTION
+  04:00.0  1b36:000e  QEMU PCIe-to-PCI bridge              bridge    pcieport  stays on pcieport: keeps the group viable
+  05:01.0  8086:100e  82540EM Gigabit Ethernet Controller  endpoint  e1000     → pci-stub (rule 'lab companions', /etc/vfio-gate/policy.toml:20)
+  05:02.0  1234:11e8  QEMU edu device                      endpoint  -         → vfio-pci (rule 'lab NIC for vm-users', /etc/vfio-gate/policy.toml:12)
+";
+
+/// The user name /etc/passwd gives `uid`, or the uid as text (what vfio-gate prints).
+fn passwd_name(uid: u32) -> String {
+    std::fs::read_to_string("/etc/passwd")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.len() > 2 && f[2] == uid.to_string() && !f[0].is_empty()).then(|| f[0].to_owned())
+        })
+        .unwrap_or_else(|| uid.to_string())
+}
+
+/// A stand-in for /dev/vfio/11: a file of ours with `mode`.
+fn fake_node(mode: u32) -> (tempfile::TempDir, String) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("11");
+    std::fs::write(&path, b"").unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    let path = path.to_str().unwrap().to_owned();
+    (dir, path)
+}
+
+fn own_uid(path: &str) -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).unwrap().uid()
+}
+
 mod bind {
     use super::*;
 
-    fn report(driver: Driver) -> BindReport {
-        BindReport {
-            device: addr("01:00.0"),
-            driver,
-            previous_driver: Some("e1000e".into()),
-            iommu_group: Some(8),
-            rule: rule(),
-        }
+    fn report(dry_run: bool, vfio_node: Option<&str>) -> Response {
+        Response::Bound(BindReport {
+            plan: group_11_plan(),
+            dry_run,
+            vfio_node: vfio_node.map(str::to_owned),
+        })
+    }
+
+    fn with_names(fake: &FakeHelper, args: &[&str]) -> std::process::Command {
+        let mut cmd = against(fake, args);
+        cmd.arg("--pci-ids").arg(pci_ids_fixture());
+        cmd
     }
 
     #[test]
-    fn says_what_happened_and_how_to_undo_it() {
-        let fake = FakeHelper::answering(Response::Bound(report(Driver::VfioPci)));
-        let r = run(against(&fake, &["bind", "01:00.0"]));
+    fn a_group_bind_shows_the_plan_and_hands_over_the_node() {
+        let (_dir, node) = fake_node(0o600);
+        let fake = FakeHelper::answering(report(false, Some(&node)));
+        let r = run(with_names(&fake, &["bind", "05:02.0", "--group"]));
+        r.code(0).stderr_empty();
+        let expected = format!(
+            "IOMMU group 11:\n{GROUP_11_TABLE}IOMMU group 11 is yours: {node} (owner {}, mode \
+             0600). Release with: vfio-gate release 05:02.0\n",
+            passwd_name(own_uid(&node))
+        );
+        if r.stdout != expected {
+            r.fail(&format!("expected\n{expected}"));
+        }
+        assert_eq!(
+            fake.requests(),
+            vec![Request::Bind {
+                devices: vec![addr("05:02.0")],
+                driver: Driver::VfioPci,
+                group: true,
+                dry_run: false,
+            }]
+        );
+    }
+
+    #[test]
+    fn every_address_reaches_the_helper_in_order_with_the_flags() {
+        let fake = FakeHelper::start(vec![
+            Reply::Answer(report(true, None)),
+            Reply::Answer(report(true, None)),
+            Reply::Answer(report(true, None)),
+        ]);
+        run(against(
+            &fake,
+            &[
+                "bind",
+                "05:02.0",
+                "0000:05:01.0",
+                "--to",
+                "pci-stub",
+                "--dry-run",
+            ],
+        ))
+        .code(0);
+        run(against(
+            &fake,
+            &["bind", "--group", "0000:05:01.0", "05:02.0", "05:01.0"],
+        ))
+        .code(0);
+        run(against(&fake, &["bind", "01:00.0"])).code(0);
+        assert_eq!(
+            fake.requests(),
+            vec![
+                Request::Bind {
+                    devices: vec![addr("05:02.0"), addr("05:01.0")],
+                    driver: Driver::PciStub,
+                    group: false,
+                    dry_run: true,
+                },
+                // Named twice (in two spellings): sent once, where it was first named.
+                Request::Bind {
+                    devices: vec![addr("05:01.0"), addr("05:02.0")],
+                    driver: Driver::VfioPci,
+                    group: true,
+                    dry_run: false,
+                },
+                Request::Bind {
+                    devices: vec![addr("01:00.0")],
+                    driver: Driver::VfioPci,
+                    group: false,
+                    dry_run: false,
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn a_dry_run_says_nothing_changed_and_how_to_do_it() {
+        // The report names /dev/vfio/11, but a dry run hands nothing over: no node is looked at
+        // (there is none on the test machine, which would give a warning).
+        let fake = FakeHelper::answering(report(true, Some("/nonexistent/vfio/11")));
+        let r = run(with_names(
+            &fake,
+            &["bind", "05:02.0", "--group", "--dry-run"],
+        ));
+        r.code(0).stderr_empty();
+        let expected = format!(
+            "Plan for IOMMU group 11:\n{GROUP_11_TABLE}dry run: nothing was changed; run without \
+             --dry-run to do it: vfio-gate bind 05:02.0 --to vfio-pci --group\n"
+        );
+        if r.stdout != expected {
+            r.fail(&format!("expected\n{expected}"));
+        }
+        let requests = fake.requests();
+        assert!(
+            matches!(
+                &requests[..],
+                [Request::Bind {
+                    dry_run: true,
+                    group: true,
+                    ..
+                }]
+            ),
+            "{requests:?}"
+        );
+    }
+
+    #[test]
+    fn a_node_that_is_missing_or_open_to_others_is_a_warning() {
+        let (_dir, loose) = fake_node(0o666);
+        let fake = FakeHelper::start(vec![
+            Reply::Answer(report(false, Some("/nonexistent/vfio/11"))),
+            Reply::Answer(report(false, Some(&loose))),
+        ]);
+        run(against(&fake, &["bind", "05:02.0", "--group"]))
+            .code(0)
+            .stdout_has("IOMMU group 11 is yours: /nonexistent/vfio/11. Release with:")
+            .stderr_has("vfio-gate: warning: cannot check /nonexistent/vfio/11: ");
+        run(against(&fake, &["bind", "05:02.0", "--group"]))
+            .code(0)
+            .stdout_has("mode 0666)")
+            .stderr_has("has mode 0666: other users may open it too");
+        fake.requests();
+    }
+
+    #[test]
+    fn a_pci_stub_bind_has_no_node() {
+        let plan = Plan {
+            group: Some(8),
+            steps: vec![PlanStep {
+                device: addr("01:00.0"),
+                kind: MemberKind::Endpoint,
+                vendor: 0x8086,
+                device_id: 0x10d3,
+                driver: Some("e1000e".into()),
+                action: StepAction::Bind {
+                    driver: Driver::PciStub,
+                    rule: rule(),
+                },
+            }],
+        };
+        let fake = FakeHelper::answering(Response::Bound(BindReport {
+            plan,
+            dry_run: false,
+            vfio_node: None,
+        }));
+        let r = run(against(
+            &fake,
+            &[
+                "bind",
+                "01:00.0",
+                "--to",
+                "pci-stub",
+                "--pci-ids",
+                "/nonexistent",
+            ],
+        ));
         r.code(0).stderr_empty();
         assert_eq!(
             r.stdout,
-            "01:00.0 is now on vfio-pci (was e1000e; IOMMU group 8, /dev/vfio/8), granted by \
-             rule 'lab NIC for vm-users' (/etc/vfio-gate/policy.toml:12).\n\
-             Release it with: vfio-gate release 01:00.0\n",
+            "IOMMU group 8:\n  \
+             MEMBER   IDS        KIND      DRIVER  ACTION\n  \
+             01:00.0  8086:10d3  endpoint  e1000e  → pci-stub (rule 'lab NIC for vm-users', \
+             /etc/vfio-gate/policy.toml:12)\n\
+             IOMMU group 8 is yours (01:00.0 on pci-stub; no host driver will touch it). Release \
+             with: vfio-gate release 01:00.0\n",
             "{r:#?}"
         );
-        assert_eq!(
-            fake.requests(),
-            vec![Request::Bind {
-                device: addr("0000:01:00.0"),
-                driver: Driver::VfioPci
-            }]
-        );
+        fake.requests();
     }
 
     #[test]
-    fn full_address_and_pci_stub_reach_the_helper() {
-        let fake = FakeHelper::answering(Response::Bound(report(Driver::PciStub)));
-        let r = run(against(
-            &fake,
-            &["bind", "0000:01:00.0", "--to", "pci-stub"],
-        ));
-        r.code(0)
-            .stdout_has("01:00.0 is now on pci-stub (was e1000e; IOMMU group 8)");
+    fn json_is_the_bind_report() {
+        let (_dir, node) = fake_node(0o600);
+        let fake = FakeHelper::answering(report(false, Some(&node)));
+        let r = run(against(&fake, &["bind", "05:02.0", "--group", "--json"]));
+        let v = r.code(0).stderr_empty().json();
+        assert_eq!(v["dry_run"], false);
+        assert_eq!(v["vfio_node"], node.as_str());
+        assert_eq!(v["plan"]["group"], 11);
+        let steps = v["plan"]["steps"]
+            .as_array()
+            .unwrap_or_else(|| r.fail("no steps"));
+        assert_eq!(steps.len(), 3);
+        assert_eq!(steps[1]["device"], "0000:05:01.0");
+        assert_eq!(steps[1]["driver"], "e1000");
+        assert_eq!(steps[1]["action"]["Bind"]["driver"], "pci-stub");
+        assert_eq!(steps[1]["action"]["Bind"]["rule"]["line"], 20);
         assert_eq!(
-            fake.requests(),
-            vec![Request::Bind {
-                device: addr("01:00.0"),
-                driver: Driver::PciStub
-            }]
+            steps[0]["action"]["Keep"]["reason"],
+            "keeps the group viable"
         );
-    }
-
-    #[test]
-    fn json_is_the_report_and_the_node_to_open() {
-        let fake = FakeHelper::answering(Response::Bound(report(Driver::VfioPci)));
-        let r = run(against(&fake, &["bind", "01:00.0", "--json"]));
-        let v = r.code(0).json();
-        assert_eq!(v["device"], "0000:01:00.0");
-        assert_eq!(v["driver"], "vfio-pci");
-        assert_eq!(v["previous_driver"], "e1000e");
-        assert_eq!(v["iommu_group"], 8);
-        assert_eq!(v["vfio_node"], "/dev/vfio/8");
-        assert_eq!(v["rule"]["name"], "lab NIC for vm-users");
-        assert_eq!(v["rule"]["file"], "/etc/vfio-gate/policy.toml");
-        assert_eq!(v["rule"]["line"], 12);
         fake.requests();
     }
 
     #[test]
     fn the_socket_can_come_from_the_environment() {
-        let fake = FakeHelper::answering(Response::Bound(report(Driver::VfioPci)));
+        let fake = FakeHelper::answering(report(true, None));
         let mut cmd = vfio_gate();
         cmd.env("VFIO_GATE_SOCKET", fake.socket())
-            .args(["bind", "01:00.0"]);
-        run(cmd).code(0).stdout_has("is now on vfio-pci");
+            .args(["bind", "05:02.0", "--dry-run"]);
+        run(cmd).code(0).stdout_has("dry run: nothing was changed");
         assert_eq!(fake.requests().len(), 1);
     }
 }
@@ -268,46 +506,79 @@ mod bind {
 mod release {
     use super::*;
 
-    fn report(expected: Option<&str>, restored: Option<&str>) -> Response {
-        Response::Released(ReleaseReport {
-            device: addr("01:00.0"),
+    fn restored(a: &str, expected: Option<&str>, restored: Option<&str>) -> RestoredDevice {
+        RestoredDevice {
+            device: addr(a),
             expected_driver: expected.map(str::to_owned),
             restored_driver: restored.map(str::to_owned),
+        }
+    }
+
+    fn report(e1000_back: Option<&str>) -> Response {
+        Response::Released(ReleaseReport {
+            group: Some(11),
+            devices: vec![
+                restored("05:02.0", None, None),
+                restored("05:01.0", Some("e1000"), e1000_back),
+            ],
         })
     }
 
     #[test]
-    fn names_the_restored_driver() {
-        let fake = FakeHelper::answering(report(Some("e1000e"), Some("e1000e")));
-        let r = run(against(&fake, &["release", "01:00.0"]));
+    fn names_every_restored_device() {
+        let fake = FakeHelper::answering(report(Some("e1000")));
+        let r = run(against(&fake, &["release", "05:02.0"]));
         r.code(0).stderr_empty();
-        assert_eq!(r.stdout, "01:00.0 is back on e1000e.\n", "{r:#?}");
+        assert_eq!(
+            r.stdout,
+            "Released IOMMU group 11:\n  \
+             05:01.0 is back on e1000\n  \
+             05:02.0 is released (it had no driver before, and has none now)\n",
+            "{r:#?}"
+        );
         assert_eq!(
             fake.requests(),
             vec![Request::Release {
-                device: addr("01:00.0")
+                device: addr("05:02.0")
             }]
         );
     }
 
     #[test]
-    fn warns_when_the_host_driver_did_not_come_back() {
+    fn warns_when_a_host_driver_did_not_come_back() {
         let fake = FakeHelper::start(vec![
-            Reply::Answer(report(Some("e1000e"), None)),
-            Reply::Answer(report(Some("e1000e"), None)),
+            Reply::Answer(report(None)),
+            Reply::Answer(report(None)),
         ]);
-        let r = run(against(&fake, &["release", "01:00.0"]));
+        let r = run(against(&fake, &["release", "05:02.0"]));
         r.code(0)
-            .stdout_has("01:00.0 is released, and now has no driver.")
-            .stderr_has("vfio-gate: warning: 01:00.0 did not go back to its host driver e1000e")
+            .stdout_has("05:01.0 is released, and now has no driver")
+            .stderr_has("vfio-gate: warning: 05:01.0 did not go back to its host driver e1000")
             .stderr_has("dmesg")
-            .stderr_has("modprobe e1000e");
-        let r = run(against(&fake, &["release", "01:00.0", "--json"]));
+            .stderr_has("modprobe e1000");
+        if r.stderr.lines().count() != 1 {
+            r.fail("only 05:01.0 deserves a warning");
+        }
+        let r = run(against(&fake, &["release", "05:02.0", "--json"]));
         let v = r.code(0).stderr_has("warning").json();
         assert_eq!(v["restored_as_expected"], false);
-        assert_eq!(v["expected_driver"], "e1000e");
-        assert_eq!(v["restored_driver"], serde_json::Value::Null);
+        assert_eq!(v["group"], 11);
+        assert_eq!(v["devices"][1]["device"], "0000:05:01.0");
+        assert_eq!(v["devices"][1]["expected_driver"], "e1000");
+        assert_eq!(v["devices"][1]["restored_driver"], serde_json::Value::Null);
         assert_eq!(fake.requests().len(), 2);
+    }
+
+    #[test]
+    fn a_group_in_use_is_busy() {
+        let fake = FakeHelper::answering(Response::Error(WireError::Busy {
+            reason: "group 11 is in use — stop the VM first".into(),
+        }));
+        run(against(&fake, &["release", "05:02.0"]))
+            .code(6)
+            .stdout_empty()
+            .stderr_has("vfio-gate: busy: group 11 is in use — stop the VM first");
+        fake.requests();
     }
 }
 
@@ -435,6 +706,197 @@ mod errors {
         }
     }
 
+    fn needs_group() -> WireError {
+        WireError::NeedsGroup {
+            group: 11,
+            plan: group_11_plan(),
+            reason: "05:01.0 is on e1000, which keeps the group from being viable".into(),
+        }
+    }
+
+    #[test]
+    fn a_bind_that_needs_the_group_shows_the_plan_and_the_command_that_does_it() {
+        let fake = FakeHelper::answering(Response::Error(needs_group()));
+        let mut cmd = against(&fake, &["bind", "05:02.0"]);
+        cmd.arg("--pci-ids").arg(pci_ids_fixture());
+        let r = run(cmd);
+        r.code(3).stdout_empty();
+        let expected = format!(
+            "vfio-gate: IOMMU group 11 would not be usable with only 05:02.0 moved: 05:01.0 is on \
+             e1000, which keeps the group from being viable\n\
+             With --group, IOMMU group 11 would be:\n{GROUP_11_TABLE}\
+             vfio-gate: Re-run with --group to also put 05:01.0 on pci-stub and leave 04:00.0 on \
+             pcieport: vfio-gate bind 05:02.0 --to vfio-pci --group\n"
+        );
+        if r.stderr != expected {
+            r.fail(&format!("expected on stderr\n{expected}"));
+        }
+        let requests = fake.requests();
+        assert!(
+            matches!(&requests[..], [Request::Bind { group: false, .. }]),
+            "{requests:?}"
+        );
+    }
+
+    #[test]
+    fn the_re_run_hint_keeps_the_addresses_driver_and_dry_run() {
+        let fake = FakeHelper::start(vec![
+            Reply::Answer(Response::Error(needs_group())),
+            Reply::Answer(Response::Error(needs_group())),
+        ]);
+        run(against(
+            &fake,
+            &[
+                "bind",
+                "--dry-run",
+                "0000:05:02.0",
+                "05:01.0",
+                "--to",
+                "vfio-pci",
+                "--pci-ids",
+                "/nonexistent/pci.ids",
+            ],
+        ))
+        .code(3)
+        .stderr_has("with only 05:02.0, 05:01.0 moved")
+        .stderr_has("05:01.0  8086:100e  endpoint  e1000     → pci-stub")
+        .stderr_has(
+            "Re-run with --group to bind the group as a whole and leave 04:00.0 on pcieport: \
+             vfio-gate bind 05:02.0 05:01.0 --to vfio-pci --group --dry-run\n",
+        );
+        let r = run(against(&fake, &["bind", "05:02.0", "--json"]));
+        let e = r.code(3).json_error("needs_group");
+        assert_eq!(e["group"], 11);
+        assert_eq!(e["rerun"], "vfio-gate bind 05:02.0 --to vfio-pci --group");
+        assert_eq!(
+            e["plan"]["steps"][1]["action"]["Bind"]["driver"],
+            "pci-stub"
+        );
+        assert!(
+            e["next_step"]
+                .as_str()
+                .unwrap()
+                .contains("also put 05:01.0 on pci-stub")
+        );
+        r.stderr_has("With --group, IOMMU group 11 would be:");
+        fake.requests();
+    }
+
+    #[test]
+    fn a_held_group_names_the_holder_and_when_in_local_time() {
+        // uid 0 is root in every /etc/passwd. TZ=UTC-2 is two hours east of UTC, which moves
+        // 2023-11-14 22:13 UTC to the next day: proof the local zone is used.
+        let held = |since| {
+            Reply::Answer(Response::Error(WireError::Held {
+                group: Some(11),
+                uid: 0,
+                since,
+            }))
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let fake = FakeHelper::start(vec![
+            held(1_700_000_000),
+            held(1_700_000_000),
+            held(now - 60),
+            held(1_700_000_000),
+        ]);
+        for (tz, since) in [("UTC", "2023-11-14 22:13"), ("UTC-2", "2023-11-15 00:13")] {
+            let mut cmd = against(&fake, &["bind", "05:02.0"]);
+            cmd.env("TZ", tz);
+            run(cmd)
+                .code(3)
+                .stdout_empty()
+                .stderr_has(&format!(
+                    "vfio-gate: group 11 is held by root since {since}\n"
+                ))
+                .stderr_has("ask root to release it");
+        }
+        let mut cmd = against(&fake, &["bind", "05:02.0"]);
+        cmd.env("TZ", "UTC");
+        let r = run(cmd);
+        // A minute ago, today: the time alone, no date. (Only whether it is still the same day
+        // depends on when vfio-gate reads the clock; skip that check right after midnight.)
+        let minute = (now - 60) % 86_400 / 60;
+        let today = format!("{:02}:{:02}", minute / 60, minute % 60);
+        let first = r.stderr.lines().next().unwrap_or_default();
+        let when = first
+            .strip_prefix("vfio-gate: group 11 is held by root since ")
+            .unwrap_or_else(|| r.fail("expected the holder"));
+        if now % 86_400 >= 120 && when != today {
+            r.fail(&format!("expected since {today}"));
+        }
+        let mut cmd = against(&fake, &["release", "05:02.0", "--json"]);
+        cmd.env("TZ", "UTC");
+        let r = run(cmd);
+        let e = r.code(3).json_error("held");
+        assert_eq!(e["user"], "root");
+        assert_eq!(e["uid"], 0);
+        assert_eq!(e["group"], 11);
+        assert_eq!(e["since"], 1_700_000_000);
+        assert_eq!(
+            e["message"],
+            "group 11 is held by root since 2023-11-14 22:13"
+        );
+        fake.requests();
+    }
+
+    #[test]
+    fn a_guard_refusal_says_why_and_what_an_admin_can_do() {
+        for (guard, reason, advice) in [
+            (
+                Guard::NoIommuGroup,
+                "03:00.0 has no IOMMU group",
+                "intel_iommu=on or amd_iommu=on",
+            ),
+            (
+                Guard::BootVga,
+                "03:00.0 is the boot VGA device",
+                "Use another GPU",
+            ),
+            (
+                Guard::HostInUse,
+                "/home is mounted from nvme0n1 on 03:00.0",
+                "unmount its filesystems (umount)",
+            ),
+            (
+                Guard::NotEndpoint,
+                "03:00.0 is a PCI bridge",
+                "Bind the endpoint behind it",
+            ),
+            (
+                Guard::SriovEnabled,
+                "03:00.0 has 4 virtual functions",
+                "echo 0 > /sys/bus/pci/devices/0000:03:00.0/sriov_numvfs",
+            ),
+        ] {
+            let wire = WireError::Refused {
+                device: addr("03:00.0"),
+                guard,
+                reason: reason.into(),
+            };
+            let fake = FakeHelper::start(vec![
+                Reply::Answer(Response::Error(wire.clone())),
+                Reply::Answer(Response::Error(wire)),
+            ]);
+            let r = run(against(&fake, &["bind", "03:00.0"]));
+            r.code(3)
+                .stdout_empty()
+                .stderr_has(&format!(
+                    "vfio-gate: refused by a built-in guard that no policy can override: {reason}\n"
+                ))
+                .stderr_has(advice);
+            let r = run(against(&fake, &["bind", "03:00.0", "--json"]));
+            let e = r.code(3).json_error("refused");
+            assert_eq!(e["device"], "0000:03:00.0");
+            assert_eq!(e["guard"], serde_json::to_value(guard).unwrap());
+            assert!(e["next_step"].as_str().unwrap().contains(advice), "{e}");
+            fake.requests();
+        }
+    }
+
     #[test]
     fn a_missing_socket_is_status_5_with_the_way_to_start_the_helper() {
         let dir = tempfile::tempdir().unwrap();
@@ -511,9 +973,8 @@ mod errors {
     #[test]
     fn an_answer_to_another_question_is_a_protocol_error() {
         let fake = FakeHelper::answering(Response::Released(ReleaseReport {
-            device: addr("01:00.0"),
-            expected_driver: None,
-            restored_driver: None,
+            group: Some(8),
+            devices: vec![],
         }));
         let r = run(against(&fake, &["list", "--json"]));
         let e = r.code(1).json_error("protocol");
@@ -526,12 +987,23 @@ mod errors {
 
     #[test]
     fn a_helper_from_another_release_is_status_7() {
-        // A frame whose payload is protocol version 2 (bincode varint: one byte) and nothing else:
-        // the version is decoded first, so this is a mismatch, not a decode error.
-        let fake = FakeHelper::start(vec![Reply::Raw(vec![1, 0, 0, 0, 2])]);
+        // A frame whose payload is the next protocol version (bincode varint: one byte below
+        // 251) and nothing else: the version is decoded first, so this is a mismatch, not a
+        // decode error.
+        let next = PROTOCOL_VERSION + 1;
+        let fake = FakeHelper::start(vec![Reply::Raw(vec![
+            1,
+            0,
+            0,
+            0,
+            u8::try_from(next).unwrap(),
+        ])]);
         let r = run(against(&fake, &["list"]));
         r.code(7)
-            .stderr_has("the helper speaks protocol version 2, this vfio-gate speaks version 1")
+            .stderr_has(&format!(
+                "the helper speaks protocol version {next}, this vfio-gate speaks version \
+                 {PROTOCOL_VERSION}"
+            ))
             .stderr_has("one release");
         fake.requests();
     }
