@@ -21,23 +21,28 @@
 
 pub mod activation;
 pub mod audit;
+pub mod groups;
+pub mod guards;
 pub mod ops;
 pub mod options;
 pub mod peer;
+pub mod plan;
 pub mod server;
 pub mod service;
 pub mod state;
 mod sys;
 pub mod sysfs;
+pub mod usage;
 
 use std::sync::Arc;
 
 use vfio_gate_policy::{EtcFiles, Policy, PolicyError};
 
 use crate::activation::{ActivationEnv, ActivationError};
+use crate::groups::ViabilityRule;
 use crate::options::Options;
 use crate::server::{Limits, ServeError};
-use crate::service::Service;
+use crate::service::{Service, Tuning};
 use crate::state::{StateDir, StateError};
 use crate::sysfs::Sysfs;
 
@@ -64,12 +69,24 @@ pub fn run(opts: &Options) -> Result<(), StartupError> {
         idle_timeout: policy.settings().idle_timeout,
         ..Limits::default()
     };
-    let service = Service::new(Box::new(Sysfs::new(&opts.sysfs_root)), policy, state);
+    let release = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tuning = Tuning {
+        vfio_dir: opts.vfio_dir.clone(),
+        viability: ViabilityRule::for_release(&release),
+        ..Tuning::default()
+    };
+    let kernel = Arc::new(Sysfs::new(&opts.sysfs_root, &opts.vfio_dir));
+    let host = Box::new(usage::HostView::new(&opts.sysfs_root, "/proc"));
+    let service = Service::new(kernel, host, policy, state, tuning);
     audit::Line::new("start")
         .field("version", env!("CARGO_PKG_VERSION"))
         .field("policy", opts.policy.display())
         .field("sysfs_root", opts.sysfs_root.display())
         .field("state_dir", opts.state_dir.display())
+        .field("vfio_dir", opts.vfio_dir.display())
+        .field("kernel", &release)
         .field("idle_timeout_s", limits.idle_timeout.as_secs())
         .emit();
     server::serve(listener, Arc::new(service), limits)?;

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 pub const USAGE: &str = "\
 usage: vfio-gated [--listen PATH] [--policy FILE] [--sysfs-root DIR] [--state-dir DIR]
+                  [--vfio-dir DIR]
 
 The vfio-gate privileged helper. Normally started by systemd socket activation
 (vfio-gate.socket); --listen PATH serves a socket of its own instead.
@@ -14,6 +15,7 @@ The vfio-gate privileged helper. Normally started by systemd socket activation
   --policy FILE      policy file (default /etc/vfio-gate/policy.toml)
   --sysfs-root DIR   sysfs mount to act on (default /sys)
   --state-dir DIR    lease records (default /run/vfio-gate)
+  --vfio-dir DIR     VFIO group nodes handed to users (default /dev/vfio)
   --help, --version
 ";
 
@@ -24,6 +26,7 @@ pub struct Options {
     pub policy: PathBuf,
     pub sysfs_root: PathBuf,
     pub state_dir: PathBuf,
+    pub vfio_dir: PathBuf,
 }
 
 impl Default for Options {
@@ -33,6 +36,7 @@ impl Default for Options {
             policy: "/etc/vfio-gate/policy.toml".into(),
             sysfs_root: "/sys".into(),
             state_dir: "/run/vfio-gate".into(),
+            vfio_dir: "/dev/vfio".into(),
         }
     }
 }
@@ -70,6 +74,7 @@ impl Command {
                 Some("--policy") => "--policy",
                 Some("--sysfs-root") => "--sysfs-root",
                 Some("--state-dir") => "--state-dir",
+                Some("--vfio-dir") => "--vfio-dir",
                 _ => return Err(UsageError::Unknown(arg.to_string_lossy().into_owned())),
             };
             if seen.contains(&name) {
@@ -81,7 +86,8 @@ impl Command {
                 "--listen" => opts.listen = Some(value),
                 "--policy" => opts.policy = value,
                 "--sysfs-root" => opts.sysfs_root = value,
-                _ => opts.state_dir = value,
+                "--state-dir" => opts.state_dir = value,
+                _ => opts.vfio_dir = value,
             }
         }
         Ok(Command::Run(opts))

@@ -252,6 +252,9 @@ fn error_kind(e: &WireError) -> &'static str {
         WireError::BadRequest { .. } => "bad-request",
         WireError::VersionMismatch { .. } => "version-mismatch",
         WireError::Failed { .. } => "failed",
+        WireError::Refused { .. } => "refused",
+        WireError::NeedsGroup { .. } => "needs-group",
+        WireError::Held { .. } => "held",
         _ => "internal",
     }
 }
@@ -269,13 +272,25 @@ fn audit_line(
         .field("peer_pid", peer.pid)
         .field("request", request.map_or("invalid", Request::kind));
     match request {
-        Some(Request::Bind { device, driver }) => {
-            line.field("device", device).field("driver", driver);
+        Some(Request::Bind {
+            driver,
+            group,
+            dry_run,
+            ..
+        }) => {
+            line.field("driver", driver);
+            if *group {
+                line.field("group", "yes");
+            }
+            if *dry_run {
+                line.field("dry_run", "yes");
+            }
         }
-        Some(Request::Release { device }) => {
-            line.field("device", device);
-        }
-        _ => {}
+        Some(Request::Release { .. } | Request::List) | None => {}
+    }
+    if !verdict.devices.is_empty() {
+        let devices: Vec<String> = verdict.devices.iter().map(ToString::to_string).collect();
+        line.field("devices", devices.join(","));
     }
     if let Some(allowed) = verdict.allowed {
         line.field("decision", if allowed { "allow" } else { "deny" });

@@ -1,27 +1,36 @@
 //! What the helper does with one decoded request: decide, act, answer.
 //!
-//! The caller's identity comes from the kernel ([`Peer`]); the request only names a device and a
-//! target driver, both already validated by the protocol types. Every sysfs mutation, and the
-//! lease bookkeeping around it, happens under one lock, so concurrent clients cannot interleave
-//! writes to the same device or race for it.
+//! The caller's identity comes from the kernel ([`Peer`]); the request only names devices and a
+//! target driver, both already validated by the protocol types. A bind is planned for the whole
+//! IOMMU group ([`crate::plan`]), checked against the built-in guards ([`crate::guards`]) and the
+//! policy, recorded in a lease before the first write ([`crate::state`]), carried out all or
+//! nothing, and finished by handing `/dev/vfio/<group>` to the caller. Every sysfs mutation, and
+//! the lease bookkeeping around it, happens under one lock, so concurrent clients cannot
+//! interleave writes or race for a group.
 
 // Handlers return `Result<_, (WireError, Verdict)>` so `?` carries the audit verdict with the
 // error. The error is large but built at most once per request: boxing it would buy nothing.
 #![allow(clippy::result_large_err)]
 
-use std::sync::{Mutex, MutexGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use vfio_gate_policy::{Decision, Policy};
+use vfio_gate_policy::{Decision, DeviceFacts, Policy, Subject};
 use vfio_gate_protocol::{
-    BindReport, DeviceInfo, Driver, Holder, PciAddress, ReleaseReport, Request, Response, RuleRef,
-    WireError,
+    BindReport, DeviceInfo, Driver, Holder, MAX_BIND_DEVICES, PciAddress, ReleaseReport, Request,
+    Response, RestoredDevice, RuleRef, StepAction, WireError,
 };
 
-use crate::ops::{self, BindError, Rollback};
+use crate::audit;
+use crate::groups::{ViabilityRule, classify, viable};
+use crate::guards::{self, HostUse};
+use crate::ops::{self, Rollback};
 use crate::peer::Peer;
-use crate::state::{Lease, Phase, StateDir};
-use crate::sysfs::{Kernel, SysfsError};
+use crate::plan::{self, MemberState, Permissions, PlanError};
+use crate::state::{Lease, LeasedDevice, Phase, StateDir};
+use crate::sysfs::{Bounded, Kernel, NodeOwner, SysfsError};
 
 /// What the audit line needs besides the response.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -29,13 +38,40 @@ pub struct Verdict {
     /// `Some(true)` allowed, `Some(false)` denied, `None` when no decision was needed (list).
     pub allowed: Option<bool>,
     pub rule: Option<RuleRef>,
+    /// Every device the request touched or asked about.
+    pub devices: Vec<PciAddress>,
+}
+
+/// Knobs of the service, with production defaults.
+#[derive(Debug, Clone)]
+pub struct Tuning {
+    /// How long a sysfs write may block before the caller is told (see [`Bounded`]).
+    pub write_timeout: Duration,
+    /// How long to wait for `/dev/vfio/<group>` to appear after a bind.
+    pub node_timeout: Duration,
+    /// Where group nodes live, for reports (`/dev/vfio`).
+    pub vfio_dir: PathBuf,
+    pub viability: ViabilityRule,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Self {
+            write_timeout: Duration::from_secs(10),
+            node_timeout: Duration::from_secs(10),
+            vfio_dir: "/dev/vfio".into(),
+            viability: ViabilityRule::DmaOwnership,
+        }
+    }
 }
 
 /// The helper's request handler.
 pub struct Service {
-    kernel: Box<dyn Kernel>,
+    kernel: Bounded,
+    host: Box<dyn HostUse>,
     policy: Policy,
     state: StateDir,
+    tuning: Tuning,
     mutations: Mutex<()>,
 }
 
@@ -43,6 +79,7 @@ impl std::fmt::Debug for Service {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Service")
             .field("state", &self.state)
+            .field("tuning", &self.tuning)
             .finish_non_exhaustive()
     }
 }
@@ -63,18 +100,51 @@ fn internal(e: impl std::fmt::Display) -> WireError {
 fn sysfs_error(dev: PciAddress, e: SysfsError) -> WireError {
     match e {
         SysfsError::NoDevice(_) => WireError::NotFound { device: dev },
+        e @ (SysfsError::Blocked { .. } | SysfsError::StillBlocked { .. }) => WireError::Busy {
+            reason: e.to_string(),
+        },
         other => internal(other),
     }
 }
 
+/// The policy, asked on behalf of one caller about one primary device.
+struct Asking<'a> {
+    policy: &'a Policy,
+    subject: &'a Subject,
+    primary: DeviceFacts,
+    driver: Driver,
+}
+
+impl Permissions for Asking<'_> {
+    fn decide(&self, device: &DeviceFacts, driver: Driver) -> Decision {
+        self.policy.decide(self.subject, device, driver)
+    }
+    fn companion(&self, member: &DeviceFacts, driver: Driver) -> Decision {
+        self.policy
+            .decide_companion(self.subject, &self.primary, self.driver, member, driver)
+    }
+}
+
 impl Service {
-    pub fn new(kernel: Box<dyn Kernel>, policy: Policy, state: StateDir) -> Self {
-        Self {
-            kernel,
+    pub fn new(
+        kernel: Arc<dyn Kernel>,
+        host: Box<dyn HostUse>,
+        policy: Policy,
+        state: StateDir,
+        tuning: Tuning,
+    ) -> Self {
+        let service = Self {
+            kernel: Bounded::new(kernel, tuning.write_timeout),
+            host,
             policy,
             state,
+            tuning,
             mutations: Mutex::new(()),
-        }
+        };
+        let _guard = service.lock();
+        service.reconcile_nodes();
+        drop(_guard);
+        service
     }
 
     pub fn policy(&self) -> &Policy {
@@ -87,11 +157,24 @@ impl Service {
         self.mutations.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn node_path(&self, group: u32) -> String {
+        self.tuning
+            .vfio_dir
+            .join(group.to_string())
+            .display()
+            .to_string()
+    }
+
     /// Handles one request from `peer`.
     pub fn handle(&self, peer: &Peer, req: &Request) -> (Response, Verdict) {
         let result = match req {
             Request::List => self.list(peer).map(|r| (r, Verdict::default())),
-            Request::Bind { device, driver } => self.bind(peer, *device, *driver),
+            Request::Bind {
+                devices,
+                driver,
+                group,
+                dry_run,
+            } => self.bind(peer, devices, *driver, *group, *dry_run),
             Request::Release { device } => self.release(peer, *device),
         };
         match result {
@@ -103,17 +186,26 @@ impl Service {
     fn list(&self, peer: &Peer) -> Result<Response, (WireError, Verdict)> {
         let fail = |e| (internal(e), Verdict::default());
         let subject = peer.subject();
+        let (leases, _) = self.state.all();
+        let mut holders = BTreeMap::new();
+        for l in &leases {
+            for d in &l.devices {
+                holders.insert(
+                    d.device,
+                    Holder {
+                        uid: l.owner_uid,
+                        driver: d.driver,
+                        since: l.since,
+                    },
+                );
+            }
+        }
         let mut out = Vec::new();
         for dev in self.kernel.devices().map_err(fail)? {
             // A device can vanish between the directory listing and the reads: skip it.
             let Ok(facts) = self.kernel.facts(dev) else {
                 continue;
             };
-            let holder = self.state.read(dev).ok().flatten().map(|l| Holder {
-                uid: l.owner_uid,
-                driver: l.driver,
-                since: l.since,
-            });
             out.push(DeviceInfo {
                 address: dev,
                 vendor: facts.vendor,
@@ -135,118 +227,418 @@ impl Service {
                     .map(|d| d.to_string()),
                 iommu_group: self.kernel.iommu_group(dev).ok().flatten(),
                 allowed: self.policy.allowed_drivers(&subject, &facts),
-                holder,
+                holder: holders.get(&dev).cloned(),
             });
         }
         Ok(Response::Devices(out))
     }
 
+    fn member_state(&self, dev: PciAddress) -> Result<MemberState, SysfsError> {
+        let facts = self.kernel.facts(dev)?;
+        Ok(MemberState {
+            kind: classify(facts.class, self.kernel.header_type(dev)?),
+            driver: self.kernel.driver(dev)?,
+            facts,
+        })
+    }
+
+    fn guard(&self, m: &MemberState, verdict: &Verdict) -> Result<(), (WireError, Verdict)> {
+        let deny = |e: WireError| {
+            (
+                e,
+                Verdict {
+                    allowed: Some(false),
+                    ..verdict.clone()
+                },
+            )
+        };
+        match guards::check(&self.kernel, &*self.host, m.facts.address, m.kind) {
+            Ok(None) => Ok(()),
+            Ok(Some(r)) => Err(deny(WireError::Refused {
+                device: r.device,
+                guard: r.guard,
+                reason: r.reason,
+            })),
+            Err(e) => Err(deny(internal(e))),
+        }
+    }
+
     fn bind(
         &self,
         peer: &Peer,
-        dev: PciAddress,
+        named: &[PciAddress],
         driver: Driver,
+        whole_group: bool,
+        dry_run: bool,
     ) -> Result<(Response, Verdict), (WireError, Verdict)> {
-        let facts = self
+        let mut verdict = Verdict {
+            devices: named.to_vec(),
+            ..Verdict::default()
+        };
+        let bad = |reason: String, v: &Verdict| (WireError::BadRequest { reason }, v.clone());
+        let Some(&primary) = named.first() else {
+            return Err(bad("a bind names at least one device".into(), &verdict));
+        };
+        if named.len() > MAX_BIND_DEVICES {
+            return Err(bad(
+                format!("a bind names at most {MAX_BIND_DEVICES} devices"),
+                &verdict,
+            ));
+        }
+        if (1..named.len()).any(|i| named[..i].contains(&named[i])) {
+            return Err(bad("a device is named twice".into(), &verdict));
+        }
+        let mut named_states = Vec::with_capacity(named.len());
+        for &dev in named {
+            named_states.push(
+                self.member_state(dev)
+                    .map_err(|e| (sysfs_error(dev, e), verdict.clone()))?,
+            );
+        }
+        for m in &named_states {
+            self.guard(m, &verdict)?;
+        }
+        let group = self
             .kernel
-            .facts(dev)
-            .map_err(|e| (sysfs_error(dev, e), Verdict::default()))?;
-        let rule = match self.policy.decide(&peer.subject(), &facts, driver) {
-            Decision::Allow(rule) => rule,
-            Decision::Deny(rule) => {
-                let reason = match &rule {
-                    Some(r) => format!("rule {r} denies binding {dev} to {driver}"),
-                    None => format!(
-                        "no policy rule lets uid {} bind {dev} to {driver}",
-                        peer.uid
+            .iommu_group(primary)
+            .map_err(|e| (sysfs_error(primary, e), verdict.clone()))?
+            .ok_or_else(|| (internal("the group vanished"), verdict.clone()))?;
+        for &dev in &named[1..] {
+            let g = self.kernel.iommu_group(dev).ok().flatten();
+            if g != Some(group) {
+                return Err(bad(
+                    format!(
+                        "{} is in IOMMU group {group} but {} is in {}: bind one group at a time",
+                        primary.short(),
+                        dev.short(),
+                        g.map_or("none".into(), |g| g.to_string())
                     ),
-                };
-                let verdict = Verdict {
-                    allowed: Some(false),
-                    rule: rule.clone(),
-                };
-                return Err((WireError::Denied { rule, reason }, verdict));
+                    &verdict,
+                ));
             }
-        };
-        let verdict = Verdict {
-            allowed: Some(true),
-            rule: Some(rule.clone()),
-        };
-        let fail = |e: WireError| (e, verdict.clone());
+        }
 
         let _guard = self.lock();
-        match self.state.read(dev).map_err(|e| fail(internal(e)))? {
-            Some(lease) if lease.owner_uid == peer.uid => {
-                return Err(fail(WireError::Busy {
-                    reason: format!(
-                        "you already hold {dev} on {}; release it first (vfio-gate release {})",
-                        lease.driver,
-                        dev.short()
-                    ),
-                }));
-            }
-            Some(lease) => {
-                return Err(fail(WireError::Denied {
-                    rule: None,
-                    reason: format!(
-                        "{dev} is held by uid {} on {}; only one user holds a device at a time",
-                        lease.owner_uid, lease.driver
-                    ),
-                }));
-            }
-            None => {}
-        }
-        let original =
-            ops::original_state(&*self.kernel, dev).map_err(|e| fail(sysfs_error(dev, e)))?;
-        let mut lease = Lease {
-            device: dev,
-            owner_uid: peer.uid,
-            driver,
-            original: original.clone(),
-            phase: Phase::Intent,
-            since: now(),
-        };
-        // Write-ahead: the record exists before the first sysfs write.
-        self.state.write(&lease).map_err(|e| fail(internal(e)))?;
-        match ops::bind(&*self.kernel, dev, driver, &original) {
-            Ok(()) => {
-                lease.phase = Phase::Applied;
-                self.state.write(&lease).map_err(|e| fail(internal(e)))?;
-                Ok((
-                    Response::Bound(BindReport {
-                        device: dev,
-                        driver,
-                        previous_driver: original.driver.map(|d| d.to_string()),
-                        iommu_group: self.kernel.iommu_group(dev).ok().flatten(),
-                        rule,
-                    }),
-                    verdict,
-                ))
-            }
-            Err(e) => {
-                let restored = match &e {
-                    BindError::AlreadyOnTarget { .. } => true,
-                    BindError::Step { rollback, .. } | BindError::NotBound { rollback, .. } => {
-                        *rollback == Rollback::Restored
-                    }
-                };
-                // Keep the record when the device is in an unknown state, so it is not forgotten.
-                if restored {
-                    let _ = self.state.remove(dev);
-                }
-                let wire = match e {
-                    BindError::AlreadyOnTarget { .. } => WireError::Busy {
+        match self.state.read(group) {
+            Ok(Some(lease)) if lease.owner_uid == peer.uid => {
+                let held: Vec<String> = lease.devices.iter().map(|d| d.device.short()).collect();
+                return Err((
+                    WireError::Busy {
                         reason: format!(
-                            "{dev} is already on {driver}, bound outside vfio-gate; ask an admin to give it back to its host driver first"
+                            "you already hold group {group} ({}); release it first (vfio-gate release {})",
+                            held.join(", "),
+                            held[0]
                         ),
                     },
-                    other => WireError::Failed {
-                        reason: other.to_string(),
+                    verdict,
+                ));
+            }
+            Ok(Some(lease)) => {
+                verdict.allowed = Some(false);
+                return Err((
+                    WireError::Held {
+                        group: Some(group),
+                        uid: lease.owner_uid,
+                        since: lease.since,
                     },
-                };
-                Err(fail(wire))
+                    verdict,
+                ));
+            }
+            Ok(None) => {}
+            Err(e) => return Err((internal(e), verdict)),
+        }
+
+        let members = self
+            .kernel
+            .group_members(group)
+            .and_then(|ms| {
+                ms.into_iter()
+                    .map(|d| self.member_state(d))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .map_err(|e| (internal(e), verdict.clone()))?;
+        let subject = peer.subject();
+        let asking = Asking {
+            policy: &self.policy,
+            subject: &subject,
+            primary: named_states[0].facts,
+            driver,
+        };
+        let plan = match plan::plan(
+            group,
+            &members,
+            named,
+            driver,
+            &asking,
+            self.tuning.viability,
+        ) {
+            Ok(p) => p,
+            Err(PlanError::Denied { rule, reason, .. }) => {
+                verdict.allowed = Some(false);
+                verdict.rule = rule.clone();
+                return Err((WireError::Denied { rule, reason }, verdict));
+            }
+            Err(PlanError::Impossible { reason, .. }) => {
+                verdict.allowed = Some(false);
+                return Err((WireError::Denied { rule: None, reason }, verdict));
+            }
+        };
+        verdict.allowed = Some(true);
+        verdict.rule = plan.steps.iter().find_map(|s| match &s.action {
+            StepAction::Bind { rule, .. } if s.device == primary => Some(rule.clone()),
+            _ => None,
+        });
+        verdict.devices = plan
+            .steps
+            .iter()
+            .filter(|s| matches!(s.action, StepAction::Bind { .. }))
+            .map(|s| s.device)
+            .collect();
+        let companions: Vec<&MemberState> = members
+            .iter()
+            .filter(|m| {
+                !named.contains(&m.facts.address) && verdict.devices.contains(&m.facts.address)
+            })
+            .collect();
+        if !whole_group && plan::moves_companions(&plan, named) {
+            let moved: Vec<String> = companions
+                .iter()
+                .map(|m| {
+                    format!(
+                        "{} ({})",
+                        m.facts.address.short(),
+                        m.driver.as_ref().map_or("no driver", |d| d.as_str())
+                    )
+                })
+                .collect();
+            verdict.allowed = Some(false);
+            return Err((
+                WireError::NeedsGroup {
+                    group,
+                    reason: format!(
+                        "binding {} alone would leave group {group} unusable: {} must leave {} host driver for pci-stub",
+                        named
+                            .iter()
+                            .map(|a| a.short())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        moved.join(", "),
+                        if moved.len() == 1 { "its" } else { "their" }
+                    ),
+                    plan,
+                },
+                verdict,
+            ));
+        }
+        for m in &companions {
+            self.guard(m, &verdict)?;
+        }
+        if dry_run {
+            return Ok((
+                Response::Bound(BindReport {
+                    plan,
+                    dry_run: true,
+                    vfio_node: (driver == Driver::VfioPci).then(|| self.node_path(group)),
+                }),
+                verdict,
+            ));
+        }
+
+        // Write-ahead: the lease, with every original state, exists before the first write.
+        let mut lease = Lease {
+            group,
+            owner_uid: peer.uid,
+            owner_gid: peer.gid,
+            phase: Phase::Intent,
+            since: now(),
+            devices: Vec::new(),
+        };
+        for s in &plan.steps {
+            if let StepAction::Bind { driver, .. } = s.action {
+                let original = ops::original_state(&self.kernel, s.device)
+                    .map_err(|e| (sysfs_error(s.device, e), verdict.clone()))?;
+                lease.devices.push(LeasedDevice {
+                    device: s.device,
+                    driver,
+                    original,
+                });
             }
         }
+        self.state
+            .write(&lease)
+            .map_err(|e| (internal(e), verdict.clone()))?;
+        if let Err(reason) = self.execute(&lease, peer, driver) {
+            let restored = self.undo(&lease, lease.devices.len());
+            let reason = match restored {
+                Ok(()) => {
+                    let _ = self.state.remove(group);
+                    format!("{reason}; every member of group {group} was put back as it was")
+                }
+                Err(why) => format!(
+                    "{reason}; putting group {group} back did not complete ({why}); the lease is kept so an admin can see it"
+                ),
+            };
+            return Err((WireError::Failed { reason }, verdict));
+        }
+        lease.phase = Phase::Applied;
+        self.state
+            .write(&lease)
+            .map_err(|e| (internal(e), verdict.clone()))?;
+        Ok((
+            Response::Bound(BindReport {
+                plan,
+                dry_run: false,
+                vfio_node: (driver == Driver::VfioPci).then(|| self.node_path(group)),
+            }),
+            verdict,
+        ))
+    }
+
+    /// Binds every member of the lease, then hands the group node over. Undoes nothing itself:
+    /// on error the caller rolls back the whole group.
+    fn execute(&self, lease: &Lease, peer: &Peer, driver: Driver) -> Result<(), String> {
+        for d in &lease.devices {
+            ops::bind(&self.kernel, d.device, d.driver, &d.original).map_err(|e| e.to_string())?;
+        }
+        if driver != Driver::VfioPci {
+            return Ok(());
+        }
+        let members: Vec<_> = self
+            .kernel
+            .group_members(lease.group)
+            .and_then(|ms| {
+                ms.into_iter()
+                    .map(|d| self.member_state(d))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .map(|m| crate::groups::Member {
+                address: m.facts.address,
+                kind: m.kind,
+                driver: m.driver,
+            })
+            .collect();
+        if let Err(blockers) = viable(&members, self.tuning.viability) {
+            let b: Vec<String> = blockers.iter().map(ToString::to_string).collect();
+            return Err(format!(
+                "group {} is still not viable: {}",
+                lease.group,
+                b.join(", ")
+            ));
+        }
+        self.hand_over(
+            lease.group,
+            NodeOwner {
+                uid: peer.uid,
+                gid: peer.gid,
+                mode: 0o600,
+            },
+        )
+    }
+
+    /// Waits (bounded) for `/dev/vfio/<group>` and gives it to `owner`.
+    fn hand_over(&self, group: u32, owner: NodeOwner) -> Result<(), String> {
+        let started = Instant::now();
+        let mut said = false;
+        loop {
+            match self.kernel.group_node(group) {
+                Ok(Some(_)) => break,
+                Ok(None) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+            if started.elapsed() > self.tuning.node_timeout {
+                return Err(format!(
+                    "{} did not appear within {} s (is devtmpfs mounted on /dev, is vfio loaded?)",
+                    self.node_path(group),
+                    self.tuning.node_timeout.as_secs()
+                ));
+            }
+            if !said && started.elapsed() > Duration::from_secs(1) {
+                said = true;
+                audit::Line::new("waiting")
+                    .field("node", self.node_path(group))
+                    .emit();
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.kernel
+            .chown_group_node(group, owner)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Rolls back the first `n` members of `lease`, last first.
+    fn undo(&self, lease: &Lease, n: usize) -> Result<(), String> {
+        let mut problems = Vec::new();
+        for d in lease.devices[..n].iter().rev() {
+            if let Rollback::Incomplete(why) = ops::roll_back(&self.kernel, d.device, &d.original) {
+                problems.push(format!("{}: {why}", d.device.short()));
+            }
+        }
+        self.reset_node(lease.group);
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("; "))
+        }
+    }
+
+    /// Gives `/dev/vfio/<group>` back to root, if it still exists.
+    fn reset_node(&self, group: u32) {
+        if let Ok(Some(owner)) = self.kernel.group_node(group)
+            && owner != NodeOwner::ROOT
+            && let Err(e) = self.kernel.chown_group_node(group, NodeOwner::ROOT)
+        {
+            audit::Line::new("node-error")
+                .field("group", group)
+                .field("error", e)
+                .emit();
+        }
+    }
+
+    /// Makes every group node's owner match the leases: the holder's for applied leases on
+    /// vfio-pci, root's otherwise. Never leaves a node with someone who no longer holds it.
+    fn reconcile_nodes(&self) {
+        let (leases, _) = self.state.all();
+        let Ok(devices) = self.kernel.devices() else {
+            return;
+        };
+        let mut groups: Vec<u32> = devices
+            .iter()
+            .filter_map(|d| self.kernel.iommu_group(*d).ok().flatten())
+            .collect();
+        groups.sort();
+        groups.dedup();
+        for g in groups {
+            let want = leases
+                .iter()
+                .find(|l| {
+                    l.group == g
+                        && l.phase == Phase::Applied
+                        && l.devices.iter().any(|d| d.driver == Driver::VfioPci)
+                })
+                .map_or(NodeOwner::ROOT, |l| NodeOwner {
+                    uid: l.owner_uid,
+                    gid: l.owner_gid,
+                    mode: 0o600,
+                });
+            if let Ok(Some(have)) = self.kernel.group_node(g)
+                && have != want
+            {
+                let _ = self.kernel.chown_group_node(g, want);
+            }
+        }
+    }
+
+    fn find_lease(&self, dev: PciAddress) -> Result<Option<Lease>, WireError> {
+        if let Some(g) = self.kernel.iommu_group(dev).ok().flatten()
+            && let Some(l) = self.state.read(g).map_err(internal)?
+        {
+            return Ok(Some(l));
+        }
+        // The device may have vanished (and its group with it): look through every lease.
+        let (leases, _) = self.state.all();
+        Ok(leases.into_iter().find(|l| l.device(dev).is_some()))
     }
 
     fn release(
@@ -254,81 +646,112 @@ impl Service {
         peer: &Peer,
         dev: PciAddress,
     ) -> Result<(Response, Verdict), (WireError, Verdict)> {
+        let mut verdict = Verdict {
+            devices: vec![dev],
+            ..Verdict::default()
+        };
         let _guard = self.lock();
-        let plain = |e| (e, Verdict::default());
-        let Some(mut lease) = self.state.read(dev).map_err(|e| plain(internal(e)))? else {
+        let Some(mut lease) = self.find_lease(dev).map_err(|e| (e, verdict.clone()))? else {
             if !self.kernel.exists(dev) {
-                return Err(plain(WireError::NotFound { device: dev }));
+                return Err((WireError::NotFound { device: dev }, verdict));
             }
+            verdict.allowed = Some(false);
             return Err((
                 WireError::Denied {
                     rule: None,
                     reason: format!(
-                        "{dev} is not held through vfio-gate; there is nothing to release"
+                        "{} is not held through vfio-gate; there is nothing to release",
+                        dev.short()
                     ),
                 },
-                Verdict {
-                    allowed: Some(false),
-                    rule: None,
-                },
+                verdict,
             ));
         };
+        let group = lease.group;
+        verdict.devices = lease.devices.iter().map(|d| d.device).collect();
         if lease.owner_uid != peer.uid && peer.uid != 0 {
+            verdict.allowed = Some(false);
             return Err((
-                WireError::Denied {
-                    rule: None,
-                    reason: format!(
-                        "{dev} is held by uid {}; only that user or root can release it",
-                        lease.owner_uid
-                    ),
+                WireError::Held {
+                    group: Some(group),
+                    uid: lease.owner_uid,
+                    since: lease.since,
                 },
-                Verdict {
-                    allowed: Some(false),
-                    rule: None,
-                },
+                verdict,
             ));
         }
-        let verdict = Verdict {
-            allowed: Some(true),
-            rule: None,
-        };
-        if !self.kernel.exists(dev) {
-            // The device went away (hot-unplug, remove): the kernel freed its override with it.
-            let _ = self.state.remove(dev);
-            return Err((WireError::NotFound { device: dev }, verdict));
+        verdict.allowed = Some(true);
+        let vfio = lease.devices.iter().any(|d| d.driver == Driver::VfioPci);
+        if vfio && self.kernel.group_in_use(group).unwrap_or(false) {
+            return Err((
+                WireError::Busy {
+                    reason: format!(
+                        "group {group} is in use — stop the VM first (a process holds {})",
+                        self.node_path(group)
+                    ),
+                },
+                verdict,
+            ));
         }
         lease.phase = Phase::Releasing;
         self.state
             .write(&lease)
             .map_err(|e| (internal(e), verdict.clone()))?;
-        let released = ops::release(&*self.kernel, dev, &lease.original).map_err(|e| {
-            (
-                WireError::Failed {
-                    reason: format!("{e}; the lease is kept, retry the release"),
-                },
-                verdict.clone(),
-            )
-        })?;
+        let mut restored = Vec::new();
+        while let Some(d) = lease.devices.last().cloned() {
+            if self.kernel.exists(d.device) {
+                match ops::release(&self.kernel, d.device, &d.original) {
+                    Ok(r) => restored.push(RestoredDevice {
+                        device: d.device,
+                        expected_driver: r.expected.map(|n| n.to_string()),
+                        restored_driver: r.restored.map(|n| n.to_string()),
+                    }),
+                    Err(e) => {
+                        // Keep what is still held, so a retry releases exactly that.
+                        let _ = self.state.write(&lease);
+                        let e = match e {
+                            ops::ReleaseError::Step { source, .. }
+                                if matches!(
+                                    source,
+                                    SysfsError::Blocked { .. } | SysfsError::StillBlocked { .. }
+                                ) =>
+                            {
+                                WireError::Busy {
+                                    reason: format!(
+                                        "{source}; the release of group {group} will finish when you retry after the VM is gone"
+                                    ),
+                                }
+                            }
+                            other => WireError::Failed {
+                                reason: format!("{other}; the lease is kept, retry the release"),
+                            },
+                        };
+                        return Err((e, verdict));
+                    }
+                }
+            }
+            lease.devices.pop();
+        }
+        self.reset_node(group);
         self.state
-            .remove(dev)
+            .remove(group)
             .map_err(|e| (internal(e), verdict.clone()))?;
+        restored.reverse();
         Ok((
             Response::Released(ReleaseReport {
-                device: dev,
-                expected_driver: released.expected.map(|d| d.to_string()),
-                restored_driver: released.restored.map(|d| d.to_string()),
+                group: Some(group),
+                devices: restored,
             }),
             verdict,
         ))
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sysfs::{SimKernel, SimOp};
-    use std::sync::Arc;
+    use crate::sysfs::{SimDevice, SimKernel, SimOp};
     use vfio_gate_policy::NameResolver;
+    use vfio_gate_protocol::{Guard, Plan};
 
     struct Names;
     impl NameResolver for Names {
@@ -344,17 +767,25 @@ mod tests {
         }
     }
 
+    /// The guest's default policy (tests/vm/policy.toml), plus a rule that would hand out the
+    /// host's disk and NIC, to show the guards win over the policy.
     const POLICY: &str = r#"
-version = 1
-
 [[rule]]
 name = "alice's NIC and test devices"
 subjects = { users = ["alice"], groups = ["vm-users"] }
 devices = [
   { address = "01:00.0", vendor = "8086", device = "10d3" },
   { address = "00:06.*" },
+  { address = "00:1b.0" },
 ]
 drivers = ["vfio-pci"]
+
+[[rule]]
+name = "group 11"
+subjects = { groups = ["vm-users"] }
+devices = [{ address = "05:0?.0" }]
+drivers = ["vfio-pci"]
+companions = ["pci-stub"]
 
 [[rule]]
 name = "testdev on stub"
@@ -363,14 +794,15 @@ devices = [{ address = "00:06.1" }]
 drivers = ["pci-stub"]
 
 [[rule]]
-name = "storage, if it were allowed"
+name = "everything, for the guards to refuse"
 subjects = { users = ["alice"] }
-devices = [{ address = "03:00.0" }]
-drivers = ["vfio-pci"]
+devices = [{ address = "02:00.0" }, { address = "03:00.0" }, { address = "04:00.0" }, { address = "00:1f.0" }, { address = "0a:00.0" }, { address = "0b:00.0" }, { address = "0c:00.0" }]
+drivers = ["vfio-pci", "pci-stub"]
 
 [[deny]]
 name = "never storage"
 devices = [{ class = "01xxxx" }]
+subjects = { users = ["bob"] }
 "#;
 
     fn alice() -> Peer {
@@ -389,6 +821,14 @@ devices = [{ class = "01xxxx" }]
             groups: vec![1001],
         }
     }
+    fn root() -> Peer {
+        Peer {
+            uid: 0,
+            gid: 0,
+            pid: 1,
+            groups: vec![],
+        }
+    }
     fn a(s: &str) -> PciAddress {
         s.parse().unwrap()
     }
@@ -399,51 +839,41 @@ devices = [{ class = "01xxxx" }]
         service: Service,
     }
 
-    /// Lets the test keep a handle on the simulated kernel the service owns.
-    struct Shared(Arc<SimKernel>);
-    impl Kernel for Shared {
-        fn devices(&self) -> Result<Vec<PciAddress>, SysfsError> {
-            self.0.devices()
-        }
-        fn exists(&self, d: PciAddress) -> bool {
-            self.0.exists(d)
-        }
-        fn facts(&self, d: PciAddress) -> Result<crate::sysfs::DeviceFacts, SysfsError> {
-            self.0.facts(d)
-        }
-        fn driver(&self, d: PciAddress) -> Result<Option<crate::sysfs::DriverName>, SysfsError> {
-            self.0.driver(d)
-        }
-        fn driver_override(
-            &self,
-            d: PciAddress,
-        ) -> Result<Option<crate::sysfs::DriverName>, SysfsError> {
-            self.0.driver_override(d)
-        }
-        fn iommu_group(&self, d: PciAddress) -> Result<Option<u32>, SysfsError> {
-            self.0.iommu_group(d)
-        }
-        fn set_override(
-            &self,
-            d: PciAddress,
-            n: Option<&crate::sysfs::DriverName>,
-        ) -> Result<(), SysfsError> {
-            self.0.set_override(d, n)
-        }
-        fn unbind(&self, d: PciAddress) -> Result<(), SysfsError> {
-            self.0.unbind(d)
-        }
-        fn probe(&self, d: PciAddress) -> Result<(), SysfsError> {
-            self.0.probe(d)
-        }
-    }
-
     fn fixture() -> Fixture {
         let tmp = tempfile::tempdir().unwrap();
         let kernel = Arc::new(SimKernel::guest_layout());
+        // Devices the guest does not have, for the guards it cannot show.
+        kernel.add_device(SimDevice {
+            boot_vga: true,
+            ..SimDevice::endpoint("0a:00.0", 0x1234, 0x1111, 0x030000, Some("bochs-drm"))
+                .in_group(20)
+        });
+        kernel.add_device(SimDevice {
+            sriov_numvfs: 4,
+            ..SimDevice::endpoint("0b:00.0", 0x8086, 0x1521, 0x020000, Some("igb")).in_group(21)
+        });
+        kernel.add_device(SimDevice::endpoint(
+            "0c:00.0",
+            0x8086,
+            0x1521,
+            0x020000,
+            Some("igb"),
+        ));
+        kernel.load_driver("igb");
         let policy = Policy::parse(POLICY, "policy.toml", &Names).unwrap();
         let state = StateDir::open(&tmp.path().join("state")).unwrap();
-        let service = Service::new(Box::new(Shared(kernel.clone())), policy, state);
+        let tuning = Tuning {
+            write_timeout: Duration::from_millis(300),
+            node_timeout: Duration::from_millis(300),
+            ..Tuning::default()
+        };
+        let service = Service::new(
+            kernel.clone(),
+            Box::new(kernel.clone()),
+            policy,
+            state,
+            tuning,
+        );
         Fixture {
             _tmp: tmp,
             kernel,
@@ -451,49 +881,247 @@ devices = [{ class = "01xxxx" }]
         }
     }
 
+    fn bind_req(devs: &[&str], driver: Driver, group: bool, dry_run: bool) -> Request {
+        Request::Bind {
+            devices: devs.iter().map(|d| a(d)).collect(),
+            driver,
+            group,
+            dry_run,
+        }
+    }
+
     fn bind(s: &Service, p: &Peer, dev: &str, driver: Driver) -> (Response, Verdict) {
-        s.handle(
-            p,
-            &Request::Bind {
-                device: a(dev),
-                driver,
-            },
-        )
+        s.handle(p, &bind_req(&[dev], driver, false, false))
     }
 
     fn release(s: &Service, p: &Peer, dev: &str) -> (Response, Verdict) {
         s.handle(p, &Request::Release { device: a(dev) })
     }
 
+    fn driver_of(k: &SimKernel, dev: &str) -> Option<String> {
+        k.device(a(dev)).unwrap().driver.map(|d| d.to_string())
+    }
+
+    fn summary(plan: &Plan) -> Vec<String> {
+        plan.steps
+            .iter()
+            .map(|s| match &s.action {
+                StepAction::Bind { driver, .. } => format!("{} -> {driver}", s.device.short()),
+                StepAction::Keep { .. } => format!("{} keep", s.device.short()),
+            })
+            .collect()
+    }
+
     #[test]
-    fn alice_binds_and_releases() {
+    fn alice_binds_and_releases_and_gets_the_node() {
         let f = fixture();
         let (resp, verdict) = bind(&f.service, &alice(), "01:00.0", Driver::VfioPci);
         let Response::Bound(report) = resp else {
             panic!("{resp:?}")
         };
-        assert_eq!(report.previous_driver.as_deref(), Some("e1000e"));
-        assert_eq!(report.iommu_group, Some(8));
-        assert_eq!(report.rule.name, "alice's NIC and test devices");
-        assert_eq!(verdict.allowed, Some(true));
+        assert_eq!(summary(&report.plan), ["01:00.0 -> vfio-pci"]);
+        assert_eq!(report.vfio_node.as_deref(), Some("/dev/vfio/8"));
+        assert_eq!(verdict.rule.unwrap().name, "alice's NIC and test devices");
+        assert_eq!(driver_of(&f.kernel, "01:00.0").as_deref(), Some("vfio-pci"));
         assert_eq!(
-            f.kernel
-                .device(a("01:00.0"))
-                .unwrap()
-                .driver
-                .unwrap()
-                .as_str(),
-            "vfio-pci"
+            f.kernel.node(8),
+            Some(NodeOwner {
+                uid: 1000,
+                gid: 1000,
+                mode: 0o600
+            })
         );
-        let lease = f.service.state.read(a("01:00.0")).unwrap().unwrap();
+        let lease = f.service.state.read(8).unwrap().unwrap();
         assert_eq!((lease.owner_uid, lease.phase), (1000, Phase::Applied));
 
         let (resp, _) = release(&f.service, &alice(), "01:00.0");
         let Response::Released(r) = resp else {
             panic!("{resp:?}")
         };
-        assert_eq!(r.restored_driver.as_deref(), Some("e1000e"));
-        assert_eq!(f.service.state.read(a("01:00.0")).unwrap(), None);
+        assert_eq!(r.devices[0].restored_driver.as_deref(), Some("e1000e"));
+        assert_eq!(f.service.state.read(8).unwrap(), None);
+        assert_eq!(
+            f.kernel.node(8),
+            None,
+            "the node goes with the last vfio-pci member"
+        );
+    }
+
+    #[test]
+    fn group_11_needs_group_then_binds_edu_with_e1000_on_stub() {
+        let f = fixture();
+        let before = f.kernel.log();
+        let (resp, verdict) = bind(&f.service, &alice(), "05:02.0", Driver::VfioPci);
+        let Response::Error(WireError::NeedsGroup {
+            group,
+            plan,
+            reason,
+        }) = resp
+        else {
+            panic!("{resp:?}")
+        };
+        assert_eq!(group, 11);
+        assert!(reason.contains("05:01.0 (e1000)"), "{reason}");
+        assert_eq!(
+            summary(&plan),
+            ["04:00.0 keep", "05:01.0 -> pci-stub", "05:02.0 -> vfio-pci"]
+        );
+        assert_eq!(verdict.allowed, Some(false));
+        assert_eq!(f.kernel.log(), before, "a refusal writes nothing");
+
+        // --dry-run: the same plan, nothing written.
+        let (resp, _) = f.service.handle(
+            &alice(),
+            &bind_req(&["05:02.0"], Driver::VfioPci, true, true),
+        );
+        let Response::Bound(report) = resp else {
+            panic!("{resp:?}")
+        };
+        assert!(report.dry_run);
+        assert_eq!(
+            summary(&report.plan),
+            ["04:00.0 keep", "05:01.0 -> pci-stub", "05:02.0 -> vfio-pci"]
+        );
+        assert_eq!(f.kernel.log(), before, "a dry run writes nothing");
+        assert_eq!(f.service.state.read(11).unwrap(), None);
+
+        let (resp, _) = f.service.handle(
+            &alice(),
+            &bind_req(&["05:02.0"], Driver::VfioPci, true, false),
+        );
+        assert!(matches!(resp, Response::Bound(_)), "{resp:?}");
+        assert_eq!(driver_of(&f.kernel, "05:02.0").as_deref(), Some("vfio-pci"));
+        assert_eq!(driver_of(&f.kernel, "05:01.0").as_deref(), Some("pci-stub"));
+        assert_eq!(driver_of(&f.kernel, "04:00.0"), None);
+        assert_eq!(
+            f.kernel.node(11),
+            Some(NodeOwner {
+                uid: 1000,
+                gid: 1000,
+                mode: 0o600
+            })
+        );
+
+        // Bob can touch no member of the held group.
+        for dev in ["05:01.0", "05:02.0"] {
+            let (resp, _) = bind(&f.service, &bob(), dev, Driver::VfioPci);
+            assert!(
+                matches!(
+                    resp,
+                    Response::Error(WireError::Held {
+                        group: Some(11),
+                        uid: 1000,
+                        ..
+                    })
+                ),
+                "{resp:?}"
+            );
+            let (resp, _) = release(&f.service, &bob(), dev);
+            assert!(
+                matches!(resp, Response::Error(WireError::Held { .. })),
+                "{resp:?}"
+            );
+        }
+
+        let (resp, _) = release(&f.service, &alice(), "05:01.0");
+        let Response::Released(r) = resp else {
+            panic!("{resp:?}")
+        };
+        assert_eq!(r.devices.len(), 2);
+        assert_eq!(driver_of(&f.kernel, "05:01.0").as_deref(), Some("e1000"));
+        assert_eq!(driver_of(&f.kernel, "05:02.0"), None);
+        assert_eq!(f.kernel.node(11), None);
+        let d = f.kernel.device(a("05:01.0")).unwrap();
+        assert_eq!(d.driver_override, None);
+    }
+
+    #[test]
+    fn a_failure_midway_through_a_group_plan_restores_every_member() {
+        let f = fixture();
+        // 05:01.0 goes to pci-stub first, then 05:02.0's probe fails.
+        f.kernel.fail_next(SimOp::Probe, a("05:02.0"), libc::EIO);
+        let (resp, _) = f.service.handle(
+            &alice(),
+            &bind_req(&["05:02.0"], Driver::VfioPci, true, false),
+        );
+        let Response::Error(WireError::Failed { reason }) = resp else {
+            panic!("{resp:?}")
+        };
+        assert!(reason.contains("put back as it was"), "{reason}");
+        assert!(
+            f.kernel.log().iter().any(|l| l == "probe 0000:05:01.0"),
+            "the companion was bound first"
+        );
+        for (dev, driver) in [
+            ("04:00.0", None),
+            ("05:01.0", Some("e1000")),
+            ("05:02.0", None),
+        ] {
+            let d = f.kernel.device(a(dev)).unwrap();
+            assert_eq!(d.driver.map(|d| d.to_string()).as_deref(), driver, "{dev}");
+            assert_eq!(d.driver_override, None, "{dev}");
+        }
+        assert_eq!(f.service.state.read(11).unwrap(), None);
+        assert_eq!(f.kernel.node(11), None);
+    }
+
+    #[test]
+    fn guards_refuse_whatever_the_policy_says() {
+        let f = fixture();
+        let before = f.kernel.log();
+        for (dev, guard) in [
+            ("03:00.0", Guard::HostInUse),
+            ("02:00.0", Guard::HostInUse),
+            ("04:00.0", Guard::NotEndpoint),
+            ("00:1f.0", Guard::NotEndpoint),
+            ("0a:00.0", Guard::BootVga),
+            ("0b:00.0", Guard::SriovEnabled),
+            ("0c:00.0", Guard::NoIommuGroup),
+        ] {
+            for driver in Driver::ALL {
+                let (resp, verdict) = bind(&f.service, &alice(), dev, driver);
+                match resp {
+                    Response::Error(WireError::Refused {
+                        guard: g, reason, ..
+                    }) => {
+                        assert_eq!(g, guard, "{dev}: {reason}");
+                        assert_eq!(verdict.allowed, Some(false));
+                    }
+                    other => panic!("{dev} {driver}: {other:?}"),
+                }
+            }
+        }
+        assert_eq!(f.kernel.log(), before);
+    }
+
+    #[test]
+    fn release_of_a_group_in_use_is_refused_at_once() {
+        let f = fixture();
+        assert!(matches!(
+            bind(&f.service, &alice(), "01:00.0", Driver::VfioPci).0,
+            Response::Bound(_)
+        ));
+        f.kernel.hold_group(8);
+        let started = Instant::now();
+        let (resp, _) = release(&f.service, &alice(), "01:00.0");
+        let Response::Error(WireError::Busy { reason }) = resp else {
+            panic!("{resp:?}")
+        };
+        assert!(
+            reason.contains("group 8 is in use — stop the VM first"),
+            "{reason}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(1));
+        // Others are served meanwhile.
+        assert!(matches!(
+            f.service.handle(&bob(), &Request::List).0,
+            Response::Devices(_)
+        ));
+        f.kernel.let_go_group(8);
+        assert!(matches!(
+            release(&f.service, &alice(), "01:00.0").0,
+            Response::Released(_)
+        ));
     }
 
     #[test]
@@ -504,25 +1132,27 @@ devices = [{ class = "01xxxx" }]
             (alice(), "00:06.1", Driver::PciStub, Ok("testdev on stub")),
             (alice(), "00:06.0", Driver::PciStub, Err(None)),
             (bob(), "01:00.0", Driver::VfioPci, Err(None)),
+            (bob(), "03:00.0", Driver::VfioPci, Err(None)),
             (
                 alice(),
-                "03:00.0",
+                "00:1b.0",
                 Driver::VfioPci,
-                Err(Some("never storage")),
+                Ok("alice's NIC and test devices"),
             ),
-            (alice(), "00:1b.0", Driver::VfioPci, Err(None)),
         ];
         for (peer, dev, driver, expected) in table {
             let f = fixture();
             let before = f.kernel.log();
             let (resp, verdict) = bind(&f.service, peer, dev, *driver);
             match (expected, &resp) {
-                (Ok(rule), Response::Bound(r)) => assert_eq!(r.rule.name, *rule),
+                (Ok(rule), Response::Bound(_)) => assert_eq!(verdict.rule.unwrap().name, *rule),
                 (Err(rule), Response::Error(WireError::Denied { rule: got, .. })) => {
                     assert_eq!(got.as_ref().map(|r| r.name.as_str()), *rule, "{dev}");
                     assert_eq!(verdict.allowed, Some(false));
                     assert_eq!(f.kernel.log(), before, "a denied bind writes nothing");
                 }
+                // Bob's storage request meets the guard before the policy.
+                (Err(_), Response::Error(WireError::Refused { .. })) if *dev == "03:00.0" => {}
                 _ => panic!("{peer:?} {dev} {driver}: expected {expected:?}, got {resp:?}"),
             }
         }
@@ -542,28 +1172,30 @@ devices = [{ class = "01xxxx" }]
         );
         let (resp, _) = release(&f.service, &bob(), "01:00.0");
         assert!(
-            matches!(resp, Response::Error(WireError::Denied { .. })),
+            matches!(resp, Response::Error(WireError::Held { .. })),
             "{resp:?}"
         );
-        assert_eq!(
-            f.kernel
-                .device(a("01:00.0"))
-                .unwrap()
-                .driver
-                .unwrap()
-                .as_str(),
-            "vfio-pci"
-        );
-        let root = Peer {
-            uid: 0,
-            gid: 0,
-            pid: 1,
-            groups: vec![],
-        };
+        assert_eq!(driver_of(&f.kernel, "01:00.0").as_deref(), Some("vfio-pci"));
         assert!(matches!(
-            release(&f.service, &root, "01:00.0").0,
+            release(&f.service, &root(), "01:00.0").0,
             Response::Released(_)
         ));
+    }
+
+    #[test]
+    fn bad_requests() {
+        let f = fixture();
+        for req in [
+            bind_req(&[], Driver::VfioPci, false, false),
+            bind_req(&["01:00.0", "01:00.0"], Driver::VfioPci, false, false),
+            bind_req(&["01:00.0", "00:06.0"], Driver::VfioPci, false, false),
+        ] {
+            let (resp, _) = f.service.handle(&alice(), &req);
+            assert!(
+                matches!(resp, Response::Error(WireError::BadRequest { .. })),
+                "{req:?}: {resp:?}"
+            );
+        }
     }
 
     #[test]
@@ -595,21 +1227,41 @@ devices = [{ class = "01xxxx" }]
         let Response::Error(WireError::Failed { reason }) = resp else {
             panic!("{resp:?}")
         };
-        assert!(reason.contains("restored"), "{reason}");
-        assert_eq!(f.service.state.read(a("01:00.0")).unwrap(), None);
+        assert!(reason.contains("put back"), "{reason}");
+        assert_eq!(f.service.state.read(8).unwrap(), None);
         let d = f.kernel.device(a("01:00.0")).unwrap();
         assert_eq!(d.driver.unwrap().as_str(), "e1000e");
         assert_eq!(d.driver_override, None);
     }
 
     #[test]
+    fn nodes_are_reconciled_with_the_leases_at_start() {
+        let f = fixture();
+        assert!(matches!(
+            bind(&f.service, &alice(), "01:00.0", Driver::VfioPci).0,
+            Response::Bound(_)
+        ));
+        // The node was re-created behind vfio-gate's back (udev, a rebind): root's again.
+        f.kernel.chown_group_node(8, NodeOwner::ROOT).unwrap();
+        let again = Service::new(
+            f.kernel.clone(),
+            Box::new(f.kernel.clone()),
+            Policy::parse(POLICY, "policy.toml", &Names).unwrap(),
+            StateDir::open(f.service.state.path()).unwrap(),
+            Tuning::default(),
+        );
+        assert_eq!(f.kernel.node(8).unwrap().uid, 1000);
+        drop(again);
+    }
+
+    #[test]
     fn list_shows_what_the_caller_may_do_and_who_holds_what() {
         let f = fixture();
-        bind(&f.service, &alice(), "00:06.1", Driver::PciStub);
+        let (resp, _) = bind(&f.service, &alice(), "00:06.1", Driver::PciStub);
+        assert!(matches!(resp, Response::Bound(_)), "{resp:?}");
         let Response::Devices(devs) = f.service.handle(&bob(), &Request::List).0 else {
             panic!()
         };
-        assert_eq!(devs.len(), 10);
         assert!(
             devs.iter().all(|d| d.allowed.is_empty()),
             "bob may do nothing"
@@ -623,7 +1275,6 @@ devices = [{ class = "01xxxx" }]
         let nic = devs.iter().find(|d| d.address == a("01:00.0")).unwrap();
         assert_eq!(nic.allowed, vec![Driver::VfioPci]);
         let nvme = devs.iter().find(|d| d.address == a("03:00.0")).unwrap();
-        assert!(nvme.allowed.is_empty());
         assert_eq!((nvme.class, nvme.iommu_group), (0x010802, Some(10)));
     }
 }

@@ -1,9 +1,10 @@
 //! Lease records: what vfio-gate did to a device, written before it does it.
 //!
-//! One file per leased device in the state directory (`/run/vfio-gate`, kept across idle exits by
-//! systemd's `RuntimeDirectoryPreserve=yes`). A record is written atomically — temp file, fsync,
-//! rename, fsync the directory — *before* the first sysfs write of a bind (phase `intent`), then
-//! updated (`applied`), and removed once a release has restored the device. The record holds the
+//! One file per held IOMMU group in the state directory (`/run/vfio-gate`, kept across idle exits
+//! by systemd's `RuntimeDirectoryPreserve=yes`): a group belongs to one user at a time. A record
+//! is written atomically — temp file, fsync, rename, fsync the directory — *before* the first
+//! sysfs write of a bind (phase `intent`), then updated (`applied`), and removed once a release
+//! has restored every member. For each member vfio-gate moved it holds the target driver and the
 //! original driver and override, so a release by a later helper process restores the right state.
 //!
 //! The format is plain `key=value` lines so an admin can read it; parsing is strict and a record
@@ -25,7 +26,7 @@ use vfio_gate_protocol::{Driver, PciAddress};
 use crate::ops::Original;
 use crate::sysfs::DriverName;
 
-const MAGIC: &str = "vfio-gate-lease 1";
+const MAGIC: &str = "vfio-gate-lease 2";
 const SUFFIX: &str = ".lease";
 const MAX_RECORD: u64 = 4096;
 
@@ -50,16 +51,32 @@ impl Phase {
     }
 }
 
-/// One device held by one user.
+/// One member of a held group that vfio-gate moved, and where it came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Lease {
+pub struct LeasedDevice {
     pub device: PciAddress,
-    pub owner_uid: u32,
     pub driver: Driver,
     pub original: Original,
+}
+
+/// One IOMMU group held by one user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub group: u32,
+    pub owner_uid: u32,
+    pub owner_gid: u32,
     pub phase: Phase,
     /// Seconds since the Unix epoch when the bind started.
     pub since: u64,
+    /// The members moved, in the order they were bound (released in reverse).
+    pub devices: Vec<LeasedDevice>,
+}
+
+impl Lease {
+    /// The member `dev`, if vfio-gate moved it.
+    pub fn device(&self, dev: PciAddress) -> Option<&LeasedDevice> {
+        self.devices.iter().find(|d| d.device == dev)
+    }
 }
 
 /// The state directory or a record in it is unusable.
@@ -96,8 +113,8 @@ pub struct StateDir {
     path: PathBuf,
 }
 
-fn file_name(dev: PciAddress) -> String {
-    format!("{dev}{SUFFIX}")
+fn file_name(group: u32) -> String {
+    format!("group-{group}{SUFFIX}")
 }
 
 impl StateDir {
@@ -145,7 +162,7 @@ impl StateDir {
 
     /// Writes `lease` atomically: temp file, fsync, rename over the record, fsync the directory.
     pub fn write(&self, lease: &Lease) -> Result<(), StateError> {
-        let name = file_name(lease.device);
+        let name = file_name(lease.group);
         let tmp = format!(".{name}.tmp");
         let io = |op, errno| StateError::Io {
             op,
@@ -177,9 +194,9 @@ impl StateDir {
         fsync(&self.dir).map_err(|e| io("syncing the directory for", e))
     }
 
-    /// The record for `dev`, if there is one.
-    pub fn read(&self, dev: PciAddress) -> Result<Option<Lease>, StateError> {
-        let name = file_name(dev);
+    /// The record for `group`, if there is one.
+    pub fn read(&self, group: u32) -> Result<Option<Lease>, StateError> {
+        let name = file_name(group);
         let fd = match openat(
             &self.dir,
             name.as_str(),
@@ -220,18 +237,18 @@ impl StateDir {
             name: name.clone(),
             why,
         })?;
-        if lease.device != dev {
+        if lease.group != group {
             return Err(StateError::Corrupt {
                 name,
-                why: format!("names device {}", lease.device),
+                why: format!("names group {}", lease.group),
             });
         }
         Ok(Some(lease))
     }
 
-    /// Removes the record for `dev` (no error if it is already gone).
-    pub fn remove(&self, dev: PciAddress) -> Result<(), StateError> {
-        let name = file_name(dev);
+    /// Removes the record for `group` (no error if it is already gone).
+    pub fn remove(&self, group: u32) -> Result<(), StateError> {
+        let name = file_name(group);
         match unlinkat(&self.dir, name.as_str(), UnlinkatFlags::NoRemoveDir) {
             Ok(()) | Err(Errno::ENOENT) => {}
             Err(errno) => {
@@ -249,22 +266,44 @@ impl StateDir {
         })
     }
 
-    /// The devices that have a record, by file name.
-    pub fn devices(&self) -> Result<Vec<PciAddress>, StateError> {
+    /// The groups that have a record, by file name.
+    pub fn groups(&self) -> Result<Vec<u32>, StateError> {
         let entries = std::fs::read_dir(&self.path).map_err(|e| StateError::OpenDir {
             path: self.path.clone(),
             errno: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
         })?;
-        let mut out: Vec<PciAddress> = entries
+        let mut out: Vec<u32> = entries
             .filter_map(Result::ok)
             .filter_map(|e| {
                 let name = e.file_name();
                 let name = name.to_str()?;
-                name.strip_suffix(SUFFIX)?.parse().ok()
+                name.strip_prefix("group-")?
+                    .strip_suffix(SUFFIX)?
+                    .parse()
+                    .ok()
             })
             .collect();
         out.sort();
         Ok(out)
+    }
+
+    /// Every readable lease, and the problems with the unreadable ones.
+    pub fn all(&self) -> (Vec<Lease>, Vec<StateError>) {
+        let mut leases = Vec::new();
+        let mut problems = Vec::new();
+        match self.groups() {
+            Ok(groups) => {
+                for g in groups {
+                    match self.read(g) {
+                        Ok(Some(l)) => leases.push(l),
+                        Ok(None) => {}
+                        Err(e) => problems.push(e),
+                    }
+                }
+            }
+            Err(e) => problems.push(e),
+        }
+        (leases, problems)
     }
 }
 
@@ -275,17 +314,23 @@ fn opt(d: &Option<DriverName>) -> &str {
 impl fmt::Display for Lease {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "{MAGIC}")?;
-        writeln!(f, "device={}", self.device)?;
+        writeln!(f, "group={}", self.group)?;
         writeln!(f, "owner_uid={}", self.owner_uid)?;
-        writeln!(f, "driver={}", self.driver)?;
-        writeln!(f, "original_driver={}", opt(&self.original.driver))?;
-        writeln!(
-            f,
-            "original_override={}",
-            opt(&self.original.driver_override)
-        )?;
+        writeln!(f, "owner_gid={}", self.owner_gid)?;
         writeln!(f, "phase={}", self.phase.as_str())?;
-        writeln!(f, "since={}", self.since)
+        writeln!(f, "since={}", self.since)?;
+        for d in &self.devices {
+            // address, target driver, original driver, original override ("-" for none)
+            writeln!(
+                f,
+                "member={} {} {} {}",
+                d.device,
+                d.driver,
+                opt(&d.original.driver),
+                opt(&d.original.driver_override)
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -298,15 +343,7 @@ impl std::str::FromStr for Lease {
             return Err(format!("does not start with {MAGIC:?}"));
         }
         let mut fields = std::collections::BTreeMap::new();
-        for line in lines {
-            let (k, v) = line
-                .split_once('=')
-                .ok_or_else(|| format!("bad line {line:?}"))?;
-            if fields.insert(k, v).is_some() {
-                return Err(format!("duplicate key {k:?}"));
-            }
-        }
-        let mut take = |k: &str| fields.remove(k).ok_or_else(|| format!("missing {k}"));
+        let mut devices: Vec<LeasedDevice> = Vec::new();
         let driver_name = |v: &str| -> Result<Option<DriverName>, String> {
             if v == "-" {
                 Ok(None)
@@ -316,28 +353,57 @@ impl std::str::FromStr for Lease {
                     .ok_or_else(|| format!("bad driver name {v:?}"))
             }
         };
+        for line in lines {
+            let (k, v) = line
+                .split_once('=')
+                .ok_or_else(|| format!("bad line {line:?}"))?;
+            if k == "member" {
+                let parts: Vec<&str> = v.split(' ').collect();
+                let [addr, target, orig, over] = parts[..] else {
+                    return Err(format!("bad member line {line:?}"));
+                };
+                let device: PciAddress = addr.parse().map_err(|e| format!("{e}"))?;
+                if devices.iter().any(|d| d.device == device) {
+                    return Err(format!("{device} listed twice"));
+                }
+                devices.push(LeasedDevice {
+                    device,
+                    driver: target.parse().map_err(|e| format!("{e}"))?,
+                    original: Original {
+                        driver: driver_name(orig)?,
+                        driver_override: driver_name(over)?,
+                    },
+                });
+            } else if fields.insert(k, v).is_some() {
+                return Err(format!("duplicate key {k:?}"));
+            }
+        }
+        let mut take = |k: &str| fields.remove(k).ok_or_else(|| format!("missing {k}"));
+        let number = |k: &str, v: &str| v.parse::<u64>().map_err(|_| format!("bad {k}"));
         let lease = Lease {
-            device: take("device")?.parse().map_err(|e| format!("{e}"))?,
+            group: take("group")?
+                .parse()
+                .map_err(|_| "bad group".to_string())?,
             owner_uid: take("owner_uid")?
                 .parse()
                 .map_err(|_| "bad owner_uid".to_string())?,
-            driver: take("driver")?.parse().map_err(|e| format!("{e}"))?,
-            original: Original {
-                driver: driver_name(take("original_driver")?)?,
-                driver_override: driver_name(take("original_override")?)?,
-            },
+            owner_gid: take("owner_gid")?
+                .parse()
+                .map_err(|_| "bad owner_gid".to_string())?,
             phase: match take("phase")? {
                 "intent" => Phase::Intent,
                 "applied" => Phase::Applied,
                 "releasing" => Phase::Releasing,
                 other => return Err(format!("unknown phase {other:?}")),
             },
-            since: take("since")?
-                .parse()
-                .map_err(|_| "bad since".to_string())?,
+            since: number("since", take("since")?)?,
+            devices,
         };
         if let Some(k) = fields.keys().next() {
             return Err(format!("unknown key {k:?}"));
+        }
+        if lease.devices.is_empty() {
+            return Err("no members".into());
         }
         Ok(lease)
     }
@@ -348,17 +414,31 @@ mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 
-    fn lease(dev: &str) -> Lease {
+    fn lease(group: u32) -> Lease {
         Lease {
-            device: dev.parse().unwrap(),
+            group,
             owner_uid: 1000,
-            driver: Driver::VfioPci,
-            original: Original {
-                driver: DriverName::new("e1000e"),
-                driver_override: None,
-            },
+            owner_gid: 1000,
             phase: Phase::Intent,
             since: 1_764_000_000,
+            devices: vec![
+                LeasedDevice {
+                    device: "05:02.0".parse().unwrap(),
+                    driver: Driver::VfioPci,
+                    original: Original {
+                        driver: None,
+                        driver_override: None,
+                    },
+                },
+                LeasedDevice {
+                    device: "05:01.0".parse().unwrap(),
+                    driver: Driver::PciStub,
+                    original: Original {
+                        driver: DriverName::new("e1000"),
+                        driver_override: DriverName::new("e1000"),
+                    },
+                },
+            ],
         }
     }
 
@@ -366,45 +446,58 @@ mod tests {
     fn records_round_trip_atomically() {
         let tmp = tempfile::tempdir().unwrap();
         let state = StateDir::open(&tmp.path().join("state")).unwrap();
-        let mut l = lease("01:00.0");
+        let mut l = lease(11);
         state.write(&l).unwrap();
         l.phase = Phase::Applied;
         state.write(&l).unwrap();
-        assert_eq!(state.read(l.device).unwrap(), Some(l.clone()));
-        assert_eq!(state.devices().unwrap(), vec![l.device]);
+        assert_eq!(state.read(11).unwrap(), Some(l.clone()));
+        assert_eq!(state.groups().unwrap(), vec![11]);
         let names: Vec<_> = std::fs::read_dir(state.path())
             .unwrap()
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names.len(), 1, "no temp file left: {names:?}");
-        state.remove(l.device).unwrap();
-        state.remove(l.device).unwrap();
-        assert_eq!(state.read(l.device).unwrap(), None);
+        let (all, problems) = state.all();
+        assert_eq!((all, problems.len()), (vec![l], 0));
+        state.remove(11).unwrap();
+        state.remove(11).unwrap();
+        assert_eq!(state.read(11).unwrap(), None);
     }
 
     #[test]
     fn corrupt_and_foreign_records_are_reported() {
         let tmp = tempfile::tempdir().unwrap();
         let state = StateDir::open(tmp.path()).unwrap();
-        let dev: PciAddress = "01:00.0".parse().unwrap();
-        let path = tmp.path().join("0000:01:00.0.lease");
+        let path = tmp.path().join("group-11.lease");
+        let good = lease(11).to_string();
         for bad in [
             "garbage".to_string(),
-            lease("01:00.0")
-                .to_string()
-                .replace("phase=intent", "phase=maybe"),
-            lease("01:00.0").to_string() + "extra=1\n",
-            lease("01:00.0")
-                .to_string()
-                .replace("original_driver=e1000e", "original_driver=../x"),
-            lease("02:00.0").to_string(),
+            good.replace("phase=intent", "phase=maybe"),
+            good.clone() + "extra=1\n",
+            good.replace("e1000 e1000", "../x e1000"),
+            good.replace(
+                "member=0000:05:02.0 vfio-pci - -",
+                "member=0000:05:02.0 vfio-pci -",
+            ),
+            good.replace("0000:05:01.0", "0000:05:02.0"),
+            good.replace("vfio-pci", "e1000e"),
+            good.lines()
+                .filter(|l| !l.starts_with("member"))
+                .collect::<Vec<_>>()
+                .join("\n"),
+            lease(12).to_string(),
         ] {
-            std::fs::write(&path, bad).unwrap();
-            assert!(matches!(state.read(dev), Err(StateError::Corrupt { .. })));
+            std::fs::write(&path, &bad).unwrap();
+            assert!(
+                matches!(state.read(11), Err(StateError::Corrupt { .. })),
+                "accepted:\n{bad}"
+            );
         }
         std::fs::remove_file(&path).unwrap();
         std::os::unix::fs::symlink("/etc/passwd", &path).unwrap();
-        assert!(state.read(dev).is_err(), "symlinks are not followed");
+        assert!(state.read(11).is_err(), "symlinks are not followed");
+        let (_, problems) = state.all();
+        assert_eq!(problems.len(), 1);
     }
 
     #[test]

@@ -62,8 +62,9 @@ fn device(root: &Path, addr: &str, ids: [&str; 5], driver: Option<&str>, group: 
     std::fs::write(real.join("driver_override"), "(null)\n").unwrap();
     symlink(&real, root.join("bus/pci/devices").join(addr)).unwrap();
     let g = root.join("kernel/iommu_groups").join(group.to_string());
-    std::fs::create_dir_all(&g).unwrap();
+    std::fs::create_dir_all(g.join("devices")).unwrap();
     symlink(&g, real.join("iommu_group")).unwrap();
+    symlink(&real, g.join("devices").join(addr)).unwrap();
     if let Some(d) = driver {
         let dd = root.join("bus/pci/drivers").join(d);
         std::fs::create_dir_all(&dd).unwrap();
@@ -127,6 +128,8 @@ fn spawn_with(policy: &str, extra_env: &[(&str, &str)]) -> Helper {
         .arg(&policy_path)
         .arg("--state-dir")
         .arg(dir.path().join("state"))
+        .arg("--vfio-dir")
+        .arg(dir.path().join("dev-vfio"))
         .envs(extra_env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -143,6 +146,15 @@ fn spawn_with(policy: &str, extra_env: &[(&str, &str)]) -> Helper {
         std::thread::sleep(Duration::from_millis(10));
     }
     helper
+}
+
+fn bind(dev: &str, driver: Driver) -> Request {
+    Request::Bind {
+        devices: vec![dev.parse().unwrap()],
+        driver,
+        group: false,
+        dry_run: false,
+    }
 }
 
 fn connect(h: &Helper) -> UnixStream {
@@ -175,13 +187,7 @@ fn lists_decides_and_survives_hostile_frames() {
     assert_eq!(devs[1].iommu_group, Some(10));
 
     // Storage: the deny rule decides, and nothing is written.
-    let resp = ask(
-        &mut s,
-        &Request::Bind {
-            device: "03:00.0".parse().unwrap(),
-            driver: Driver::VfioPci,
-        },
-    );
+    let resp = ask(&mut s, &bind("03:00.0", Driver::VfioPci));
     let Response::Error(WireError::Denied {
         rule: Some(rule), ..
     }) = resp
@@ -196,13 +202,7 @@ fn lists_decides_and_survives_hostile_frames() {
 
     // The NIC: allowed, but no kernel is behind the fixture, so the probe binds nothing. The
     // helper must notice, roll back, and say so.
-    let resp = ask(
-        &mut s,
-        &Request::Bind {
-            device: "01:00.0".parse().unwrap(),
-            driver: Driver::VfioPci,
-        },
-    );
+    let resp = ask(&mut s, &bind("01:00.0", Driver::VfioPci));
     let Response::Error(WireError::Failed { reason }) = resp else {
         panic!("{resp:?}")
     };
@@ -211,13 +211,7 @@ fn lists_decides_and_survives_hostile_frames() {
     assert!(!h.dir.path().join("state/0000:01:00.0.lease").exists());
 
     // Unknown device.
-    let resp = ask(
-        &mut s,
-        &Request::Bind {
-            device: "07:00.0".parse().unwrap(),
-            driver: Driver::PciStub,
-        },
-    );
+    let resp = ask(&mut s, &bind("07:00.0", Driver::PciStub));
     assert!(
         matches!(resp, Response::Error(WireError::NotFound { .. })),
         "{resp:?}"
@@ -235,7 +229,7 @@ fn lists_decides_and_survives_hostile_frames() {
     assert!(matches!(
         answer(&mut s),
         Response::Error(WireError::VersionMismatch {
-            server: 1,
+            server: 2,
             client: 9
         })
     ));
@@ -266,7 +260,7 @@ fn lists_decides_and_survives_hostile_frames() {
     assert!(log.contains("event=start"), "{log}");
     assert!(
         log.contains(
-            r#"request=bind device=0000:03:00.0 driver=vfio-pci decision=deny rule="never storage""#
+            r#"request=bind driver=vfio-pci devices=0000:03:00.0 decision=deny rule="never storage""#
         ),
         "{log}"
     );

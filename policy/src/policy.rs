@@ -90,6 +90,40 @@ impl Policy {
         }
     }
 
+    /// May `subject` move `member` to `driver` as a *companion* of `primary`: another endpoint
+    /// of the same IOMMU group that has to leave its host driver for the group to be usable by
+    /// the VM that gets `primary` (on `primary_driver`)?
+    ///
+    /// Yes when [`Policy::decide`] allows it outright, or when an allow rule that lets `subject`
+    /// bind `primary` to `primary_driver` lists `driver` in its `companions`. A deny rule that
+    /// matches (`subject`, `member`, `driver`) wins either way, and so does one that denies the
+    /// primary itself.
+    pub fn decide_companion(
+        &self,
+        subject: &Subject,
+        primary: &DeviceFacts,
+        primary_driver: Driver,
+        member: &DeviceFacts,
+        driver: Driver,
+    ) -> Decision {
+        match self.decide(subject, member, driver) {
+            Decision::Deny(None) => {}
+            decided => return decided,
+        }
+        if !self.decide(subject, primary, primary_driver).is_allowed() {
+            return Decision::Deny(None);
+        }
+        let address = primary.address.to_string();
+        self.rules
+            .iter()
+            .find(|r| {
+                r.effect == Effect::Allow
+                    && r.companions.contains(driver)
+                    && r.applies(subject, primary, &address, primary_driver)
+            })
+            .map_or(Decision::Deny(None), |r| Decision::Allow(r.origin.clone()))
+    }
+
     /// Every driver in [`Driver::ALL`] that [`Policy::decide`] allows (for `list`).
     pub fn allowed_drivers(&self, subject: &Subject, device: &DeviceFacts) -> Vec<Driver> {
         Driver::ALL

@@ -8,7 +8,7 @@ use serde::{Serialize, de::DeserializeOwned};
 use crate::{Request, Response, WireError};
 
 /// The protocol version both sides must speak.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// The largest request payload the helper accepts. Requests are a few dozen bytes; the cap leaves
 /// room for growth while keeping a hostile client's cost to the helper tiny.
@@ -167,7 +167,9 @@ pub fn decode_response(payload: &[u8]) -> Result<Response, DecodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{BindReport, DeviceInfo, Driver, PciAddress, RuleRef};
+    use crate::{
+        BindReport, DeviceInfo, Driver, MemberKind, PciAddress, Plan, PlanStep, RuleRef, StepAction,
+    };
     use proptest::prelude::*;
 
     fn addr(s: &str) -> PciAddress {
@@ -185,8 +187,10 @@ mod tests {
         for req in [
             Request::List,
             Request::Bind {
-                device: addr("01:00.0"),
+                devices: vec![addr("05:02.0"), addr("05:01.0")],
                 driver: Driver::VfioPci,
+                group: true,
+                dry_run: false,
             },
             Request::Release {
                 device: addr("abcd:05:1f.7"),
@@ -215,15 +219,26 @@ mod tests {
         let payload = read_frame(&mut &frame[..], MAX_RESPONSE_FRAME).unwrap();
         assert_eq!(decode_response(&payload).unwrap(), resp);
         let bound = Response::Bound(BindReport {
-            device: addr("01:00.0"),
-            driver: Driver::PciStub,
-            previous_driver: None,
-            iommu_group: None,
-            rule: RuleRef {
-                name: "r".into(),
-                file: "/etc/vfio-gate/policy.toml".into(),
-                line: 3,
+            plan: Plan {
+                group: Some(11),
+                steps: vec![PlanStep {
+                    device: addr("05:01.0"),
+                    kind: MemberKind::Endpoint,
+                    vendor: 0x8086,
+                    device_id: 0x100e,
+                    driver: Some("e1000".into()),
+                    action: StepAction::Bind {
+                        driver: Driver::PciStub,
+                        rule: RuleRef {
+                            name: "r".into(),
+                            file: "/etc/vfio-gate/policy.toml".into(),
+                            line: 3,
+                        },
+                    },
+                }],
             },
+            dry_run: true,
+            vfio_node: Some("/dev/vfio/11".into()),
         });
         let frame = encode_response(&bound).unwrap();
         assert_eq!(decode_response(&frame[4..]).unwrap(), bound);
@@ -290,17 +305,27 @@ mod tests {
 
     #[test]
     fn invalid_address_on_the_wire_is_malformed() {
-        // A Bind whose address string is "../../x": valid bincode, invalid address.
-        let mut payload = Vec::new();
+        // A Release whose address string is "../../x": valid bincode, invalid address.
         let c = config::standard();
-        bincode::serde::encode_into_std_write(PROTOCOL_VERSION, &mut payload, c).unwrap();
-        bincode::serde::encode_into_std_write(1u32, &mut payload, c).unwrap(); // variant Bind
-        bincode::serde::encode_into_std_write("../../x", &mut payload, c).unwrap();
-        bincode::serde::encode_into_std_write(0u32, &mut payload, c).unwrap();
-        assert!(matches!(
-            decode_request(&payload),
-            Err(DecodeError::Malformed(_))
-        ));
+        let encode = |addr: &str| {
+            let mut payload = Vec::new();
+            bincode::serde::encode_into_std_write(PROTOCOL_VERSION, &mut payload, c).unwrap();
+            bincode::serde::encode_into_std_write(2u32, &mut payload, c).unwrap(); // Release
+            bincode::serde::encode_into_std_write(addr, &mut payload, c).unwrap();
+            payload
+        };
+        // The same bytes with a valid address decode, so the failure is the address's.
+        assert_eq!(
+            decode_request(&encode("0000:01:00.0")),
+            Ok(Request::Release {
+                device: addr("01:00.0")
+            })
+        );
+        let err = decode_request(&encode("../../x")).unwrap_err();
+        assert!(
+            matches!(&err, DecodeError::Malformed(m) if m.contains("not a PCI address")),
+            "{err}"
+        );
     }
 
     #[test]

@@ -28,5 +28,6 @@ pub use codec::{
 };
 pub use driver::{Driver, UnknownDriver};
 pub use message::{
-    BindReport, DeviceInfo, Holder, ReleaseReport, Request, Response, RuleRef, WireError,
+    BindReport, DeviceInfo, Guard, Holder, MAX_BIND_DEVICES, MemberKind, Plan, PlanStep,
+    ReleaseReport, Request, Response, RestoredDevice, RuleRef, StepAction, WireError,
 };

@@ -14,11 +14,22 @@ use crate::{Driver, PciAddress};
 pub enum Request {
     /// Every PCI device, with what the caller may do to it.
     List,
-    /// Hand `device` to `driver` for the caller.
-    Bind { device: PciAddress, driver: Driver },
-    /// Give `device` back to the driver it had before the caller's bind.
+    /// Hand `devices` (one IOMMU group; the first is the one the user named first) to `driver`
+    /// for the caller. With `group`, also move the group's other endpoints off their host drivers
+    /// as the policy allows, so the group becomes viable. With `dry_run`, only plan.
+    Bind {
+        devices: Vec<PciAddress>,
+        driver: Driver,
+        group: bool,
+        dry_run: bool,
+    },
+    /// Give back the group holding `device`: every member vfio-gate moved returns to the driver
+    /// it had before.
     Release { device: PciAddress },
 }
+
+/// The most devices one bind may name (a group rarely has more than a handful).
+pub const MAX_BIND_DEVICES: usize = 32;
 
 impl Request {
     /// A short name for audit lines.
@@ -85,27 +96,97 @@ impl std::fmt::Display for RuleRef {
     }
 }
 
-/// A successful bind.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BindReport {
-    pub device: PciAddress,
-    pub driver: Driver,
-    /// The driver the device had before, restored on release.
-    pub previous_driver: Option<String>,
-    pub iommu_group: Option<u32>,
-    /// The allow rule that granted the bind.
-    pub rule: RuleRef,
+/// What a group member is. Only endpoints are ever handed out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MemberKind {
+    Endpoint,
+    /// PCI-to-PCI or CardBus bridge (non-normal header).
+    Bridge,
+    HostBridge,
+    /// Another bridge class: ISA/LPC and the like.
+    OtherBridge,
 }
 
-/// A successful release.
+impl std::fmt::Display for MemberKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            MemberKind::Endpoint => "endpoint",
+            MemberKind::Bridge => "bridge",
+            MemberKind::HostBridge => "host bridge",
+            MemberKind::OtherBridge => "bridge (non-PCI)",
+        })
+    }
+}
+
+/// What a plan does to one member of the group.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ReleaseReport {
+pub enum StepAction {
+    /// Move the member to `driver`, as `rule` allows.
+    Bind { driver: Driver, rule: RuleRef },
+    /// Leave the member as it is, for `reason` (it already keeps the group viable).
+    Keep { reason: String },
+}
+
+/// One member of the group and what the plan does to it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanStep {
+    pub device: PciAddress,
+    pub kind: MemberKind,
+    pub vendor: u16,
+    pub device_id: u16,
+    /// The driver before the plan.
+    pub driver: Option<String>,
+    pub action: StepAction,
+}
+
+/// Every member of an IOMMU group and what a bind does to each.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    /// `None` only when the device has no IOMMU group (never executed).
+    pub group: Option<u32>,
+    pub steps: Vec<PlanStep>,
+}
+
+/// A successful bind (or, with `dry_run`, the plan that a bind would carry out).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BindReport {
+    pub plan: Plan,
+    pub dry_run: bool,
+    /// The group node handed to the caller (`/dev/vfio/N`), when the bind was to vfio-pci.
+    pub vfio_node: Option<String>,
+}
+
+/// One device a release gave back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoredDevice {
     pub device: PciAddress,
     /// The driver recorded at bind time.
     pub expected_driver: Option<String>,
     /// The driver bound after the release. Differs from `expected_driver` only when the host
     /// driver did not take the device back; the lease is gone either way.
     pub restored_driver: Option<String>,
+}
+
+/// A successful release.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseReport {
+    pub group: Option<u32>,
+    pub devices: Vec<RestoredDevice>,
+}
+
+/// A protection no policy can override.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Guard {
+    /// The boot VGA device (`boot_vga` = 1): the console and firmware framebuffer use it.
+    BootVga,
+    /// A filesystem, swap or network interface on the device is in use by the host.
+    HostInUse,
+    /// Bridges and other non-endpoints are never handed out.
+    NotEndpoint,
+    /// A physical function with SR-IOV virtual functions enabled.
+    SriovEnabled,
+    /// The device has no IOMMU group: the IOMMU is off.
+    NoIommuGroup,
 }
 
 /// Why a request failed, as the client is told. Deliberately small: each variant maps to one exit
@@ -122,6 +203,29 @@ pub enum WireError {
     },
     #[error("no PCI device {device}")]
     NotFound { device: PciAddress },
+    /// A built-in guard refused: no policy can allow this.
+    #[error("refused: {reason}")]
+    Refused {
+        device: PciAddress,
+        guard: Guard,
+        reason: String,
+    },
+    /// Binding only the named devices would leave the group unusable; `plan` is what `--group`
+    /// would do.
+    #[error("group {group} has other members on host drivers: {reason}")]
+    NeedsGroup {
+        group: u32,
+        plan: Plan,
+        reason: String,
+    },
+    /// Another user holds the IOMMU group.
+    #[error("group {} is held by uid {uid}", group.map_or("-".to_string(), |g| g.to_string()))]
+    Held {
+        group: Option<u32>,
+        uid: u32,
+        /// Seconds since the Unix epoch.
+        since: u64,
+    },
     /// Try again later: the helper is at its connection limit or the device is being changed.
     #[error("busy: {reason}")]
     Busy { reason: String },

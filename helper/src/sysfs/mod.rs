@@ -7,8 +7,12 @@
 //! same semantics in memory, with fault injection, so the sequences in [`crate::ops`] are tested
 //! fast, failures included, without touching any real device.
 //!
-//! This module is the only place in vfio-gate that writes to sysfs.
+//! This module is the only place in vfio-gate that writes to sysfs, and the only place that
+//! changes `/dev/vfio/<group>` nodes (their owner and mode: the user's key to the group).
+//! [`Bounded`] wraps any [`Kernel`] so that a write the kernel blocks (unbinding a device a VM
+//! still holds) cannot wedge the helper.
 
+mod bounded;
 mod real;
 mod sim;
 
@@ -18,6 +22,7 @@ use std::path::PathBuf;
 
 use vfio_gate_protocol::{Driver, PciAddress};
 
+pub use bounded::Bounded;
 pub use real::Sysfs;
 pub use sim::{SimDevice, SimKernel, SimOp};
 
@@ -90,6 +95,18 @@ pub enum SysfsError {
     },
     #[error("{path} holds {value:?}, which is not what the kernel writes there")]
     Unexpected { path: PathBuf, value: String },
+    #[error(
+        "{op} for {dev} is still blocked in the kernel after {secs} s: a process (a VM) still holds the device; stop it and the write will complete"
+    )]
+    Blocked {
+        dev: PciAddress,
+        op: &'static str,
+        secs: u64,
+    },
+    #[error(
+        "an earlier {op} for {dev} is still blocked in the kernel; stop the VM holding the device, then retry"
+    )]
+    StillBlocked { dev: PciAddress, op: &'static str },
 }
 
 impl SysfsError {
@@ -120,6 +137,18 @@ pub trait Kernel: Send + Sync {
     fn driver_override(&self, dev: PciAddress) -> Result<Option<DriverName>, SysfsError>;
     /// The IOMMU group of `dev`, `None` when there is none (IOMMU off).
     fn iommu_group(&self, dev: PciAddress) -> Result<Option<u32>, SysfsError>;
+    /// The members of IOMMU group `group`, sorted.
+    fn group_members(&self, group: u32) -> Result<Vec<PciAddress>, SysfsError>;
+    /// The configuration header type (byte 0x0e of config space), if readable.
+    fn header_type(&self, dev: PciAddress) -> Result<Option<u8>, SysfsError>;
+    /// Whether `dev` is the boot VGA device (`boot_vga` reads 1).
+    fn boot_vga(&self, dev: PciAddress) -> Result<bool, SysfsError>;
+    /// Enabled SR-IOV virtual functions (`sriov_numvfs`; 0 when the device has no SR-IOV).
+    fn sriov_numvfs(&self, dev: PciAddress) -> Result<u32, SysfsError>;
+    /// The owner of `/dev/vfio/<group>`, if the node exists.
+    fn group_node(&self, group: u32) -> Result<Option<NodeOwner>, SysfsError>;
+    /// Whether a process holds `/dev/vfio/<group>` open (opening it ourselves gives EBUSY).
+    fn group_in_use(&self, group: u32) -> Result<bool, SysfsError>;
 
     /// Sets (`Some`) or clears (`None`) `driver_override`. Does not unbind or probe.
     fn set_override(&self, dev: PciAddress, name: Option<&DriverName>) -> Result<(), SysfsError>;
@@ -127,4 +156,23 @@ pub trait Kernel: Send + Sync {
     fn unbind(&self, dev: PciAddress) -> Result<(), SysfsError>;
     /// Asks the bus to probe `dev` (`drivers_probe`). Success does not mean a driver bound.
     fn probe(&self, dev: PciAddress) -> Result<(), SysfsError>;
+    /// Sets the owner and mode of `/dev/vfio/<group>` (never following a symlink).
+    fn chown_group_node(&self, group: u32, owner: NodeOwner) -> Result<(), SysfsError>;
+}
+
+/// Owner and permission bits of a `/dev/vfio/<group>` node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeOwner {
+    pub uid: u32,
+    pub gid: u32,
+    pub mode: u32,
+}
+
+impl NodeOwner {
+    /// How udev creates group nodes, and how vfio-gate leaves them when no one holds the group.
+    pub const ROOT: NodeOwner = NodeOwner {
+        uid: 0,
+        gid: 0,
+        mode: 0o600,
+    };
 }

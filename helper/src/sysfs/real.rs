@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 
 use vfio_gate_protocol::PciAddress;
 
-use super::{DeviceFacts, DriverName, Kernel, SysfsError};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+
+use super::{DeviceFacts, DriverName, Kernel, NodeOwner, SysfsError};
 
 /// Sysfs attribute files are at most a page; anything longer is not what we expect.
 const MAX_ATTR: u64 = 4096;
@@ -19,11 +21,21 @@ const MAX_ATTR: u64 = 4096;
 #[derive(Debug, Clone)]
 pub struct Sysfs {
     root: PathBuf,
+    vfio_dir: PathBuf,
 }
 
 impl Sysfs {
-    pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into() }
+    /// The sysfs mounted at `root`, with VFIO group nodes in `vfio_dir` (`/dev/vfio`).
+    pub fn new(root: impl Into<PathBuf>, vfio_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            root: root.into(),
+            vfio_dir: vfio_dir.into(),
+        }
+    }
+
+    fn node_path(&self, group: u32) -> PathBuf {
+        // A number: never a path separator or `..`.
+        self.vfio_dir.join(group.to_string())
     }
 
     pub fn root(&self) -> &Path {
@@ -188,6 +200,94 @@ impl Kernel for Sysfs {
         }
     }
 
+    fn group_members(&self, group: u32) -> Result<Vec<PciAddress>, SysfsError> {
+        let dir = self
+            .root
+            .join("kernel/iommu_groups")
+            .join(group.to_string())
+            .join("devices");
+        let entries = fs::read_dir(&dir).map_err(|source| SysfsError::Read {
+            path: dir.clone(),
+            source,
+        })?;
+        let mut out: Vec<PciAddress> = entries
+            .filter_map(Result::ok)
+            .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    fn header_type(&self, dev: PciAddress) -> Result<Option<u8>, SysfsError> {
+        let path = self.device_dir(dev).join("config");
+        let mut head = [0u8; 16];
+        match fs::File::open(&path).and_then(|mut f| f.read_exact(&mut head)) {
+            Ok(()) => Ok(Some(head[0x0e])),
+            Err(e)
+                if e.kind() == io::ErrorKind::NotFound
+                    || e.kind() == io::ErrorKind::UnexpectedEof =>
+            {
+                Ok(None)
+            }
+            Err(source) => Err(SysfsError::Read { path, source }),
+        }
+    }
+
+    fn boot_vga(&self, dev: PciAddress) -> Result<bool, SysfsError> {
+        let path = self.device_dir(dev).join("boot_vga");
+        match self.read_attr(&path) {
+            Ok(v) => Ok(v == "1"),
+            // Only VGA-class devices have the attribute.
+            Err(SysfsError::Read { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn sriov_numvfs(&self, dev: PciAddress) -> Result<u32, SysfsError> {
+        let path = self.device_dir(dev).join("sriov_numvfs");
+        match self.read_attr(&path) {
+            Ok(v) => v
+                .parse()
+                .map_err(|_| SysfsError::Unexpected { path, value: v }),
+            Err(SysfsError::Read { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                Ok(0)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn group_node(&self, group: u32) -> Result<Option<NodeOwner>, SysfsError> {
+        let path = self.node_path(group);
+        match fs::symlink_metadata(&path) {
+            Ok(m) => Ok(Some(NodeOwner {
+                uid: m.uid(),
+                gid: m.gid(),
+                mode: m.mode() & 0o7777,
+            })),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(SysfsError::Read { path, source }),
+        }
+    }
+
+    fn group_in_use(&self, group: u32) -> Result<bool, SysfsError> {
+        let path = self.node_path(group);
+        // A group node opens once at a time: EBUSY means someone (a VM) has it. Opening it
+        // ourselves for an instant is the kernel's own cheap answer.
+        match OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&path)
+        {
+            Ok(_) => Ok(false),
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(source) => Err(SysfsError::Read { path, source }),
+        }
+    }
+
     fn set_override(&self, dev: PciAddress, name: Option<&DriverName>) -> Result<(), SysfsError> {
         // Clearing needs a newline: a zero-length write returns 0 and leaves the override set.
         let value = match name {
@@ -209,6 +309,40 @@ impl Kernel for Sysfs {
     fn probe(&self, dev: PciAddress) -> Result<(), SysfsError> {
         let path = self.pci().join("drivers_probe");
         self.write_attr(&path, dev.to_string().as_bytes())
+    }
+
+    fn chown_group_node(&self, group: u32, owner: NodeOwner) -> Result<(), SysfsError> {
+        let path = self.node_path(group);
+        let fail = |e: nix::Error| SysfsError::Write {
+            path: path.clone(),
+            source: io::Error::from(e),
+        };
+        let meta = fs::symlink_metadata(&path).map_err(|source| SysfsError::Write {
+            path: path.clone(),
+            source,
+        })?;
+        // Only ever a character device: never a symlink or a file planted in its place.
+        if !meta.file_type().is_char_device() {
+            return Err(SysfsError::Unexpected {
+                path,
+                value: "not a character device".into(),
+            });
+        }
+        nix::unistd::fchownat(
+            nix::fcntl::AT_FDCWD,
+            &path,
+            Some(nix::unistd::Uid::from_raw(owner.uid)),
+            Some(nix::unistd::Gid::from_raw(owner.gid)),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .map_err(fail)?;
+        nix::sys::stat::fchmodat(
+            nix::fcntl::AT_FDCWD,
+            &path,
+            nix::sys::stat::Mode::from_bits_truncate(owner.mode),
+            nix::sys::stat::FchmodatFlags::FollowSymlink,
+        )
+        .map_err(fail)
     }
 }
 
@@ -243,7 +377,7 @@ mod tests {
         symlink(root.join("kernel/iommu_groups/8"), real.join("iommu_group")).unwrap();
         fs::write(root.join("bus/pci/drivers/e1000e/unbind"), "").unwrap();
         fs::write(root.join("bus/pci/drivers_probe"), "").unwrap();
-        let sysfs = Sysfs::new(root);
+        let sysfs = Sysfs::new(root, root.join("dev-vfio"));
         (tmp, sysfs, dev.parse().unwrap())
     }
 

@@ -410,3 +410,80 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn companions() {
+    let p = parse(
+        r#"[[rule]]
+name = "group 11 for alice"
+subjects = { users = ["alice"] }
+devices = [{ address = "05:02.0" }]
+drivers = ["vfio-pci"]
+companions = ["pci-stub"]
+
+[[rule]]
+name = "edu without companions"
+subjects = { users = ["alice"] }
+devices = [{ address = "00:06.0" }]
+drivers = ["vfio-pci"]
+
+[[rule]]
+name = "testdev stub directly"
+subjects = { users = ["bob"] }
+devices = [{ address = "00:06.1" }]
+drivers = ["pci-stub"]
+
+[[deny]]
+name = "never storage"
+devices = [{ class = "01" }]
+"#,
+    )
+    .unwrap();
+    let devs = devices();
+    let dev = |n| find(&devs, n);
+    let subs = subjects();
+    let who = |n| find(&subs, n);
+    let name = |d: Decision| match d {
+        Decision::Allow(r) => format!("allow {}", r.name),
+        Decision::Deny(Some(r)) => format!("deny {}", r.name),
+        Decision::Deny(None) => "default".into(),
+    };
+    // The rule granting the primary lists pci-stub as a companion.
+    assert_eq!(
+        name(p.decide_companion(&who("alice"), &dev("edu2"), VfioPci, &dev("e1000"), PciStub)),
+        "allow group 11 for alice"
+    );
+    // Companions are only for the driver they name, and only with the primary's own grant.
+    assert_eq!(
+        name(p.decide_companion(&who("alice"), &dev("edu2"), VfioPci, &dev("e1000"), VfioPci)),
+        "default"
+    );
+    assert_eq!(
+        name(p.decide_companion(&who("alice"), &dev("edu2"), PciStub, &dev("e1000"), PciStub)),
+        "default"
+    );
+    assert_eq!(
+        name(p.decide_companion(&who("bob"), &dev("edu2"), VfioPci, &dev("e1000"), PciStub)),
+        "default"
+    );
+    assert_eq!(
+        name(p.decide_companion(
+            &who("alice"),
+            &dev("edu"),
+            VfioPci,
+            &dev("testdev"),
+            PciStub
+        )),
+        "default"
+    );
+    // A direct allow for the member counts on its own.
+    assert_eq!(
+        name(p.decide_companion(&who("bob"), &dev("edu"), VfioPci, &dev("testdev"), PciStub)),
+        "allow testdev stub directly"
+    );
+    // A deny on the member wins over the companion grant.
+    assert_eq!(
+        name(p.decide_companion(&who("alice"), &dev("edu2"), VfioPci, &dev("nvme"), PciStub)),
+        "deny never storage"
+    );
+}
