@@ -12,6 +12,7 @@
 //! - `/etc/guest.conf` — what `/init` should do (run a script or give a shell)
 //! - `/etc/modules.load` — the modules `/init` insmods, in order (resolved from `modules.dep`)
 //! - `/usr/bin/vfio-gate`, `/usr/bin/vfio-gated` and the test tools (`runas`, `rawframe`, …)
+//! - `/usr/share/misc/pci.ids` — device names for `vfio-gate list` (base archive)
 //! - `/test/script.sh`, `/test/lib.sh` — the script to run and the assert library
 
 use std::collections::BTreeSet;
@@ -44,8 +45,11 @@ pub const GUEST_DRIVERS: &[&str] = &[
 /// The static busybox of Debian's busybox-static package.
 const BUSYBOX: &str = "/bin/busybox";
 
+/// The PCI ID database of Debian's pci.ids package, so that `vfio-gate list` shows names.
+const PCI_IDS: &str = "/usr/share/misc/pci.ids";
+
 /// Bump when the base archive's layout changes, so cached bases are rebuilt.
-const BASE_FORMAT: u32 = 1;
+const BASE_FORMAT: u32 = 2;
 
 /// The Rust target of the guest binaries. Naming it explicitly keeps `+crt-static` away from
 /// build scripts and proc-macros, which are built for the host without it.
@@ -133,8 +137,10 @@ pub fn base_initramfs(kernel: &Kernel) -> Result<PathBuf> {
     let modules = kernel.resolve_modules(GUEST_DRIVERS)?;
     let bb =
         fs::metadata(BUSYBOX).with_context(|| format!("{BUSYBOX} (package busybox-static)"))?;
+    let ids = fs::metadata(PCI_IDS).ok();
     let mut h = DefaultHasher::new();
     (BASE_FORMAT, &kernel.release, bb.len(), bb.mtime()).hash(&mut h);
+    ids.as_ref().map(|m| (m.len(), m.mtime())).hash(&mut h);
     for m in &modules {
         m.path.hash(&mut h);
     }
@@ -170,6 +176,10 @@ pub fn base_initramfs(kernel: &Kernel) -> Result<PathBuf> {
             continue;
         }
         a.symlink(applet, "/bin/busybox");
+    }
+
+    if ids.is_some() {
+        a.file(PCI_IDS, FILE, &read(Path::new(PCI_IDS))?);
     }
 
     let kdir = kernel.modules_dir();

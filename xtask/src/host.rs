@@ -48,6 +48,11 @@ const NEEDS: &[Need] = &[
         check: Check::Command("xz"),
     },
     Need {
+        what: "the PCI ID database, for device names in the guest",
+        package: "pci.ids",
+        check: Check::Package,
+    },
+    Need {
         what: "glibc's static libraries, for the guest binaries",
         package: "libc6-dev",
         check: Check::Package,
