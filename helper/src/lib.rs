@@ -29,6 +29,7 @@ pub mod service;
 pub mod state;
 mod sys;
 pub mod sysfs;
+pub mod usage;
 
 use std::sync::Arc;
 
