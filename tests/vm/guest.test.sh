@@ -61,15 +61,6 @@ check "the helper's socket exists" test -S /run/vfio-gate.sock
 check_equals "the helper's socket is mode 0666" 666 stat -c '%a' /run/vfio-gate.sock
 
 # --- socket activation, with a stand-in service ---
-wait_for() { # SECONDS CMD...: poll CMD every 50 ms
-    _t=$(($1 * 20))
-    shift
-    while ! "$@" 2> /dev/null; do
-        _t=$((_t - 1))
-        [ $_t -le 0 ] && return 1
-        usleep 50000
-    done
-}
 lines() { if [ -e "$1" ]; then wc -l < "$1"; else echo 0; fi; }
 
 socket-activate --socket /tmp/probe.sock --pidfile /tmp/probe.pid -- \

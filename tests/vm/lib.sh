@@ -18,7 +18,8 @@
 #   finish
 #
 # Helpers: driver_of ADDR (driver name or "none"), override_of ADDR (driver_override), dev ADDR
-# (sysfs path), helper_pid (the running helper's pid, empty if none), uptime_s.
+# (sysfs path), helper_pid (the running helper's pid, empty if none), uptime_s,
+# wait_for SECONDS CMD... (poll until CMD succeeds).
 
 _lib_n=0
 _lib_passed=0
@@ -149,5 +150,16 @@ driver_of() {
 override_of() { cat "$(dev "$1")/driver_override"; }
 
 helper_pid() { cat /run/vfio-gated.pid 2> /dev/null; }
+
+# wait_for SECONDS CMD...: runs CMD every 50 ms until it succeeds; fails after SECONDS.
+wait_for() {
+    _lib_t=$(($1 * 20))
+    shift
+    while ! "$@" 2> /dev/null; do
+        _lib_t=$((_lib_t - 1))
+        [ $_lib_t -le 0 ] && return 1
+        usleep 50000
+    done
+}
 
 uptime_s() { cut -d' ' -f1 /proc/uptime; }

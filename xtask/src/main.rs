@@ -185,16 +185,13 @@ fn run_script(paths: &Paths, args: &GuestArgs, spec: RunSpec, run: &str) -> Resu
         let _ = stdout.flush();
     })?;
     eprintln!("xtask: guest finished in {}", fmt_duration(outcome.wall));
-    let code = match outcome.script_status {
-        Some(rc) => rc,
-        None => {
-            eprintln!("xtask: {}", outcome.failure().unwrap_or_default());
-            1
-        }
+    let (code, why) = match outcome.script_status {
+        Some(rc) => (rc, format!("script exit status {rc}")),
+        None => (1, outcome.failure().unwrap_or_default()),
     };
     if code != 0 {
         eprintln!(
-            "xtask: script exit status {code}; guest console log: {}\n--- last lines ---\n{}",
+            "xtask: {why}; guest console log: {}\n--- last lines ---\n{}",
             outcome.console.display(),
             qemu::console_tail(&outcome.console, 40)
         );

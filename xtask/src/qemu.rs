@@ -158,6 +158,7 @@ impl Machine {
         cmd.args(["-audiodev", "none,id=snd0"])
             .args(["-device", "ich9-intel-hda,bus=pcie.0,addr=0x1b.0"])
             .args(["-device", "hda-duplex,audiodev=snd0"]);
+        fs::write(self.dir.join("qemu.cmdline"), display(&cmd) + "\n")?;
         Ok(cmd)
     }
 
@@ -165,7 +166,11 @@ impl Machine {
     pub fn run_interactive(&self) -> Result<ExitStatus> {
         fs::create_dir_all(&self.dir)?;
         let mut cmd = self.command(Path::new("-"), Path::new("-"))?;
-        eprintln!("xtask: {}", display(&cmd));
+        eprintln!(
+            "xtask: booting ({} acceleration; command line in {})",
+            accel(),
+            self.dir.join("qemu.cmdline").display()
+        );
         eprintln!("xtask: Ctrl-A X quits QEMU; `exit` in the shell powers the guest off");
         let mut child = cmd.stderr(Stdio::piped()).spawn().context("running QEMU")?;
         let stderr = forward_stderr(child.stderr.take().expect("piped"));
@@ -183,7 +188,6 @@ impl Machine {
             fs::write(f, b"").with_context(|| format!("creating {}", f.display()))?;
         }
         let mut cmd = self.command(&console, &results)?;
-        fs::write(self.dir.join("qemu.cmdline"), display(&cmd) + "\n")?;
         let start = Instant::now();
         let mut child = cmd
             .stderr(Stdio::piped())

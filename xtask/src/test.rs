@@ -6,6 +6,8 @@
 //! 4. each `tests/vm/*.test.sh` in its own guest boot
 //!
 //! Every stage runs even if an earlier one failed, so one run shows everything that is wrong.
+//! A VM test `NAME.test.sh` runs under `NAME.policy.toml` if that file exists, else under
+//! `tests/vm/policy.toml`.
 //! A VM test file prints TAP-like lines (`ok N - …`, `not ok N - …`), `# metric name=value`
 //! lines and a closing `N passed, M failed` (see `tests/vm/lib.sh`); the runner echoes the output
 //! as it arrives and then reports per file: checks, metrics and the boot-to-result wall time.
@@ -235,7 +237,7 @@ fn vm_tests(paths: &Paths, args: &TestArgs) -> Result<Vec<Stage>> {
         prep.kernel.image.display(),
         crate::qemu::accel()
     );
-    let policy = paths.vm_sources().join("policy.toml");
+    let default_policy = paths.vm_sources().join("policy.toml");
     let mut stages = Vec::new();
     for file in files {
         let name = file
@@ -243,11 +245,19 @@ fn vm_tests(paths: &Paths, args: &TestArgs) -> Result<Vec<Stage>> {
             .unwrap_or_default()
             .to_string_lossy()
             .into_owned();
-        let run = format!("test-{}", name.trim_end_matches(".test.sh"));
-        println!("-- {name} --");
+        let stem = name.trim_end_matches(".test.sh");
+        let run = format!("test-{stem}");
+        // NAME.test.sh runs under NAME.policy.toml when there is one.
+        let own_policy = file.with_file_name(format!("{stem}.policy.toml"));
+        let policy = if own_policy.exists() {
+            own_policy
+        } else {
+            default_policy.clone()
+        };
+        println!("-- {name} (policy {}) --", policy.display());
         let spec = RunSpec {
             mode: Mode::Script(file.clone()),
-            policy: policy.clone(),
+            policy,
         };
         let m = crate::machine(paths, &prep, &spec, &run, Duration::from_secs(args.timeout))?;
         let mut report = FileReport::default();
