@@ -14,11 +14,12 @@
 //! their disk. A network interface belongs to it when its `device` link resolves to that directory
 //! or below it (virtio-net's points at `virtioN` below the PCI function).
 //!
-//! One exception: with native NVMe multipath (`nvme_core.multipath=Y`, Debian's default) the
-//! namespace disks `nvme0n1`, `nvme0n1p1` live under `SYS/devices/virtual/nvme-subsystem/
-//! nvme-subsysN/`, not below the PCI function; only the hidden path disk `nvme0c0n1` does. The
-//! subsystem directory links to each of its controllers (`nvme0 -> …/<addr>/nvme/nvme0`), so a
-//! subsystem with a controller below the PCI device counts as below it, namespaces and all. (With
+//! One exception: with native NVMe multipath (`nvme_core.multipath=Y`, the default of kernels
+//! built with `CONFIG_NVME_MULTIPATH`, Debian's among them) the namespace disks `nvme0n1`,
+//! `nvme0n1p1` live under `SYS/devices/virtual/nvme-subsystem/nvme-subsysN/`, not below the PCI
+//! function; only the hidden path disk `nvme0c0n1` does. The subsystem directory links to each of
+//! its controllers (`nvme0 -> …/<addr>/nvme/nvme0`), so a subsystem with a controller below the
+//! PCI device counts as below it, namespaces and all. (With
 //! two controllers on two PCI functions, both functions report the namespace: refusing either is
 //! the safe answer.)
 //!

@@ -1,1 +1,225 @@
-fn main() {}
+//! `cargo xtask`: the real-kernel test bed of vfio-gate, the demo and the full test run.
+//!
+//! ```text
+//! cargo xtask vm run --script FILE [--policy FILE] [--kernel 6.1]   run FILE as root in the guest
+//! cargo xtask vm shell [--policy FILE] [--kernel 6.1]               an interactive guest
+//! cargo xtask demo                                                  the narrated tour
+//! cargo xtask test                                                  every test, unit and VM
+//! ```
+//!
+//! Each guest boot builds the release binaries statically, fetches and caches a stock Debian
+//! kernel, and boots it in QEMU with an emulated IOMMU and a fixed set of PCI devices
+//! (`docs/guest.md`). Nothing here touches the host's `/sys` or its kernel modules.
+
+mod cpio;
+mod guest;
+mod host;
+mod kernel;
+mod qemu;
+mod test;
+mod util;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::guest::{Mode, RunSpec};
+use crate::host::Apt;
+use crate::kernel::{Kernel, KernelSeries};
+use crate::util::{Context, Paths, Result, fmt_duration};
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", about = "vfio-gate's developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// The QEMU test guest.
+    #[command(subcommand)]
+    Vm(VmCmd),
+    /// Boot the guest and run the narrated tour (tests/vm/demo.sh).
+    Demo(GuestArgs),
+    /// Run every test: fmt, clippy, unit tests, then each tests/vm/*.test.sh in its own guest.
+    Test(test::TestArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum VmCmd {
+    /// Boot the guest, run SCRIPT with `sh` as root, print its output and exit with its status.
+    Run {
+        /// The script to run in the guest (it can source /test/lib.sh).
+        #[arg(long)]
+        script: PathBuf,
+        #[command(flatten)]
+        guest: GuestArgs,
+    },
+    /// Boot the guest with an interactive root shell on this terminal.
+    Shell {
+        #[command(flatten)]
+        guest: GuestArgs,
+    },
+}
+
+/// Options every guest boot takes.
+#[derive(Debug, Clone, Args)]
+pub struct GuestArgs {
+    /// The policy installed as /etc/vfio-gate/policy.toml [default: tests/vm/policy.toml].
+    #[arg(long)]
+    policy: Option<PathBuf>,
+    /// The guest kernel.
+    #[arg(long, value_enum, default_value = "6.1")]
+    kernel: KernelSeries,
+    /// Stop the guest after this many seconds [default: 600, or 4 hours for the shell].
+    #[arg(long)]
+    timeout: Option<u64>,
+}
+
+impl GuestArgs {
+    fn timeout(&self, default: u64) -> Duration {
+        Duration::from_secs(self.timeout.unwrap_or(default))
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("xtask: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    let paths = Paths::discover()?;
+    match cli.command {
+        Cmd::Vm(VmCmd::Run { script, guest }) => {
+            let spec = RunSpec {
+                mode: Mode::Script(script),
+                policy: policy_path(&paths, &guest),
+            };
+            run_script(&paths, &guest, spec, "run")
+        }
+        Cmd::Vm(VmCmd::Shell { guest }) => shell(&paths, &guest),
+        Cmd::Demo(guest) => {
+            let spec = RunSpec {
+                mode: Mode::Script(paths.vm_sources().join("demo.sh")),
+                policy: policy_path(&paths, &guest),
+            };
+            run_script(&paths, &guest, spec, "demo")
+        }
+        Cmd::Test(args) => test::run(&paths, &args),
+    }
+}
+
+fn policy_path(paths: &Paths, guest: &GuestArgs) -> PathBuf {
+    guest
+        .policy
+        .clone()
+        .unwrap_or_else(|| paths.vm_sources().join("policy.toml"))
+}
+
+/// What every boot needs and can share: host tools, binaries, the kernel and the base archive.
+#[derive(Debug)]
+pub struct Prepared {
+    pub kernel: Kernel,
+    pub base: PathBuf,
+    pub bins: PathBuf,
+}
+
+pub fn prepare(paths: &Paths, series: KernelSeries, apt: &mut Apt) -> Result<Prepared> {
+    apt.ensure_host_tools()?;
+    let bins = guest::build_binaries(paths)?;
+    let kernel =
+        Kernel::prepare(series, &paths.cache, apt).context("preparing the guest kernel")?;
+    let base = guest::base_initramfs(&kernel).context("building the base initramfs")?;
+    Ok(Prepared { kernel, base, bins })
+}
+
+/// Builds the overlay for `spec` and the machine to boot it, in `<target>/vm/<run>`.
+pub fn machine(
+    paths: &Paths,
+    prep: &Prepared,
+    spec: &RunSpec,
+    run: &str,
+    timeout: Duration,
+) -> Result<qemu::Machine> {
+    let dir = paths.vm_dir(run);
+    let initrd = dir.join("initramfs.cpio");
+    let overlay = guest::overlay(paths, &prep.bins, spec)?;
+    guest::write_initramfs(&prep.base, &overlay, &initrd)?;
+    Ok(qemu::Machine {
+        kernel: prep.kernel.image.clone(),
+        initrd,
+        dir,
+        memory_mib: 512,
+        interactive: matches!(spec.mode, Mode::Shell),
+        timeout,
+    })
+}
+
+fn run_script(paths: &Paths, args: &GuestArgs, spec: RunSpec, run: &str) -> Result<ExitCode> {
+    if let Mode::Script(s) = &spec.mode {
+        check_file(s, "script")?;
+    }
+    check_file(&spec.policy, "policy")?;
+    let mut apt = Apt::default();
+    let prep = prepare(paths, args.kernel, &mut apt)?;
+    let m = machine(paths, &prep, &spec, run, args.timeout(600))?;
+    eprintln!(
+        "xtask: booting {} ({}, {})",
+        prep.kernel.release,
+        qemu::accel(),
+        m.dir.display()
+    );
+    let mut stdout = std::io::stdout();
+    let outcome = m.run(&mut |bytes| {
+        let _ = stdout.write_all(bytes);
+        let _ = stdout.flush();
+    })?;
+    eprintln!("xtask: guest finished in {}", fmt_duration(outcome.wall));
+    let (code, why) = match outcome.script_status {
+        Some(rc) => (rc, format!("script exit status {rc}")),
+        None => (1, outcome.failure().unwrap_or_default()),
+    };
+    if code != 0 {
+        eprintln!(
+            "xtask: {why}; guest console log: {}\n--- last lines ---\n{}",
+            outcome.console.display(),
+            qemu::console_tail(&outcome.console, 40)
+        );
+    }
+    Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+}
+
+fn shell(paths: &Paths, args: &GuestArgs) -> Result<ExitCode> {
+    let spec = RunSpec {
+        mode: Mode::Shell,
+        policy: policy_path(paths, args),
+    };
+    check_file(&spec.policy, "policy")?;
+    let mut apt = Apt::default();
+    let prep = prepare(paths, args.kernel, &mut apt)?;
+    // An interactive session may last long, but never forever.
+    let m = machine(paths, &prep, &spec, "shell", args.timeout(4 * 3600))?;
+    let st = m.run_interactive()?;
+    Ok(if st.success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn check_file(path: &Path, what: &str) -> Result<()> {
+    if !path.is_file() {
+        util::bail!("{what} {} does not exist", path.display());
+    }
+    Ok(())
+}

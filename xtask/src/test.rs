@@ -1,0 +1,409 @@
+//! `cargo xtask test`: every test, in the order that fails fastest, and one summary.
+//!
+//! 1. `cargo fmt --all -- --check`
+//! 2. `cargo clippy --workspace --all-targets -- -D warnings`
+//! 3. `cargo test --workspace`
+//! 4. each `tests/vm/*.test.sh` in its own guest boot
+//!
+//! Every stage runs even if an earlier one failed, so one run shows everything that is wrong.
+//! A VM test `NAME.test.sh` runs under `NAME.policy.toml` if that file exists, else under
+//! `tests/vm/policy.toml`.
+//! A VM test file prints TAP-like lines (`ok N - …`, `not ok N - …`), `# metric name=value`
+//! lines and a closing `N passed, M failed` (see `tests/vm/lib.sh`); the runner echoes the output
+//! as it arrives and then reports per file: checks, metrics and the boot-to-result wall time.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use clap::Args;
+
+use crate::guest::{Mode, RunSpec};
+use crate::host::Apt;
+use crate::kernel::KernelSeries;
+use crate::util::{Context, Paths, Result, display, fmt_duration};
+
+#[derive(Debug, Clone, Args)]
+pub struct TestArgs {
+    /// Only the VM tests (skip fmt, clippy and cargo test).
+    #[arg(long)]
+    vm_only: bool,
+    /// Skip the VM tests.
+    #[arg(long, conflicts_with = "vm_only")]
+    no_vm: bool,
+    /// The guest kernel for the VM tests.
+    #[arg(long, value_enum, default_value = "6.1")]
+    kernel: KernelSeries,
+    /// Stop a guest after this many seconds.
+    #[arg(long, default_value_t = 600)]
+    timeout: u64,
+    /// Run only the VM test files whose name contains one of these words.
+    filters: Vec<String>,
+}
+
+/// The result of one stage or one VM test file.
+#[derive(Debug)]
+struct Stage {
+    name: String,
+    passed: usize,
+    failed: usize,
+    notes: Vec<String>,
+}
+
+impl Stage {
+    fn new(name: impl Into<String>) -> Stage {
+        Stage {
+            name: name.into(),
+            passed: 0,
+            failed: 0,
+            notes: Vec::new(),
+        }
+    }
+
+    fn ok(&self) -> bool {
+        self.failed == 0
+    }
+}
+
+pub fn run(paths: &Paths, args: &TestArgs) -> Result<std::process::ExitCode> {
+    let start = Instant::now();
+    let mut stages = Vec::new();
+    if !args.vm_only {
+        stages.push(cargo_stage(
+            paths,
+            "fmt",
+            &["fmt", "--all", "--", "--check"],
+        )?);
+        stages.push(cargo_stage(
+            paths,
+            "clippy",
+            &[
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ],
+        )?);
+        stages.push(cargo_test(paths)?);
+    }
+    if !args.no_vm {
+        stages.extend(vm_tests(paths, args)?);
+    }
+
+    println!();
+    println!("== summary ({}) ==", fmt_duration(start.elapsed()));
+    let (mut passed, mut failed) = (0, 0);
+    for s in &stages {
+        passed += s.passed;
+        failed += s.failed;
+        println!(
+            "{:<6} {:<28} {} passed, {} failed",
+            if s.ok() { "ok" } else { "FAIL" },
+            s.name,
+            s.passed,
+            s.failed
+        );
+        for n in &s.notes {
+            println!("         {n}");
+        }
+    }
+    println!("xtask: {passed} passed, {failed} failed");
+    Ok(if failed == 0 {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    })
+}
+
+fn cargo(paths: &Paths) -> Command {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(&paths.workspace);
+    cmd
+}
+
+/// A stage that is one cargo command: one check, passed or failed.
+fn cargo_stage(paths: &Paths, name: &str, args: &[&str]) -> Result<Stage> {
+    let mut cmd = cargo(paths);
+    cmd.args(args);
+    println!("== {name}: cargo {} ==", args.join(" "));
+    let st = cmd
+        .status()
+        .with_context(|| format!("running `{}`", display(&cmd)))?;
+    let mut stage = Stage::new(name);
+    if st.success() {
+        stage.passed = 1;
+    } else {
+        stage.failed = 1;
+        stage
+            .notes
+            .push(format!("`{}` failed ({st})", display(&cmd)));
+    }
+    Ok(stage)
+}
+
+/// `cargo test --workspace`, counting the tests from libtest's `test result:` lines.
+fn cargo_test(paths: &Paths) -> Result<Stage> {
+    let mut cmd = cargo(paths);
+    cmd.args(["test", "--workspace"]).stdout(Stdio::piped());
+    println!("== cargo test: cargo test --workspace ==");
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("running `{}`", display(&cmd)))?;
+    let mut stage = Stage::new("cargo test");
+    let out = child.stdout.take().expect("piped");
+    let mut stdout = std::io::stdout();
+    for line in BufReader::new(out).lines() {
+        let line = line?;
+        let _ = writeln!(stdout, "{line}");
+        if let Some((p, f)) = libtest_counts(&line) {
+            stage.passed += p;
+            stage.failed += f;
+        }
+    }
+    let st = child.wait()?;
+    if !st.success() && stage.failed == 0 {
+        // A build failure or a crashed test binary: no `test result` line says so.
+        stage.failed = 1;
+    }
+    if !st.success() {
+        stage
+            .notes
+            .push(format!("`{}` failed ({st})", display(&cmd)));
+    }
+    Ok(stage)
+}
+
+/// `test result: ok. 12 passed; 0 failed; 0 ignored; …` → (12, 0).
+fn libtest_counts(line: &str) -> Option<(usize, usize)> {
+    let rest = line.trim().strip_prefix("test result: ")?;
+    let count = |word: &str| -> Option<usize> {
+        rest.split(';')
+            .map(str::trim)
+            .find_map(|part| {
+                let part = part.rsplit(". ").next().unwrap_or(part);
+                part.strip_suffix(word)
+            })
+            .and_then(|n| n.trim().parse().ok())
+    };
+    Some((count(" passed")?, count(" failed")?))
+}
+
+fn vm_test_files(paths: &Paths, filters: &[String]) -> Result<Vec<PathBuf>> {
+    let dir = paths.vm_sources();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .with_context(|| format!("listing {}", dir.display()))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.ends_with(".test.sh"))
+        })
+        .filter(|p| {
+            let n = p.file_name().unwrap_or_default().to_string_lossy();
+            filters.is_empty() || filters.iter().any(|f| n.contains(f.as_str()))
+        })
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+fn vm_tests(paths: &Paths, args: &TestArgs) -> Result<Vec<Stage>> {
+    let files = vm_test_files(paths, &args.filters)?;
+    println!("== VM tests: {} file(s) ==", files.len());
+    if files.is_empty() {
+        let mut s = Stage::new("vm");
+        s.failed = 1;
+        s.notes.push("no tests/vm/*.test.sh matched".into());
+        return Ok(vec![s]);
+    }
+    let mut apt = Apt::default();
+    let prep = match crate::prepare(paths, args.kernel, &mut apt) {
+        Ok(p) => p,
+        Err(e) => {
+            println!("xtask: cannot prepare the guest: {e}");
+            let mut s = Stage::new("vm (guest preparation)");
+            s.failed = 1;
+            s.notes.push(e.to_string());
+            return Ok(vec![s]);
+        }
+    };
+    println!(
+        "guest: kernel {} ({}), accel {}",
+        prep.kernel.release,
+        prep.kernel.image.display(),
+        crate::qemu::accel()
+    );
+    let default_policy = paths.vm_sources().join("policy.toml");
+    let mut stages = Vec::new();
+    for file in files {
+        let name = file
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        let stem = name.trim_end_matches(".test.sh");
+        let run = format!("test-{stem}");
+        // NAME.test.sh runs under NAME.policy.toml when there is one.
+        let own_policy = file.with_file_name(format!("{stem}.policy.toml"));
+        let policy = if own_policy.exists() {
+            own_policy
+        } else {
+            default_policy.clone()
+        };
+        println!("-- {name} (policy {}) --", policy.display());
+        let spec = RunSpec {
+            mode: Mode::Script(file.clone()),
+            policy,
+        };
+        let m = crate::machine(paths, &prep, &spec, &run, Duration::from_secs(args.timeout))?;
+        let mut report = FileReport::default();
+        let mut stdout = std::io::stdout();
+        let outcome = m.run(&mut |bytes| {
+            let _ = stdout.write_all(bytes);
+            let _ = stdout.flush();
+            report.feed(bytes);
+        })?;
+        report.finish();
+        let mut stage = Stage::new(format!("vm {name}"));
+        stage.passed = report.passed;
+        stage.failed = report.failed;
+        stage
+            .notes
+            .push(format!("boot-to-result {}", fmt_duration(outcome.wall)));
+        for (k, v) in &report.metrics {
+            stage.notes.push(format!("# metric {k}={v}"));
+        }
+        match outcome.script_status {
+            Some(0) if report.summary.is_some() => {}
+            Some(0) => {
+                stage.failed += 1;
+                stage
+                    .notes
+                    .push("the script ended without its `N passed, M failed` line".into());
+            }
+            Some(rc) => {
+                if stage.failed == 0 {
+                    stage.failed = 1;
+                }
+                stage.notes.push(format!("script exit status {rc}"));
+            }
+            None => {
+                stage.failed += 1;
+                stage
+                    .notes
+                    .push(outcome.failure().unwrap_or_default().to_string());
+            }
+        }
+        if let Some((p, f)) = report
+            .summary
+            .filter(|&c| c != (report.passed, report.failed))
+        {
+            stage.notes.push(format!(
+                "note: the script counted {p} passed, {f} failed; the runner saw {} and {}",
+                report.passed, report.failed
+            ));
+        }
+        if !stage.ok() {
+            stage
+                .notes
+                .push(format!("guest console log: {}", outcome.console.display()));
+            println!(
+                "--- {name}: last lines of {} ---\n{}",
+                outcome.console.display(),
+                crate::qemu::console_tail(&outcome.console, 30)
+            );
+        }
+        println!(
+            "-- {name}: {} passed, {} failed, boot-to-result {} --",
+            stage.passed,
+            stage.failed,
+            fmt_duration(outcome.wall)
+        );
+        stages.push(stage);
+    }
+    Ok(stages)
+}
+
+/// What a VM test file's output says, parsed line by line as it streams.
+#[derive(Debug, Default)]
+struct FileReport {
+    partial: Vec<u8>,
+    passed: usize,
+    failed: usize,
+    metrics: Vec<(String, String)>,
+    summary: Option<(usize, usize)>,
+}
+
+impl FileReport {
+    fn feed(&mut self, bytes: &[u8]) {
+        self.partial.extend_from_slice(bytes);
+        while let Some(i) = self.partial.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.partial.drain(..=i).collect();
+            self.line(String::from_utf8_lossy(&line).trim_end());
+        }
+    }
+
+    fn finish(&mut self) {
+        if !self.partial.is_empty() {
+            let line = String::from_utf8_lossy(&std::mem::take(&mut self.partial)).into_owned();
+            self.line(line.trim_end());
+        }
+    }
+
+    fn line(&mut self, line: &str) {
+        if line.starts_with("ok ") {
+            self.passed += 1;
+        } else if line.starts_with("not ok ") {
+            self.failed += 1;
+        } else if let Some(m) = line.strip_prefix("# metric ") {
+            if let Some((k, v)) = m.trim().split_once('=') {
+                self.metrics.push((k.to_string(), v.to_string()));
+            }
+        } else if let Some(counts) = summary_counts(line) {
+            self.summary = Some(counts);
+        }
+    }
+}
+
+/// `12 passed, 3 failed` → (12, 3).
+fn summary_counts(line: &str) -> Option<(usize, usize)> {
+    let (p, f) = line.trim().split_once(" passed, ")?;
+    let f = f.strip_suffix(" failed")?;
+    Some((p.parse().ok()?, f.parse().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn libtest_lines() {
+        assert_eq!(
+            libtest_counts(
+                "test result: ok. 12 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.01s"
+            ),
+            Some((12, 0))
+        );
+        assert_eq!(
+            libtest_counts("test result: FAILED. 3 passed; 2 failed; 0 ignored"),
+            Some((3, 2))
+        );
+        assert_eq!(libtest_counts("running 3 tests"), None);
+    }
+
+    #[test]
+    fn tap_like_output_is_counted_across_chunks() {
+        let mut r = FileReport::default();
+        r.feed(b"ok 1 - a\nnot o");
+        r.feed(b"k 2 - b\n#   output: ok 3\n# metric list_ms=12.5\n");
+        r.feed(b"1 passed, 1 failed");
+        r.finish();
+        assert_eq!((r.passed, r.failed), (1, 1));
+        assert_eq!(r.metrics, [("list_ms".to_string(), "12.5".to_string())]);
+        assert_eq!(r.summary, Some((1, 1)));
+    }
+}
