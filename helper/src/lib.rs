@@ -27,6 +27,7 @@ pub mod ops;
 pub mod options;
 pub mod peer;
 pub mod plan;
+pub mod sandbox;
 pub mod server;
 pub mod service;
 pub mod state;
@@ -34,6 +35,7 @@ mod sys;
 pub mod sysfs;
 pub mod usage;
 
+use std::os::unix::net::UnixListener;
 use std::sync::Arc;
 
 use vfio_gate_policy::{EtcFiles, Policy, PolicyError};
@@ -55,16 +57,56 @@ pub enum StartupError {
     Policy(#[from] PolicyError),
     #[error("refusing to start: {0}")]
     State(#[from] StateError),
+    #[error("refusing to start: closing inherited file descriptors: {0}")]
+    Fds(#[source] std::io::Error),
+    #[error("refusing to start: dropping capabilities: {0}")]
+    Caps(#[from] sandbox::caps::CapsError),
+    #[error("refusing to start: {0}")]
+    Sandbox(#[from] sandbox::landlock::SandboxError),
     #[error(transparent)]
     Serve(#[from] ServeError),
 }
 
 /// Start-up, in order; nothing from a client is read before the last step.
 pub fn run(opts: &Options) -> Result<(), StartupError> {
-    let listener =
-        activation::take_listener(opts.listen.as_deref(), &ActivationEnv::from_process())?;
+    let listener = take_socket(opts)?;
     let policy = load_policy(opts)?;
     let state = StateDir::open(&opts.state_dir)?;
+    let grants = sandbox_grants(opts);
+    sandbox::caps::drop_to_chown()?;
+    let settings = policy.settings().clone();
+    let sandbox =
+        sandbox::landlock::enforce(&grants, settings.sandbox_floor, settings.allow_unsandboxed)?;
+    serve(opts, listener, policy, state, &sandbox)
+}
+
+/// Step 1: the listening socket, and nothing else inherited.
+fn take_socket(opts: &Options) -> Result<UnixListener, StartupError> {
+    let listener =
+        activation::take_listener(opts.listen.as_deref(), &ActivationEnv::from_process())?;
+    sandbox::close_inherited_fds(&listener).map_err(StartupError::Fds)?;
+    Ok(listener)
+}
+
+/// What the landlock domain will allow, computed while every path is still visible.
+fn sandbox_grants(opts: &Options) -> sandbox::landlock::Grants {
+    sandbox::landlock::Layout {
+        sysfs_root: opts.sysfs_root.clone(),
+        proc_root: "/proc".into(),
+        state_dir: opts.state_dir.clone(),
+        vfio_dir: opts.vfio_dir.clone(),
+    }
+    .grants()
+}
+
+/// The last step: build the service inside the sandbox and serve until idle.
+fn serve(
+    opts: &Options,
+    listener: UnixListener,
+    policy: Policy,
+    state: StateDir,
+    sandbox: &sandbox::landlock::Report,
+) -> Result<(), StartupError> {
     let limits = Limits {
         idle_timeout: policy.settings().idle_timeout,
         ..Limits::default()
@@ -87,8 +129,20 @@ pub fn run(opts: &Options) -> Result<(), StartupError> {
         .field("state_dir", opts.state_dir.display())
         .field("vfio_dir", opts.vfio_dir.display())
         .field("kernel", &release)
+        .field("landlock_abi", sandbox.abi)
+        .field("sandbox", sandbox.status)
+        .field("sandbox_missing", sandbox.missing.join("; "))
+        .field("capabilities", sandbox::caps::summary())
         .field("idle_timeout_s", limits.idle_timeout.as_secs())
         .emit();
+    if sandbox.status == "none" {
+        audit::Line::new("UNSANDBOXED")
+            .field(
+                "warning",
+                "this kernel has no landlock; the policy's allow_unsandboxed = true lets vfio-gated serve without its sandbox",
+            )
+            .emit();
+    }
     server::serve(listener, Arc::new(service), limits)?;
     Ok(())
 }

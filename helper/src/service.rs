@@ -696,16 +696,29 @@ impl Service {
         }
         verdict.allowed = Some(true);
         let vfio = lease.devices.iter().any(|d| d.driver == Driver::VfioPci);
-        if vfio && self.kernel.group_in_use(group).unwrap_or(false) {
-            return Err((
-                WireError::Busy {
-                    reason: format!(
-                        "group {group} is in use — stop the VM first (a process holds {})",
-                        self.node_path(group)
-                    ),
-                },
-                verdict,
-            ));
+        if vfio {
+            // Take the node back before looking: the helper opens only nodes it owns (it keeps
+            // no CAP_DAC_OVERRIDE), and a user who is releasing should lose it anyway.
+            self.reset_node(group);
+            if self.kernel.group_in_use(group).unwrap_or(true) {
+                let _ = self.kernel.chown_group_node(
+                    group,
+                    NodeOwner {
+                        uid: lease.owner_uid,
+                        gid: lease.owner_gid,
+                        mode: 0o600,
+                    },
+                );
+                return Err((
+                    WireError::Busy {
+                        reason: format!(
+                            "group {group} is in use — stop the VM first (a process holds {})",
+                            self.node_path(group)
+                        ),
+                    },
+                    verdict,
+                ));
+            }
         }
         lease.phase = Phase::Releasing;
         self.state

@@ -62,3 +62,53 @@ pub fn take_inherited_fd(fd: RawFd) -> Option<OwnedFd> {
     // it to own; nothing else in the process refers to it, and TAKEN ensures one owner.
     Some(unsafe { OwnedFd::from_raw_fd(fd) })
 }
+
+/// The process's securebits (`PR_GET_SECUREBITS`).
+pub fn securebits() -> io::Result<u32> {
+    // SAFETY: PR_GET_SECUREBITS takes no pointer arguments and only returns a value.
+    let rc = unsafe { libc::prctl(libc::PR_GET_SECUREBITS, 0, 0, 0, 0) };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc as u32)
+    }
+}
+
+/// Sets the process's securebits (`PR_SET_SECUREBITS`; needs CAP_SETPCAP).
+pub fn set_securebits(bits: u32) -> io::Result<()> {
+    // SAFETY: PR_SET_SECUREBITS takes the bits by value; no memory is shared with the kernel.
+    let rc = unsafe { libc::prctl(libc::PR_SET_SECUREBITS, libc::c_ulong::from(bits), 0, 0, 0) };
+    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
+/// Whether `no_new_privs` is set (`PR_GET_NO_NEW_PRIVS`).
+pub fn no_new_privs() -> io::Result<bool> {
+    // SAFETY: PR_GET_NO_NEW_PRIVS takes no pointer arguments and only returns a value.
+    let rc = unsafe { libc::prctl(libc::PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) };
+    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(rc == 1) }
+}
+
+/// Sets `no_new_privs`: nothing this process runs can gain privileges (irrevocable).
+pub fn set_no_new_privs() -> io::Result<()> {
+    // SAFETY: PR_SET_NO_NEW_PRIVS takes its flag by value; no memory is shared with the kernel.
+    let rc = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
+    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
+/// Closes every file descriptor from `first` to `last` inclusive (`close_range(2)`, Linux 5.9).
+pub fn close_range(first: RawFd, last: RawFd) -> io::Result<()> {
+    if first > last {
+        return Ok(());
+    }
+    // SAFETY: close_range only closes descriptors. The caller passes a range that holds no
+    // descriptor any Rust object owns (inherited ones that were never wrapped).
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first as libc::c_uint,
+            last as libc::c_uint,
+            0 as libc::c_uint,
+        )
+    };
+    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}

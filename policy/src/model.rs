@@ -12,9 +12,18 @@ pub struct Settings {
     /// How long the helper stays up with no open connection before it exits (socket activation
     /// starts it again on the next request).
     pub idle_timeout: Duration,
+    /// The oldest landlock ABI the helper accepts as a (partial) sandbox. On a kernel below it
+    /// the helper refuses to serve. `[settings] sandbox_floor`, default 1.
+    pub sandbox_floor: u8,
+    /// Serve even when the kernel has no landlock at all. Off unless the admin writes
+    /// `allow_unsandboxed = true`; every start then says so loudly.
+    pub allow_unsandboxed: bool,
 }
 
 impl Settings {
+    /// The default and the range of `sandbox_floor` (landlock ABI versions).
+    pub const DEFAULT_SANDBOX_FLOOR: u8 = 1;
+    pub const MAX_SANDBOX_FLOOR: u8 = 6;
     /// The idle timeout when the policy does not set one.
     pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
     /// The largest `idle_timeout` accepted, in seconds (one day).
@@ -25,6 +34,8 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             idle_timeout: Self::DEFAULT_IDLE_TIMEOUT,
+            sandbox_floor: Self::DEFAULT_SANDBOX_FLOOR,
+            allow_unsandboxed: false,
         }
     }
 }

@@ -47,6 +47,8 @@ struct RawPolicy {
 #[serde(deny_unknown_fields)]
 struct RawSettings {
     idle_timeout: Option<Spanned<i64>>,
+    sandbox_floor: Option<Spanned<i64>>,
+    allow_unsandboxed: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -258,6 +260,21 @@ impl Compiler<'_> {
             }
             settings.idle_timeout = Duration::from_secs(secs as u64);
         }
+        if let Some(f) = raw.sandbox_floor {
+            let floor = *f.get_ref();
+            let max = Settings::MAX_SANDBOX_FLOOR;
+            if !(1..=i64::from(max)).contains(&floor) {
+                return Err(self.invalid(
+                    f.span(),
+                    format!(
+                        "sandbox_floor = {floor} is out of range: give a landlock ABI version \
+                         from 1 to {max}"
+                    ),
+                ));
+            }
+            settings.sandbox_floor = floor as u8;
+        }
+        settings.allow_unsandboxed = raw.allow_unsandboxed.unwrap_or(false);
         Ok(settings)
     }
 

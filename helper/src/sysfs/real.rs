@@ -328,21 +328,30 @@ impl Kernel for Sysfs {
                 value: "not a character device".into(),
             });
         }
-        nix::unistd::fchownat(
-            nix::fcntl::AT_FDCWD,
-            &path,
-            Some(nix::unistd::Uid::from_raw(owner.uid)),
-            Some(nix::unistd::Gid::from_raw(owner.gid)),
-            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-        )
-        .map_err(fail)?;
+        // Only the owner may chmod without CAP_FOWNER, which the helper does not keep: take the
+        // node first if someone else owns it, set the mode, then give it away.
+        let chown = |uid: u32, gid: u32| {
+            nix::unistd::fchownat(
+                nix::fcntl::AT_FDCWD,
+                &path,
+                Some(nix::unistd::Uid::from_raw(uid)),
+                Some(nix::unistd::Gid::from_raw(gid)),
+                nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+            )
+            .map_err(fail)
+        };
+        let me = nix::unistd::geteuid().as_raw();
+        if meta.uid() != me {
+            chown(me, meta.gid())?;
+        }
         nix::sys::stat::fchmodat(
             nix::fcntl::AT_FDCWD,
             &path,
             nix::sys::stat::Mode::from_bits_truncate(owner.mode),
             nix::sys::stat::FchmodatFlags::FollowSymlink,
         )
-        .map_err(fail)
+        .map_err(fail)?;
+        chown(owner.uid, owner.gid)
     }
 }
 

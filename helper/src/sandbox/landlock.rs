@@ -1,0 +1,195 @@
+//! The landlock domain the helper serves from.
+//!
+//! Built from the helper's own paths at start-up ([`Layout::grants`]) and applied once, before any
+//! thread exists, so every connection thread and every writer thread inherits it:
+//! - **read** the sysfs trees the helper reads (`bus/pci`, `devices`, `kernel/iommu_groups`,
+//!   `class/{block,net,nvme-subsystem}`, `fs/btrfs`) and `/proc/self`, `/proc/swaps` (the
+//!   in-use guards);
+//! - **write** only the sysfs files the helper writes: `bus/pci/drivers_probe`, each loaded
+//!   driver's `unbind`, each device's `driver_override` — found at start-up, so a driver loaded
+//!   later is not writable until the next start (the helper exits when idle);
+//! - **read-write** the state directory, and read-write on `/dev/vfio` (opening a group node is
+//!   the kernel's "is a VM using it?" check; handing a node over is a chown, which landlock does
+//!   not govern);
+//! - **nothing else**: no execute anywhere, no TCP/UDP bind or connect (ABI ≥ 4), abstract Unix
+//!   sockets and signals scoped to the domain (ABI ≥ 6).
+//!
+//! One target ABI, [`TARGET_ABI`], the newest the `landlock` crate knows; older kernels get what
+//! they support (best effort), down to the policy's `sandbox_floor`, and the start log names what
+//! is missing. A kernel without landlock is refused unless the policy says `allow_unsandboxed`.
+
+use std::path::{Path, PathBuf};
+
+use landlock::{
+    ABI, Access, AccessFs, AccessNet, BitFlags, LandlockStatus, PathBeneath, PathFd, Ruleset,
+    RulesetAttr, RulesetCreated, RulesetCreatedAttr, RulesetStatus, Scope,
+};
+
+/// The landlock ABI the helper is written for.
+pub const TARGET_ABI: ABI = ABI::V10;
+
+/// Where the helper's files are.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    pub sysfs_root: PathBuf,
+    pub proc_root: PathBuf,
+    pub state_dir: PathBuf,
+    pub vfio_dir: PathBuf,
+}
+
+/// The paths a ruleset grants, and how.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Grants {
+    /// Read files and list directories beneath these.
+    pub read: Vec<PathBuf>,
+    /// Write (and truncate) exactly these files.
+    pub write_files: Vec<PathBuf>,
+    /// Read, write, create and remove files beneath these.
+    pub read_write: Vec<PathBuf>,
+    /// Open device nodes beneath these for reading and writing.
+    pub devices: Vec<PathBuf>,
+}
+
+/// The sandbox could not be set up as required; the helper refuses to serve.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("building the landlock ruleset: {0}")]
+    Ruleset(#[from] landlock::RulesetError),
+    #[error(
+        "this kernel has no landlock (status: {0}); vfio-gated refuses to serve unsandboxed. Boot a kernel with landlock (lsm=...,landlock) or, knowingly, set allow_unsandboxed = true in [settings]"
+    )]
+    Unavailable(String),
+    #[error(
+        "this kernel's landlock ABI is {abi}, below the policy's sandbox_floor of {floor}; missing: {missing}"
+    )]
+    BelowFloor { abi: i32, floor: u8, missing: String },
+}
+
+/// How the sandbox ended up, for the start log line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// The kernel's landlock ABI (0: none).
+    pub abi: i32,
+    /// `full`, `partial` or `none`.
+    pub status: &'static str,
+    /// What the kernel's ABI lacks compared with [`TARGET_ABI`].
+    pub missing: Vec<&'static str>,
+}
+
+impl Layout {
+    /// The production layout around a sysfs root and a state directory.
+    pub fn grants(&self) -> Grants {
+        let sys = &self.sysfs_root;
+        let mut g = Grants::default();
+        for rel in [
+            "bus/pci",
+            "devices",
+            "kernel/iommu_groups",
+            "class/block",
+            "class/net",
+            "class/nvme-subsystem",
+            "fs/btrfs",
+        ] {
+            g.read.push(sys.join(rel));
+        }
+        g.read.push(self.proc_root.join("self"));
+        g.read.push(self.proc_root.join("swaps"));
+
+        let pci = sys.join("bus/pci");
+        g.write_files.push(pci.join("drivers_probe"));
+        g.write_files.extend(children(&pci.join("drivers")).map(|d| d.join("unbind")));
+        g.write_files
+            .extend(children(&pci.join("devices")).map(|d| d.join("driver_override")));
+        g.write_files.retain(|p| p.exists());
+
+        g.read_write.push(self.state_dir.clone());
+        g.devices.push(self.vfio_dir.clone());
+        g
+    }
+}
+
+fn children(dir: &Path) -> impl Iterator<Item = PathBuf> {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+}
+
+fn rules(
+    paths: &[PathBuf],
+    access: BitFlags<AccessFs>,
+) -> impl Iterator<Item = Result<PathBeneath<PathFd>, landlock::RulesetError>> + '_ {
+    // A path that does not exist on this host (no btrfs, no nvme-subsystem class) grants
+    // nothing: skipping it only narrows the sandbox.
+    paths.iter().filter_map(move |p| {
+        PathFd::new(p)
+            .ok()
+            .map(|fd| Ok(PathBeneath::new(fd, access)))
+    })
+}
+
+/// The helper's ruleset for `grants`, not yet enforced. Tests apply it in a child process.
+pub fn ruleset(grants: &Grants) -> Result<RulesetCreated, SandboxError> {
+    let abi = TARGET_ABI;
+    let read = AccessFs::ReadFile | AccessFs::ReadDir;
+    let write_file = AccessFs::WriteFile | AccessFs::Truncate;
+    let read_write = read
+        | write_file
+        | AccessFs::MakeReg
+        | AccessFs::RemoveFile;
+    let device = AccessFs::ReadFile | AccessFs::WriteFile | AccessFs::ReadDir;
+    let created = Ruleset::default()
+        .handle_access(AccessFs::from_all(abi))?
+        .handle_access(AccessNet::from_all(abi))?
+        .scope(Scope::from_all(abi))?
+        .create()?
+        .add_rules(rules(&grants.read, read))?
+        .add_rules(rules(&grants.write_files, write_file))?
+        .add_rules(rules(&grants.read_write, read_write))?
+        .add_rules(rules(&grants.devices, device))?;
+    Ok(created)
+}
+
+/// What a kernel of landlock ABI `abi` lacks that the helper would use.
+pub fn missing_features(abi: i32) -> Vec<&'static str> {
+    [
+        (1, "filesystem access control (ABI 1)"),
+        (2, "control of moving files between directories (ABI 2)"),
+        (3, "control of truncation (ABI 3)"),
+        (4, "denial of TCP bind and connect (ABI 4)"),
+        (5, "control of device ioctls (ABI 5)"),
+        (6, "scoping of abstract Unix sockets and signals (ABI 6)"),
+        (8, "denial of UDP (ABI 8)"),
+    ]
+    .into_iter()
+    .filter(|(v, _)| abi < *v)
+    .map(|(_, what)| what)
+    .collect()
+}
+
+/// Enforces the helper's ruleset on the calling thread (and every thread it creates later).
+pub fn enforce(grants: &Grants, floor: u8, allow_unsandboxed: bool) -> Result<Report, SandboxError> {
+    let status = ruleset(grants)?.restrict_self()?;
+    let abi = match status.landlock {
+        LandlockStatus::Available { effective_abi, .. } => effective_abi as i32,
+        LandlockStatus::NotEnabled | LandlockStatus::NotImplemented => 0,
+    };
+    let missing = missing_features(abi);
+    let report = |status| Report {
+        abi,
+        status,
+        missing: missing.clone(),
+    };
+    match status.ruleset {
+        RulesetStatus::NotEnforced if allow_unsandboxed => Ok(report("none")),
+        RulesetStatus::NotEnforced => Err(SandboxError::Unavailable(format!("{:?}", status.landlock))),
+        _ if abi < i32::from(floor) => Err(SandboxError::BelowFloor {
+            abi,
+            floor,
+            missing: missing.join(", "),
+        }),
+        RulesetStatus::PartiallyEnforced => Ok(report("partial")),
+        RulesetStatus::FullyEnforced => Ok(report("full")),
+    }
+}
