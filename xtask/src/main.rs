@@ -153,8 +153,15 @@ pub fn machine(
 ) -> Result<qemu::Machine> {
     let dir = paths.vm_dir(run);
     let initrd = dir.join("initramfs.cpio");
+    let start = std::time::Instant::now();
     let overlay = guest::overlay(paths, &prep.bins, spec)?;
     guest::write_initramfs(&prep.base, &overlay, &initrd)?;
+    eprintln!(
+        "xtask: {} written in {} ms (overlay {} KiB)",
+        initrd.display(),
+        start.elapsed().as_millis(),
+        overlay.len() / 1024
+    );
     Ok(qemu::Machine {
         kernel: prep.kernel.image.clone(),
         initrd,
