@@ -257,15 +257,9 @@ fn vm_tests(paths: &Paths, args: &TestArgs, apt: &mut Apt) -> Result<Vec<Stage>>
             .unwrap_or_default()
             .to_string_lossy()
             .into_owned();
-        let stem = name.trim_end_matches(".test.sh");
-        let run = format!("test-{stem}");
+        let run = format!("test-{}", name.trim_end_matches(".test.sh"));
         // NAME.test.sh runs under NAME.policy.toml when there is one.
-        let own_policy = file.with_file_name(format!("{stem}.policy.toml"));
-        let policy = if own_policy.exists() {
-            own_policy
-        } else {
-            default_policy.clone()
-        };
+        let policy = crate::own_policy(&file).unwrap_or_else(|| default_policy.clone());
         println!("-- {name} (policy {}) --", policy.display());
         let spec = RunSpec {
             mode: Mode::Script(file.clone()),
