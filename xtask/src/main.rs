@@ -32,7 +32,11 @@ use crate::kernel::{Kernel, KernelSeries};
 use crate::util::{Context, Paths, Result, fmt_duration};
 
 #[derive(Debug, Parser)]
-#[command(name = "cargo xtask", about = "vfio-gate's developer tasks")]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "vfio-gate's developer tasks"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -69,7 +73,8 @@ enum VmCmd {
 /// Options every guest boot takes.
 #[derive(Debug, Clone, Args)]
 pub struct GuestArgs {
-    /// The policy installed as /etc/vfio-gate/policy.toml [default: tests/vm/policy.toml].
+    /// The policy installed as /etc/vfio-gate/policy.toml [default: the script's NAME.policy.toml
+    /// beside NAME.test.sh if there is one, else tests/vm/policy.toml].
     #[arg(long)]
     policy: Option<PathBuf>,
     /// The guest kernel.
@@ -102,8 +107,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Cmd::Vm(VmCmd::Run { script, guest }) => {
             let spec = RunSpec {
+                policy: policy_path(&paths, &guest, Some(&script)),
                 mode: Mode::Script(script),
-                policy: policy_path(&paths, &guest),
             };
             run_script(&paths, &guest, spec, "run")
         }
@@ -111,7 +116,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Demo(guest) => {
             let spec = RunSpec {
                 mode: Mode::Script(paths.vm_sources().join("demo.sh")),
-                policy: policy_path(&paths, &guest),
+                policy: policy_path(&paths, &guest, None),
             };
             run_script(&paths, &guest, spec, "demo")
         }
@@ -119,11 +124,23 @@ fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-fn policy_path(paths: &Paths, guest: &GuestArgs) -> PathBuf {
-    guest
-        .policy
-        .clone()
+/// `--policy`, else the script's own `NAME.policy.toml` beside `NAME.test.sh` (as
+/// `cargo xtask test` does), else `tests/vm/policy.toml`.
+pub fn policy_path(paths: &Paths, guest: &GuestArgs, script: Option<&Path>) -> PathBuf {
+    if let Some(p) = &guest.policy {
+        return p.clone();
+    }
+    script
+        .and_then(own_policy)
         .unwrap_or_else(|| paths.vm_sources().join("policy.toml"))
+}
+
+/// `dir/NAME.test.sh` → `dir/NAME.policy.toml`, if that file exists.
+pub fn own_policy(script: &Path) -> Option<PathBuf> {
+    let name = script.file_name()?.to_str()?;
+    let stem = name.strip_suffix(".test.sh")?;
+    let policy = script.with_file_name(format!("{stem}.policy.toml"));
+    policy.is_file().then_some(policy)
 }
 
 /// What every boot needs and can share: host tools, binaries, the kernel and the base archive.
@@ -153,8 +170,15 @@ pub fn machine(
 ) -> Result<qemu::Machine> {
     let dir = paths.vm_dir(run);
     let initrd = dir.join("initramfs.cpio");
+    let start = std::time::Instant::now();
     let overlay = guest::overlay(paths, &prep.bins, spec)?;
     guest::write_initramfs(&prep.base, &overlay, &initrd)?;
+    eprintln!(
+        "xtask: {} written in {} ms (overlay {} KiB)",
+        initrd.display(),
+        start.elapsed().as_millis(),
+        overlay.len() / 1024
+    );
     Ok(qemu::Machine {
         kernel: prep.kernel.image.clone(),
         initrd,
@@ -174,9 +198,10 @@ fn run_script(paths: &Paths, args: &GuestArgs, spec: RunSpec, run: &str) -> Resu
     let prep = prepare(paths, args.kernel, &mut apt)?;
     let m = machine(paths, &prep, &spec, run, args.timeout(600))?;
     eprintln!(
-        "xtask: booting {} ({}, {})",
+        "xtask: booting {} ({}, policy {}, files in {})",
         prep.kernel.release,
         qemu::accel(),
+        spec.policy.display(),
         m.dir.display()
     );
     let mut stdout = std::io::stdout();
@@ -202,7 +227,7 @@ fn run_script(paths: &Paths, args: &GuestArgs, spec: RunSpec, run: &str) -> Resu
 fn shell(paths: &Paths, args: &GuestArgs) -> Result<ExitCode> {
     let spec = RunSpec {
         mode: Mode::Shell,
-        policy: policy_path(paths, args),
+        policy: policy_path(paths, args, None),
     };
     check_file(&spec.policy, "policy")?;
     let mut apt = Apt::default();

@@ -93,6 +93,11 @@ impl Machine {
         if self.interactive {
             append.push_str(" quiet");
         }
+        // Extra kernel parameters for debugging (`dyndbg=…`, `loglevel=8`).
+        if let Ok(extra) = std::env::var("VFIO_GATE_KERNEL_ARGS") {
+            append.push(' ');
+            append.push_str(&extra);
+        }
         let mut cmd = Command::new("timeout");
         cmd.args(["--foreground", "-k", "5"])
             .arg(self.timeout.as_secs().to_string())

@@ -1,5 +1,6 @@
 //! `cargo xtask test`: every test, in the order that fails fastest, and one summary.
 //!
+//! 0. the host tools the VM tests need, installed with apt if missing
 //! 1. `cargo fmt --all -- --check`
 //! 2. `cargo clippy --workspace --all-targets -- -D warnings`
 //! 3. `cargo test --workspace`
@@ -69,6 +70,18 @@ impl Stage {
 pub fn run(paths: &Paths, args: &TestArgs) -> Result<std::process::ExitCode> {
     let start = Instant::now();
     let mut stages = Vec::new();
+    let mut apt = Apt::default();
+    if !args.no_vm {
+        // Install first: a missing tool is then reported before minutes of building.
+        println!("== host tools for the VM tests ==");
+        if let Err(e) = apt.ensure_host_tools() {
+            println!("xtask: {e}");
+            let mut s = Stage::new("host tools");
+            s.failed = 1;
+            s.notes.push(e.to_string());
+            stages.push(s);
+        }
+    }
     if !args.vm_only {
         stages.push(cargo_stage(
             paths,
@@ -90,7 +103,7 @@ pub fn run(paths: &Paths, args: &TestArgs) -> Result<std::process::ExitCode> {
         stages.push(cargo_test(paths)?);
     }
     if !args.no_vm {
-        stages.extend(vm_tests(paths, args)?);
+        stages.extend(vm_tests(paths, args, &mut apt)?);
     }
 
     println!();
@@ -211,7 +224,7 @@ fn vm_test_files(paths: &Paths, filters: &[String]) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-fn vm_tests(paths: &Paths, args: &TestArgs) -> Result<Vec<Stage>> {
+fn vm_tests(paths: &Paths, args: &TestArgs, apt: &mut Apt) -> Result<Vec<Stage>> {
     let files = vm_test_files(paths, &args.filters)?;
     println!("== VM tests: {} file(s) ==", files.len());
     if files.is_empty() {
@@ -220,8 +233,7 @@ fn vm_tests(paths: &Paths, args: &TestArgs) -> Result<Vec<Stage>> {
         s.notes.push("no tests/vm/*.test.sh matched".into());
         return Ok(vec![s]);
     }
-    let mut apt = Apt::default();
-    let prep = match crate::prepare(paths, args.kernel, &mut apt) {
+    let prep = match crate::prepare(paths, args.kernel, apt) {
         Ok(p) => p,
         Err(e) => {
             println!("xtask: cannot prepare the guest: {e}");
@@ -245,15 +257,9 @@ fn vm_tests(paths: &Paths, args: &TestArgs) -> Result<Vec<Stage>> {
             .unwrap_or_default()
             .to_string_lossy()
             .into_owned();
-        let stem = name.trim_end_matches(".test.sh");
-        let run = format!("test-{stem}");
+        let run = format!("test-{}", name.trim_end_matches(".test.sh"));
         // NAME.test.sh runs under NAME.policy.toml when there is one.
-        let own_policy = file.with_file_name(format!("{stem}.policy.toml"));
-        let policy = if own_policy.exists() {
-            own_policy
-        } else {
-            default_policy.clone()
-        };
+        let policy = crate::own_policy(&file).unwrap_or_else(|| default_policy.clone());
         println!("-- {name} (policy {}) --", policy.display());
         let spec = RunSpec {
             mode: Mode::Script(file.clone()),

@@ -135,7 +135,7 @@ pub struct Paths {
     /// Cargo's target directory: `$CARGO_TARGET_DIR`, else `<workspace>/target`.
     pub target: PathBuf,
     /// Downloads and derived kernel artefacts, kept outside the clone:
-    /// `$VFIO_GATE_CACHE`, else `$HOME/.cache/vfio-gate`.
+    /// `$VFIO_GATE_CACHE`, else `$HOME/.cache/vfio-gate` (`/var/tmp/vfio-gate-cache` without HOME).
     pub cache: PathBuf,
 }
 
@@ -154,9 +154,7 @@ impl Paths {
             Some(dir) if !dir.is_empty() => cwd.join(dir),
             _ => match std::env::var_os("HOME") {
                 Some(home) if !home.is_empty() => PathBuf::from(home).join(".cache/vfio-gate"),
-                _ => {
-                    bail!("neither VFIO_GATE_CACHE nor HOME is set: cannot place the kernel cache")
-                }
+                _ => PathBuf::from("/var/tmp/vfio-gate-cache"),
             },
         };
         Ok(Paths {
