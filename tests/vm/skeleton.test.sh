@@ -59,9 +59,9 @@ check_status 4 "an absent device is not found (exit status 4)" \
     runas alice vfio-gate bind 0000:42:00.0 --to vfio-pci
 
 # --- hostile frames ---
-# A length prefix of 5, then a Bind variant tag and garbage: not a request.
+# The current protocol version, then a Bind variant tag and garbage: not a request.
 check_output_contains "a malformed frame gets a typed BadRequest" "Error(BadRequest" \
-    runas bob rawframe --hex "05000000 0101ffffff"
+    runas bob rawframe --after-version "01ffffff"
 check_output_contains "an oversized frame gets a typed BadRequest" "Error(BadRequest" \
     runas bob rawframe --len-only 1000000
 # A well-formed frame of protocol version 7.

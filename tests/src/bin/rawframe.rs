@@ -3,6 +3,8 @@
 //! A client for hostile-input tests. WHAT is one of:
 //! - `--hex HEX` — send exactly these bytes (length prefix included; spaces, `_`, `:` ignored);
 //! - `--len-only N` — send only a length prefix claiming an N-byte frame, and no body;
+//! - `--after-version HEX` — a frame whose payload is the current protocol version, then HEX
+//!   (garbage where the request should be, whatever the version number is);
 //! - `--request list` | `--request bind ADDR DRIVER` | `--request release ADDR` — a valid frame.
 //!
 //! Then it reads one response frame and prints it as `Debug` of `Response` (e.g.
@@ -16,12 +18,12 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use vfio_gate_protocol::{
-    Driver, FrameError, MAX_RESPONSE_FRAME, PciAddress, Request, decode_response, encode_request,
-    read_frame,
+    Driver, FrameError, MAX_RESPONSE_FRAME, PROTOCOL_VERSION, PciAddress, Request,
+    decode_response, encode_request, read_frame,
 };
 
 const USAGE: &str = "usage: rawframe [--socket PATH] [--timeout SECS] \
-    (--hex HEX | --len-only N | --request list | --request bind ADDR DRIVER | --request release ADDR)";
+    (--hex HEX | --len-only N | --after-version HEX | --request list | --request bind ADDR DRIVER | --request release ADDR)";
 
 fn main() -> ExitCode {
     match parse(std::env::args().skip(1).collect()) {
@@ -51,6 +53,19 @@ fn parse(args: Vec<String>) -> Result<(String, Duration, Vec<u8>), String> {
             }
             "--hex" => {
                 bytes = Some(vfio_gate_tests::hex::decode(&value(&mut it, "--hex")?)?);
+            }
+            "--after-version" => {
+                let body = vfio_gate_tests::hex::decode(&value(&mut it, "--after-version")?)?;
+                // bincode's varint encodes a u16 below 251 as that one byte.
+                let version = u8::try_from(PROTOCOL_VERSION)
+                    .ok()
+                    .filter(|v| *v < 251)
+                    .ok_or("the protocol version no longer fits in one byte")?;
+                let mut payload = vec![version];
+                payload.extend(body);
+                let mut frame = (payload.len() as u32).to_le_bytes().to_vec();
+                frame.extend(payload);
+                bytes = Some(frame);
             }
             "--len-only" => {
                 let s = value(&mut it, "--len-only")?;
