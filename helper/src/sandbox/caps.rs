@@ -12,13 +12,18 @@ use caps::{CapSet, Capability, CapsHashSet};
 /// The one capability the helper keeps.
 pub const KEPT: Capability = Capability::CAP_CHOWN;
 
-/// The securebits the helper requires, all locked.
+/// The securebits the helper requires, all locked: uid 0 gets no capabilities from exec or
+/// setuid, and keep-caps stays off. systemd's `SecureBits=` can set exactly these.
 pub const SECUREBITS: u32 = (1 << 0) // SECBIT_NOROOT
     | (1 << 1) // SECBIT_NOROOT_LOCKED
     | (1 << 2) // SECBIT_NO_SETUID_FIXUP
     | (1 << 3) // SECBIT_NO_SETUID_FIXUP_LOCKED
-    | (1 << 5) // SECBIT_KEEP_CAPS_LOCKED (with KEEP_CAPS off)
-    | (1 << 6) // SECBIT_NO_CAP_AMBIENT_RAISE
+    | (1 << 5); // SECBIT_KEEP_CAPS_LOCKED (with KEEP_CAPS off)
+
+/// Also set when the helper can (it holds CAP_SETPCAP): no ambient capabilities, ever. systemd
+/// cannot set these; without them an ambient raise would still need an exec, which landlock
+/// forbids the helper.
+pub const SECUREBITS_AMBIENT: u32 = (1 << 6) // SECBIT_NO_CAP_AMBIENT_RAISE
     | (1 << 7); // SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED
 
 /// Dropping privileges failed; the helper refuses to serve.
@@ -37,7 +42,7 @@ pub enum CapsError {
         source: caps::errors::CapsError,
     },
     #[error(
-        "the securebits are {have:#x} and locking them needs CAP_SETPCAP, which the helper does not have; under systemd set SecureBits=keep-caps-locked no-setuid-fixup no-setuid-fixup-locked noroot noroot-locked in the unit"
+        "the securebits are {have:#x} and locking them needs CAP_SETPCAP, which the helper does not have; under systemd set SecureBits=keep-caps-locked no-setuid-fixup no-setuid-fixup-locked noroot noroot-locked in the unit (dist/vfio-gated.service does)"
     )]
     Securebits { have: u32 },
     #[error("setting the securebits: {0}")]
@@ -67,11 +72,13 @@ pub fn drop_to_chown() -> Result<(), CapsError> {
     }
 
     let have = crate::sys::securebits().map_err(CapsError::SetSecurebits)?;
-    if have & SECUREBITS != SECUREBITS {
-        if !setpcap {
-            return Err(CapsError::Securebits { have });
+    if setpcap {
+        let want = have | SECUREBITS | SECUREBITS_AMBIENT;
+        if want != have {
+            crate::sys::set_securebits(want).map_err(CapsError::SetSecurebits)?;
         }
-        crate::sys::set_securebits(have | SECUREBITS).map_err(CapsError::SetSecurebits)?;
+    } else if have & SECUREBITS != SECUREBITS {
+        return Err(CapsError::Securebits { have });
     }
 
     let extra: Vec<Capability> = read(CapSet::Bounding)?
