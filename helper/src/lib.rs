@@ -21,6 +21,7 @@
 
 pub mod activation;
 pub mod audit;
+pub mod fault;
 pub mod groups;
 pub mod guards;
 pub mod ops;
@@ -72,6 +73,7 @@ pub fn run(opts: &Options) -> Result<(), StartupError> {
     let listener = take_socket(opts)?;
     let policy = load_policy(opts)?;
     let state = StateDir::open(&opts.state_dir)?;
+    fault::arm(&opts.state_dir);
     let grants = sandbox_grants(opts);
     sandbox::caps::drop_to_chown()?;
     let settings = policy.settings().clone();
@@ -135,6 +137,14 @@ fn serve(
         .field("capabilities", sandbox::caps::summary())
         .field("idle_timeout_s", limits.idle_timeout.as_secs())
         .emit();
+    if fault::COMPILED_IN {
+        audit::Line::new("TEST-BUILD")
+            .field(
+                "warning",
+                "fault injection is compiled in: this helper is for crash-consistency tests only",
+            )
+            .emit();
+    }
     if sandbox.status == "none" {
         audit::Line::new("UNSANDBOXED")
             .field(

@@ -135,10 +135,13 @@ pub fn bind(
     };
     k.set_override(dev, Some(&target.into()))
         .map_err(|e| fail(Step::SetOverride, e))?;
+    crate::fault::point("bind:override-set");
     if original.driver.is_some() {
         k.unbind(dev).map_err(|e| fail(Step::Unbind, e))?;
     }
+    crate::fault::point("bind:unbound");
     k.probe(dev).map_err(|e| fail(Step::Probe, e))?;
+    crate::fault::point("bind:probed");
     let found = k.driver(dev).map_err(|e| fail(Step::Verify, e))?;
     if found.as_ref().is_some_and(|d| d.is(target)) {
         Ok(())
@@ -218,13 +221,16 @@ pub fn release(
     let fail = |step, source| ReleaseError::Step { dev, step, source };
     k.set_override(dev, original.driver_override.as_ref())
         .map_err(|e| fail(Step::SetOverride, e))?;
+    crate::fault::point("release:override-restored");
     if k.driver(dev)
         .map_err(|e| fail(Step::ReadState, e))?
         .is_some()
     {
         k.unbind(dev).map_err(|e| fail(Step::Unbind, e))?;
     }
+    crate::fault::point("release:unbound");
     k.probe(dev).map_err(|e| fail(Step::Probe, e))?;
+    crate::fault::point("release:probed");
     let restored = k.driver(dev).map_err(|e| fail(Step::Verify, e))?;
     Ok(Released {
         expected: original.driver.clone(),

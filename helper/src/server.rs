@@ -39,7 +39,7 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             idle_timeout: Duration::from_secs(30),
-            max_connections: 64,
+            max_connections: 256,
             io_timeout: Duration::from_secs(10),
         }
     }
@@ -91,7 +91,11 @@ pub fn serve(
     });
     loop {
         let idle = activity.idle_for();
-        if activity.open.load(Ordering::SeqCst) == 0 && idle >= limits.idle_timeout {
+        // Tied leases whose client is gone are released as soon as their VM lets go; the
+        // helper stays up until then.
+        let orphans = service.retry_orphans();
+        if activity.open.load(Ordering::SeqCst) == 0 && orphans == 0 && idle >= limits.idle_timeout
+        {
             audit::Line::new("idle-exit")
                 .field("idle_s", limits.idle_timeout.as_secs())
                 .emit();
@@ -189,11 +193,32 @@ fn connection(mut stream: UnixStream, service: &Service, limits: &Limits) {
             return;
         }
     };
+    let mut tied = Vec::new();
+    conversation(&mut stream, &peer, service, limits, &mut tied);
+    // However the conversation ended — the client closed, crashed, was killed, or sent
+    // garbage — leases tied to it end with it.
+    for group in tied {
+        service.release_tied(group, &peer);
+    }
+}
+
+/// Serves requests on one connection until it ends. `tied` collects the groups bound with
+/// `hold` on it.
+fn conversation(
+    stream: &mut UnixStream,
+    peer: &Peer,
+    service: &Service,
+    limits: &Limits,
+    tied: &mut Vec<u32>,
+) {
     let _ = stream.set_write_timeout(Some(limits.io_timeout));
     loop {
+        if !tied.is_empty() && !wait_readable(stream) {
+            return;
+        }
         let started = Instant::now();
         let mut reader = Deadline {
-            stream: &stream,
+            stream,
             deadline: started + limits.io_timeout,
         };
         let payload = match read_frame(&mut reader, MAX_REQUEST_FRAME) {
@@ -205,9 +230,9 @@ fn connection(mut stream: UnixStream, service: &Service, limits: &Limits) {
                 let err = WireError::BadRequest {
                     reason: e.to_string(),
                 };
-                audit_line(&peer, None, &Verdict::default(), &Err(err.clone()), started);
+                audit_line(peer, None, &Verdict::default(), &Err(err.clone()), started);
                 if reply {
-                    send(&mut stream, &Response::Error(err));
+                    send(stream, &Response::Error(err));
                 }
                 return;
             }
@@ -215,18 +240,34 @@ fn connection(mut stream: UnixStream, service: &Service, limits: &Limits) {
         let started = Instant::now();
         let (response, verdict, request) = match decode_request(&payload) {
             Ok(req) => {
-                let (resp, verdict) = service.handle(&peer, &req);
+                let (resp, verdict) = service.handle(peer, &req);
                 (resp, verdict, Some(req))
             }
             Err(e) => (Response::Error(e.into()), Verdict::default(), None),
         };
+        if let Some(group) = verdict.held_group {
+            tied.push(group);
+        }
         let result = match &response {
             Response::Error(e) => Err(e.clone()),
             _ => Ok(()),
         };
-        audit_line(&peer, request.as_ref(), &verdict, &result, started);
-        if !send(&mut stream, &response) {
+        audit_line(peer, request.as_ref(), &verdict, &result, started);
+        if !send(stream, &response) {
             return;
+        }
+    }
+}
+
+/// Waits, without a time limit, until the client sends something or goes away. A connection
+/// that holds a lease may stay silent for as long as its VM runs.
+fn wait_readable(stream: &UnixStream) -> bool {
+    loop {
+        let mut fds = [PollFd::new(stream.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => return true,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return false,
         }
     }
 }

@@ -12,15 +12,16 @@
 // error. The error is large but built at most once per request: boxing it would buy nothing.
 #![allow(clippy::result_large_err)]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use vfio_gate_policy::{Decision, DeviceFacts, Policy, Subject};
 use vfio_gate_protocol::{
-    BindReport, DeviceInfo, Driver, Holder, MAX_BIND_DEVICES, PciAddress, ReleaseReport, Request,
-    Response, RestoredDevice, RuleRef, StepAction, WireError,
+    BindReport, DeviceInfo, Driver, Holder, MAX_BIND_DEVICES, PciAddress, ReleaseReport,
+    ReleaseTarget, ReleasedGroup, Request, Response, RestoredDevice, RuleRef, StepAction,
+    WireError,
 };
 
 use crate::audit;
@@ -40,6 +41,9 @@ pub struct Verdict {
     pub rule: Option<RuleRef>,
     /// Every device the request touched or asked about.
     pub devices: Vec<PciAddress>,
+    /// A bind with `hold` created this group's lease, tied to the requesting connection: the
+    /// connection handler releases it when the connection closes.
+    pub held_group: Option<u32>,
 }
 
 /// Knobs of the service, with production defaults.
@@ -73,6 +77,9 @@ pub struct Service {
     state: StateDir,
     tuning: Tuning,
     mutations: Mutex<()>,
+    /// Tied leases whose connection is gone but whose group a process still holds open: released
+    /// as soon as it lets go ([`Service::retry_orphans`]).
+    orphans: Mutex<BTreeSet<u32>>,
 }
 
 impl std::fmt::Debug for Service {
@@ -140,10 +147,12 @@ impl Service {
             state,
             tuning,
             mutations: Mutex::new(()),
+            orphans: Mutex::default(),
         };
-        let _guard = service.lock();
+        let guard = service.lock();
+        service.reconcile_leases();
         service.reconcile_nodes();
-        drop(_guard);
+        drop(guard);
         service
     }
 
@@ -174,8 +183,9 @@ impl Service {
                 driver,
                 group,
                 dry_run,
-            } => self.bind(peer, devices, *driver, *group, *dry_run),
-            Request::Release { device } => self.release(peer, *device),
+                hold,
+            } => self.bind(peer, devices, *driver, *group, *dry_run, *hold),
+            Request::Release { target } => self.release(peer, *target),
         };
         match result {
             Ok(ok) => ok,
@@ -196,6 +206,8 @@ impl Service {
                         uid: l.owner_uid,
                         driver: d.driver,
                         since: l.since,
+                        group: Some(l.group),
+                        tied: l.tied,
                     },
                 );
             }
@@ -270,6 +282,7 @@ impl Service {
         driver: Driver,
         whole_group: bool,
         dry_run: bool,
+        hold: bool,
     ) -> Result<(Response, Verdict), (WireError, Verdict)> {
         let mut verdict = Verdict {
             devices: named.to_vec(),
@@ -465,6 +478,8 @@ impl Service {
             owner_gid: peer.gid,
             phase: Phase::Intent,
             since: now(),
+            updated: now(),
+            tied: hold,
             devices: Vec::new(),
         };
         for s in &plan.steps {
@@ -475,12 +490,14 @@ impl Service {
                     device: s.device,
                     driver,
                     original,
+                    ids: (s.vendor, s.device_id),
                 });
             }
         }
         self.state
             .write(&lease)
             .map_err(|e| (internal(e), verdict.clone()))?;
+        crate::fault::point("bind:lease-written");
         if let Err(reason) = self.execute(&lease, peer, driver) {
             let restored = self.undo(&lease, lease.devices.len());
             let reason = match restored {
@@ -495,9 +512,14 @@ impl Service {
             return Err((WireError::Failed { reason }, verdict));
         }
         lease.phase = Phase::Applied;
+        lease.updated = now();
         self.state
             .write(&lease)
             .map_err(|e| (internal(e), verdict.clone()))?;
+        crate::fault::point("bind:lease-applied");
+        if hold {
+            verdict.held_group = Some(group);
+        }
         Ok((
             Response::Bound(BindReport {
                 plan,
@@ -514,6 +536,7 @@ impl Service {
         for d in &lease.devices {
             ops::bind(&self.kernel, d.device, d.driver, &d.original).map_err(|e| e.to_string())?;
         }
+        crate::fault::point("bind:members-bound");
         if driver != Driver::VfioPci {
             return Ok(());
         }
@@ -578,7 +601,9 @@ impl Service {
         }
         self.kernel
             .chown_group_node(group, owner)
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        crate::fault::point("bind:node-handed-over");
+        Ok(())
     }
 
     /// Rolls back the first `n` members of `lease`, last first.
@@ -655,46 +680,87 @@ impl Service {
         Ok(leases.into_iter().find(|l| l.device(dev).is_some()))
     }
 
+    /// Gives back the groups `target` names, for `peer`.
     fn release(
         &self,
         peer: &Peer,
-        dev: PciAddress,
+        target: ReleaseTarget,
     ) -> Result<(Response, Verdict), (WireError, Verdict)> {
-        let mut verdict = Verdict {
-            devices: vec![dev],
-            ..Verdict::default()
-        };
+        let mut verdict = Verdict::default();
+        let admin = self.policy.is_admin(&peer.subject());
         let _guard = self.lock();
-        let Some(mut lease) = self.find_lease(dev).map_err(|e| (e, verdict.clone()))? else {
-            if !self.kernel.exists(dev) {
-                return Err((WireError::NotFound { device: dev }, verdict));
+        let leases: Vec<Lease> = match target {
+            ReleaseTarget::Device(dev) => {
+                verdict.devices = vec![dev];
+                let Some(lease) = self.find_lease(dev).map_err(|e| (e, verdict.clone()))? else {
+                    if !self.kernel.exists(dev) {
+                        return Err((WireError::NotFound { device: dev }, verdict));
+                    }
+                    verdict.allowed = Some(false);
+                    return Err((
+                        WireError::Denied {
+                            rule: None,
+                            reason: format!(
+                                "{} is not held through vfio-gate; there is nothing to release",
+                                dev.short()
+                            ),
+                        },
+                        verdict,
+                    ));
+                };
+                if lease.owner_uid != peer.uid && !admin {
+                    verdict.allowed = Some(false);
+                    return Err((
+                        WireError::Held {
+                            group: Some(lease.group),
+                            uid: lease.owner_uid,
+                            since: lease.since,
+                        },
+                        verdict,
+                    ));
+                }
+                vec![lease]
             }
-            verdict.allowed = Some(false);
-            return Err((
-                WireError::Denied {
-                    rule: None,
-                    reason: format!(
-                        "{} is not held through vfio-gate; there is nothing to release",
-                        dev.short()
-                    ),
-                },
-                verdict,
-            ));
+            ReleaseTarget::Mine => self.leases_of(peer.uid),
+            ReleaseTarget::User(uid) => {
+                if uid != peer.uid && !admin {
+                    verdict.allowed = Some(false);
+                    return Err((
+                        WireError::Denied {
+                            rule: None,
+                            reason: "only an admin (root, or [settings] admins in the policy) may release another user's devices".to_string(),
+                        },
+                        verdict,
+                    ));
+                }
+                self.leases_of(uid)
+            }
         };
-        let group = lease.group;
-        verdict.devices = lease.devices.iter().map(|d| d.device).collect();
-        if lease.owner_uid != peer.uid && peer.uid != 0 {
-            verdict.allowed = Some(false);
-            return Err((
-                WireError::Held {
-                    group: Some(group),
-                    uid: lease.owner_uid,
-                    since: lease.since,
-                },
-                verdict,
-            ));
-        }
         verdict.allowed = Some(true);
+        verdict.devices = leases
+            .iter()
+            .flat_map(|l| l.devices.iter().map(|d| d.device))
+            .collect();
+        let mut groups = Vec::new();
+        for lease in leases {
+            groups.push(
+                self.release_group(lease)
+                    .map_err(|e| (e, verdict.clone()))?,
+            );
+        }
+        Ok((Response::Released(ReleaseReport { groups }), verdict))
+    }
+
+    fn leases_of(&self, uid: u32) -> Vec<Lease> {
+        let (leases, _) = self.state.all();
+        leases.into_iter().filter(|l| l.owner_uid == uid).collect()
+    }
+
+    /// Releases one group: refuses at once if a process holds its node, else restores every
+    /// member (last bound first), takes the node back and removes the lease. Called with the
+    /// mutation lock held.
+    fn release_group(&self, mut lease: Lease) -> Result<ReleasedGroup, WireError> {
+        let group = lease.group;
         let vfio = lease.devices.iter().any(|d| d.driver == Driver::VfioPci);
         if vfio {
             // Take the node back before looking: the helper opens only nodes it owns (it keeps
@@ -709,24 +775,21 @@ impl Service {
                         mode: 0o600,
                     },
                 );
-                return Err((
-                    WireError::Busy {
-                        reason: format!(
-                            "group {group} is in use — stop the VM first (a process holds {})",
-                            self.node_path(group)
-                        ),
-                    },
-                    verdict,
-                ));
+                return Err(WireError::Busy {
+                    reason: format!(
+                        "group {group} is in use — stop the VM first (a process holds {})",
+                        self.node_path(group)
+                    ),
+                });
             }
         }
         lease.phase = Phase::Releasing;
-        self.state
-            .write(&lease)
-            .map_err(|e| (internal(e), verdict.clone()))?;
+        lease.updated = now();
+        self.state.write(&lease).map_err(internal)?;
+        crate::fault::point("release:lease-releasing");
         let mut restored = Vec::new();
         while let Some(d) = lease.devices.last().cloned() {
-            if self.kernel.exists(d.device) {
+            if self.same_device(&d) {
                 match ops::release(&self.kernel, d.device, &d.original) {
                     Ok(r) => restored.push(RestoredDevice {
                         device: d.device,
@@ -736,7 +799,7 @@ impl Service {
                     Err(e) => {
                         // Keep what is still held, so a retry releases exactly that.
                         let _ = self.state.write(&lease);
-                        let e = match e {
+                        return Err(match e {
                             ops::ReleaseError::Step { source, .. }
                                 if matches!(
                                     source,
@@ -752,27 +815,167 @@ impl Service {
                             other => WireError::Failed {
                                 reason: format!("{other}; the lease is kept, retry the release"),
                             },
-                        };
-                        return Err((e, verdict));
+                        });
                     }
                 }
+            } else {
+                audit::Line::new("lease-member-gone")
+                    .field("group", group)
+                    .field("device", d.device)
+                    .emit();
             }
             lease.devices.pop();
         }
         self.reset_node(group);
-        self.state
-            .remove(group)
-            .map_err(|e| (internal(e), verdict.clone()))?;
+        crate::fault::point("release:node-reset");
+        self.state.remove(group).map_err(internal)?;
         restored.reverse();
-        Ok((
-            Response::Released(ReleaseReport {
-                group: Some(group),
-                devices: restored,
-            }),
-            verdict,
-        ))
+        Ok(ReleasedGroup {
+            group: Some(group),
+            owner_uid: lease.owner_uid,
+            devices: restored,
+        })
+    }
+
+    /// Whether the device recorded in a lease is still the one at that address: present, with
+    /// the same vendor and device ids.
+    fn same_device(&self, d: &LeasedDevice) -> bool {
+        self.kernel
+            .facts(d.device)
+            .is_ok_and(|f| (f.vendor, f.device) == d.ids)
+    }
+
+    /// The connection that held `group` (a `hold` bind) is gone: release it, or keep trying
+    /// while a process still has the group open.
+    pub fn release_tied(&self, group: u32, peer: &Peer) {
+        let _guard = self.lock();
+        self.release_orphan(group, Some(peer.uid));
+    }
+
+    /// Tries once more every tied lease whose connection is gone. Returns how many remain.
+    pub fn retry_orphans(&self) -> usize {
+        let pending: Vec<u32> = self.orphans().iter().copied().collect();
+        if !pending.is_empty() {
+            let _guard = self.lock();
+            for group in pending {
+                self.release_orphan(group, None);
+            }
+        }
+        self.orphans().len()
+    }
+
+    fn orphans(&self) -> MutexGuard<'_, BTreeSet<u32>> {
+        self.orphans.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Releases the tied lease of `group` (owned by `uid`, if given), with the lock held.
+    fn release_orphan(&self, group: u32, uid: Option<u32>) {
+        let lease = match self.state.read(group) {
+            Ok(Some(l)) if l.tied && uid.is_none_or(|u| u == l.owner_uid) => l,
+            // Released meanwhile (the client sent its release, or an admin did): done.
+            _ => {
+                self.orphans().remove(&group);
+                return;
+            }
+        };
+        let owner = lease.owner_uid;
+        let mut line = audit::Line::new("tied-release");
+        line.field("group", group).field("owner_uid", owner);
+        match self.release_group(lease) {
+            Ok(_) => {
+                self.orphans().remove(&group);
+                line.field("result", "ok");
+            }
+            Err(e) => {
+                self.orphans().insert(group);
+                line.field("result", "pending").field("error", e);
+            }
+        }
+        line.emit();
+    }
+
+    /// Brings every lease on disk to a consistent end before the first client is served: a
+    /// half-done bind is rolled back, a half-done release finished, a tied lease (its connection
+    /// died with the previous process) released, an applied lease checked against sysfs.
+    /// Devices that vanished are dropped from their lease; a different device that appeared at
+    /// the same address is never touched. Called with the mutation lock held.
+    fn reconcile_leases(&self) {
+        let (leases, problems) = self.state.all();
+        for p in problems {
+            audit::Line::new("lease-unreadable")
+                .field("error", p)
+                .emit();
+        }
+        for mut lease in leases {
+            let group = lease.group;
+            let before = lease.devices.len();
+            lease.devices.retain(|d| {
+                let same = self.same_device(d);
+                if !same {
+                    let action = if self.kernel.exists(d.device) {
+                        "left alone: a different device is at that address now"
+                    } else {
+                        "dropped: the device is gone"
+                    };
+                    audit::Line::new("reconcile")
+                        .field("group", group)
+                        .field("device", d.device)
+                        .field("action", action)
+                        .emit();
+                }
+                same
+            });
+            if lease.devices.is_empty() {
+                let _ = self.state.remove(group);
+                continue;
+            }
+            if lease.devices.len() != before {
+                let _ = self.state.write(&lease);
+            }
+            let all_on_target = lease.devices.iter().all(|d| {
+                self.kernel
+                    .driver(d.device)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|n| n.is(d.driver))
+            });
+            let n = lease.devices.len();
+            let (action, result) = match lease.phase {
+                Phase::Applied if lease.tied => {
+                    self.release_orphan(group, None);
+                    continue;
+                }
+                Phase::Applied if all_on_target => ("kept", Ok(())),
+                Phase::Intent | Phase::Applied => {
+                    let r = self.undo(&lease, n);
+                    if r.is_ok() {
+                        let _ = self.state.remove(group);
+                    }
+                    let action = if lease.phase == Phase::Intent {
+                        "rolled back a bind the previous helper did not finish"
+                    } else {
+                        "rolled back: members were no longer on their drivers"
+                    };
+                    (action, r)
+                }
+                Phase::Releasing => (
+                    "finished a release the previous helper did not finish",
+                    self.release_group(lease.clone())
+                        .map(|_| ())
+                        .map_err(|e| e.to_string()),
+                ),
+            };
+            let mut line = audit::Line::new("reconcile");
+            line.field("group", group).field("action", action);
+            match result {
+                Ok(()) => line.field("result", "ok"),
+                Err(e) => line.field("result", "failed").field("error", e),
+            };
+            line.emit();
+        }
     }
 }
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -786,6 +989,7 @@ mod tests {
             match user {
                 "alice" => Some(1000),
                 "bob" => Some(1001),
+                "carol" => Some(1002),
                 _ => None,
             }
         }
@@ -797,6 +1001,9 @@ mod tests {
     /// The guest's default policy (tests/vm/policy.toml), plus a rule that would hand out the
     /// host's disk and NIC, to show the guards win over the policy.
     const POLICY: &str = r#"
+[settings]
+admins = { users = ["carol"] }
+
 [[rule]]
 name = "alice's NIC and test devices"
 subjects = { users = ["alice"], groups = ["vm-users"] }
@@ -914,6 +1121,7 @@ subjects = { users = ["bob"] }
             driver,
             group,
             dry_run,
+            hold: false,
         }
     }
 
@@ -922,7 +1130,12 @@ subjects = { users = ["bob"] }
     }
 
     fn release(s: &Service, p: &Peer, dev: &str) -> (Response, Verdict) {
-        s.handle(p, &Request::Release { device: a(dev) })
+        s.handle(
+            p,
+            &Request::Release {
+                target: ReleaseTarget::Device(a(dev)),
+            },
+        )
     }
 
     fn driver_of(k: &SimKernel, dev: &str) -> Option<String> {
@@ -965,7 +1178,10 @@ subjects = { users = ["bob"] }
         let Response::Released(r) = resp else {
             panic!("{resp:?}")
         };
-        assert_eq!(r.devices[0].restored_driver.as_deref(), Some("e1000e"));
+        assert_eq!(
+            r.groups[0].devices[0].restored_driver.as_deref(),
+            Some("e1000e")
+        );
         assert_eq!(f.service.state.read(8).unwrap(), None);
         assert_eq!(
             f.kernel.node(8),
@@ -1054,7 +1270,7 @@ subjects = { users = ["bob"] }
         let Response::Released(r) = resp else {
             panic!("{resp:?}")
         };
-        assert_eq!(r.devices.len(), 2);
+        assert_eq!(r.groups[0].devices.len(), 2);
         assert_eq!(driver_of(&f.kernel, "05:01.0").as_deref(), Some("e1000"));
         assert_eq!(driver_of(&f.kernel, "05:02.0"), None);
         assert_eq!(f.kernel.node(11), None);
@@ -1308,5 +1524,253 @@ subjects = { users = ["bob"] }
         assert_eq!(nic.allowed, vec![Driver::VfioPci]);
         let nvme = devs.iter().find(|d| d.address == a("03:00.0")).unwrap();
         assert_eq!((nvme.class, nvme.iommu_group), (0x010802, Some(10)));
+    }
+
+    fn carol() -> Peer {
+        Peer {
+            uid: 1002,
+            gid: 1002,
+            pid: 12,
+            groups: vec![1002],
+        }
+    }
+
+    fn hold_req(devs: &[&str], driver: Driver, group: bool) -> Request {
+        Request::Bind {
+            devices: devs.iter().map(|d| a(d)).collect(),
+            driver,
+            group,
+            dry_run: false,
+            hold: true,
+        }
+    }
+
+    fn restart(f: &Fixture) -> Service {
+        Service::new(
+            f.kernel.clone(),
+            Box::new(f.kernel.clone()),
+            Policy::parse(POLICY, "policy.toml", &Names).unwrap(),
+            StateDir::open(f.service.state.path()).unwrap(),
+            Tuning {
+                write_timeout: Duration::from_millis(300),
+                node_timeout: Duration::from_millis(300),
+                ..Tuning::default()
+            },
+        )
+    }
+
+    #[test]
+    fn a_held_bind_is_released_when_its_connection_goes() {
+        let f = fixture();
+        let (resp, verdict) = f
+            .service
+            .handle(&alice(), &hold_req(&["01:00.0"], Driver::VfioPci, false));
+        assert!(matches!(resp, Response::Bound(_)), "{resp:?}");
+        assert_eq!(verdict.held_group, Some(8));
+        assert!(f.service.state.read(8).unwrap().unwrap().tied);
+        let Response::Devices(devs) = f.service.handle(&bob(), &Request::List).0 else {
+            panic!()
+        };
+        let nic = devs.iter().find(|d| d.address == a("01:00.0")).unwrap();
+        assert!(nic.holder.as_ref().unwrap().tied);
+        // A VM still has the group open when the connection drops: the release waits for it.
+        f.kernel.hold_group(8);
+        f.service.release_tied(8, &alice());
+        assert_eq!(f.service.retry_orphans(), 1);
+        assert_eq!(driver_of(&f.kernel, "01:00.0").as_deref(), Some("vfio-pci"));
+        f.kernel.let_go_group(8);
+        assert_eq!(f.service.retry_orphans(), 0);
+        assert_eq!(driver_of(&f.kernel, "01:00.0").as_deref(), Some("e1000e"));
+        assert_eq!(f.service.state.read(8).unwrap(), None);
+        assert_eq!(f.kernel.node(8), None);
+    }
+
+    #[test]
+    fn an_untied_lease_survives_a_restart_and_a_tied_one_does_not() {
+        let f = fixture();
+        assert!(matches!(
+            bind(&f.service, &alice(), "01:00.0", Driver::VfioPci).0,
+            Response::Bound(_)
+        ));
+        let (resp, _) = f
+            .service
+            .handle(&alice(), &hold_req(&["05:02.0"], Driver::VfioPci, true));
+        assert!(matches!(resp, Response::Bound(_)), "{resp:?}");
+        let _again = restart(&f);
+        assert_eq!(
+            driver_of(&f.kernel, "01:00.0").as_deref(),
+            Some("vfio-pci"),
+            "kept"
+        );
+        assert_eq!(f.kernel.node(8).unwrap().uid, 1000);
+        assert_eq!(
+            driver_of(&f.kernel, "05:02.0"),
+            None,
+            "tied: released at start"
+        );
+        assert_eq!(driver_of(&f.kernel, "05:01.0").as_deref(), Some("e1000"));
+        assert_eq!(f.service.state.read(11).unwrap(), None);
+    }
+
+    #[test]
+    fn a_half_done_bind_is_rolled_back_at_start() {
+        let f = fixture();
+        // The previous helper died after writing its intent and moving the companion only.
+        let lease = Lease {
+            group: 11,
+            owner_uid: 1000,
+            owner_gid: 1000,
+            phase: Phase::Intent,
+            since: 1,
+            updated: 1,
+            tied: false,
+            devices: vec![
+                LeasedDevice {
+                    device: a("05:01.0"),
+                    driver: Driver::PciStub,
+                    original: ops::Original {
+                        driver: crate::sysfs::DriverName::new("e1000"),
+                        driver_override: None,
+                    },
+                    ids: (0x8086, 0x100e),
+                },
+                LeasedDevice {
+                    device: a("05:02.0"),
+                    driver: Driver::VfioPci,
+                    original: ops::Original {
+                        driver: None,
+                        driver_override: None,
+                    },
+                    ids: (0x1234, 0x11e8),
+                },
+            ],
+        };
+        f.service.state.write(&lease).unwrap();
+        let stub = crate::sysfs::DriverName::new("pci-stub").unwrap();
+        f.kernel.set_override(a("05:01.0"), Some(&stub)).unwrap();
+        f.kernel.unbind(a("05:01.0")).unwrap();
+        f.kernel.probe(a("05:01.0")).unwrap();
+        assert_eq!(driver_of(&f.kernel, "05:01.0").as_deref(), Some("pci-stub"));
+        let _again = restart(&f);
+        assert_eq!(driver_of(&f.kernel, "05:01.0").as_deref(), Some("e1000"));
+        assert_eq!(f.kernel.device(a("05:01.0")).unwrap().driver_override, None);
+        assert_eq!(f.service.state.read(11).unwrap(), None);
+    }
+
+    #[test]
+    fn a_half_done_release_is_finished_and_strangers_are_left_alone() {
+        let f = fixture();
+        let (resp, _) = f.service.handle(
+            &alice(),
+            &bind_req(&["05:02.0"], Driver::VfioPci, true, false),
+        );
+        assert!(matches!(resp, Response::Bound(_)), "{resp:?}");
+        let mut lease = f.service.state.read(11).unwrap().unwrap();
+        lease.phase = Phase::Releasing;
+        f.service.state.write(&lease).unwrap();
+        // A different device appeared where the e1000 was.
+        f.kernel.remove_device(a("05:01.0"));
+        f.kernel.add_device(
+            crate::sysfs::SimDevice::endpoint("05:01.0", 0x10ec, 0x8139, 0x020000, None)
+                .in_group(11),
+        );
+        let _again = restart(&f);
+        assert_eq!(
+            driver_of(&f.kernel, "05:02.0"),
+            None,
+            "the release was finished"
+        );
+        let stranger = f.kernel.device(a("05:01.0")).unwrap();
+        assert_eq!(
+            (stranger.driver, stranger.driver_override),
+            (None, None),
+            "never touched"
+        );
+        assert_eq!(f.service.state.read(11).unwrap(), None);
+    }
+
+    #[test]
+    fn corrupt_records_are_reported_and_left_alone() {
+        let f = fixture();
+        std::fs::write(f.service.state.path().join("group-8.lease"), "not a lease").unwrap();
+        let _again = restart(&f);
+        assert_eq!(
+            std::fs::read_to_string(f.service.state.path().join("group-8.lease")).unwrap(),
+            "not a lease"
+        );
+        assert_eq!(driver_of(&f.kernel, "01:00.0").as_deref(), Some("e1000e"));
+    }
+
+    #[test]
+    fn admins_release_anyone_users_only_their_own() {
+        let f = fixture();
+        assert!(matches!(
+            bind(&f.service, &alice(), "01:00.0", Driver::VfioPci).0,
+            Response::Bound(_)
+        ));
+        assert!(matches!(
+            bind(&f.service, &alice(), "00:06.1", Driver::PciStub).0,
+            Response::Bound(_)
+        ));
+        let release_user = |p: &Peer, uid| {
+            f.service
+                .handle(
+                    p,
+                    &Request::Release {
+                        target: ReleaseTarget::User(uid),
+                    },
+                )
+                .0
+        };
+        assert!(matches!(
+            release_user(&bob(), 1000),
+            Response::Error(WireError::Denied { .. })
+        ));
+        let (resp, _) = release(&f.service, &carol(), "01:00.0");
+        let Response::Released(r) = resp else {
+            panic!("{resp:?}")
+        };
+        assert_eq!(r.groups[0].owner_uid, 1000);
+        let Response::Released(r) = release_user(&carol(), 1000) else {
+            panic!()
+        };
+        assert_eq!(r.groups.len(), 1, "the pci-stub group");
+        assert_eq!(driver_of(&f.kernel, "00:06.1"), None);
+        // --all for a user who holds nothing releases nothing, successfully.
+        let (resp, _) = f.service.handle(
+            &bob(),
+            &Request::Release {
+                target: ReleaseTarget::Mine,
+            },
+        );
+        assert_eq!(resp, Response::Released(ReleaseReport { groups: vec![] }));
+    }
+
+    #[test]
+    fn release_all_gives_back_every_group_of_the_caller() {
+        let f = fixture();
+        assert!(matches!(
+            bind(&f.service, &alice(), "01:00.0", Driver::VfioPci).0,
+            Response::Bound(_)
+        ));
+        assert!(matches!(
+            bind(&f.service, &alice(), "00:1b.0", Driver::VfioPci).0,
+            Response::Bound(_)
+        ));
+        let (resp, _) = f.service.handle(
+            &alice(),
+            &Request::Release {
+                target: ReleaseTarget::Mine,
+            },
+        );
+        let Response::Released(r) = resp else {
+            panic!("{resp:?}")
+        };
+        assert_eq!(r.groups.len(), 2);
+        assert_eq!(driver_of(&f.kernel, "01:00.0").as_deref(), Some("e1000e"));
+        assert_eq!(
+            driver_of(&f.kernel, "00:1b.0").as_deref(),
+            Some("snd_hda_intel")
+        );
     }
 }

@@ -26,7 +26,7 @@ use vfio_gate_protocol::{Driver, PciAddress};
 use crate::ops::Original;
 use crate::sysfs::DriverName;
 
-const MAGIC: &str = "vfio-gate-lease 2";
+const MAGIC: &str = "vfio-gate-lease 3";
 const SUFFIX: &str = ".lease";
 const MAX_RECORD: u64 = 4096;
 
@@ -57,6 +57,9 @@ pub struct LeasedDevice {
     pub device: PciAddress,
     pub driver: Driver,
     pub original: Original,
+    /// Vendor and device ids when bound: a different device that appears at the same address
+    /// (hot-plug) is never touched on the strength of this record.
+    pub ids: (u16, u16),
 }
 
 /// One IOMMU group held by one user.
@@ -68,6 +71,11 @@ pub struct Lease {
     pub phase: Phase,
     /// Seconds since the Unix epoch when the bind started.
     pub since: u64,
+    /// Seconds since the Unix epoch of the last change of phase.
+    pub updated: u64,
+    /// The lease lives as long as its holder's connection (`vfio-gate run`): a helper that
+    /// starts and finds it knows that connection died with the previous process.
+    pub tied: bool,
     /// The members moved, in the order they were bound (released in reverse).
     pub devices: Vec<LeasedDevice>,
 }
@@ -319,15 +327,20 @@ impl fmt::Display for Lease {
         writeln!(f, "owner_gid={}", self.owner_gid)?;
         writeln!(f, "phase={}", self.phase.as_str())?;
         writeln!(f, "since={}", self.since)?;
+        writeln!(f, "updated={}", self.updated)?;
+        writeln!(f, "tied={}", if self.tied { "yes" } else { "no" })?;
         for d in &self.devices {
-            // address, target driver, original driver, original override ("-" for none)
+            // address, target driver, original driver, original override ("-" for none),
+            // vendor:device
             writeln!(
                 f,
-                "member={} {} {} {}",
+                "member={} {} {} {} {:04x}:{:04x}",
                 d.device,
                 d.driver,
                 opt(&d.original.driver),
-                opt(&d.original.driver_override)
+                opt(&d.original.driver_override),
+                d.ids.0,
+                d.ids.1
             )?;
         }
         Ok(())
@@ -359,9 +372,18 @@ impl std::str::FromStr for Lease {
                 .ok_or_else(|| format!("bad line {line:?}"))?;
             if k == "member" {
                 let parts: Vec<&str> = v.split(' ').collect();
-                let [addr, target, orig, over] = parts[..] else {
+                let [addr, target, orig, over, ids] = parts[..] else {
                     return Err(format!("bad member line {line:?}"));
                 };
+                let hex4 = |h: &str| {
+                    (h.len() == 4 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+                        .then(|| u16::from_str_radix(h, 16).ok())
+                        .flatten()
+                };
+                let ids = ids
+                    .split_once(':')
+                    .and_then(|(v, d)| Some((hex4(v)?, hex4(d)?)))
+                    .ok_or_else(|| format!("bad ids in {line:?}"))?;
                 let device: PciAddress = addr.parse().map_err(|e| format!("{e}"))?;
                 if devices.iter().any(|d| d.device == device) {
                     return Err(format!("{device} listed twice"));
@@ -373,6 +395,7 @@ impl std::str::FromStr for Lease {
                         driver: driver_name(orig)?,
                         driver_override: driver_name(over)?,
                     },
+                    ids,
                 });
             } else if fields.insert(k, v).is_some() {
                 return Err(format!("duplicate key {k:?}"));
@@ -397,6 +420,12 @@ impl std::str::FromStr for Lease {
                 other => return Err(format!("unknown phase {other:?}")),
             },
             since: number("since", take("since")?)?,
+            updated: number("updated", take("updated")?)?,
+            tied: match take("tied")? {
+                "yes" => true,
+                "no" => false,
+                other => return Err(format!("bad tied {other:?}")),
+            },
             devices,
         };
         if let Some(k) = fields.keys().next() {
@@ -421,6 +450,8 @@ mod tests {
             owner_gid: 1000,
             phase: Phase::Intent,
             since: 1_764_000_000,
+            updated: 1_764_000_001,
+            tied: true,
             devices: vec![
                 LeasedDevice {
                     device: "05:02.0".parse().unwrap(),
@@ -429,6 +460,7 @@ mod tests {
                         driver: None,
                         driver_override: None,
                     },
+                    ids: (0x1234, 0x11e8),
                 },
                 LeasedDevice {
                     device: "05:01.0".parse().unwrap(),
@@ -437,6 +469,7 @@ mod tests {
                         driver: DriverName::new("e1000"),
                         driver_override: DriverName::new("e1000"),
                     },
+                    ids: (0x8086, 0x100e),
                 },
             ],
         }
@@ -476,11 +509,14 @@ mod tests {
             good.clone() + "extra=1\n",
             good.replace("e1000 e1000", "../x e1000"),
             good.replace(
-                "member=0000:05:02.0 vfio-pci - -",
-                "member=0000:05:02.0 vfio-pci -",
+                "member=0000:05:02.0 vfio-pci - - 1234:11e8",
+                "member=0000:05:02.0 vfio-pci - 1234:11e8",
             ),
             good.replace("0000:05:01.0", "0000:05:02.0"),
             good.replace("vfio-pci", "e1000e"),
+            good.replace("1234:11e8", "1234:11e"),
+            good.replace("tied=yes", "tied=maybe"),
+            good.replace("updated=1764000001\n", ""),
             good.lines()
                 .filter(|l| !l.starts_with("member"))
                 .collect::<Vec<_>>()

@@ -154,6 +154,7 @@ fn bind(dev: &str, driver: Driver) -> Request {
         driver,
         group: false,
         dry_run: false,
+        hold: false,
     }
 }
 
@@ -229,7 +230,7 @@ fn lists_decides_and_survives_hostile_frames() {
     assert!(matches!(
         answer(&mut s),
         Response::Error(WireError::VersionMismatch {
-            server: 2,
+            server: vfio_gate_protocol::PROTOCOL_VERSION,
             client: 9
         })
     ));
@@ -330,7 +331,7 @@ fn exits_when_idle_but_not_while_a_connection_is_open() {
 fn over_the_connection_limit_gets_busy_not_a_hang() {
     let h = spawn_with(&policy_for_me(30), &[]);
     // Hold the helper's whole connection budget with silent clients.
-    let mut held: Vec<UnixStream> = (0..64).map(|_| connect(&h)).collect();
+    let mut held: Vec<UnixStream> = (0..256).map(|_| connect(&h)).collect();
     // Make sure every held connection has been accepted before asking for one more.
     let mut probe = connect(&h);
     let resp = answer(&mut probe);

@@ -18,6 +18,9 @@ pub struct Settings {
     /// Serve even when the kernel has no landlock at all. Off unless the admin writes
     /// `allow_unsandboxed = true`; every start then says so loudly.
     pub allow_unsandboxed: bool,
+    /// Who may release anyone's devices and ask about anyone (`[settings] admins`, same form
+    /// as a rule's `subjects`). Nobody by default; root always may.
+    pub admins: Subjects,
 }
 
 impl Settings {
@@ -36,6 +39,10 @@ impl Default for Settings {
             idle_timeout: Self::DEFAULT_IDLE_TIMEOUT,
             sandbox_floor: Self::DEFAULT_SANDBOX_FLOOR,
             allow_unsandboxed: false,
+            admins: Subjects::Listed {
+                uids: Vec::new(),
+                gids: Vec::new(),
+            },
         }
     }
 }

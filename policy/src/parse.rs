@@ -49,6 +49,7 @@ struct RawSettings {
     idle_timeout: Option<Spanned<i64>>,
     sandbox_floor: Option<Spanned<i64>>,
     allow_unsandboxed: Option<bool>,
+    admins: Option<Spanned<RawSubjects>>,
 }
 
 #[derive(Deserialize)]
@@ -244,7 +245,7 @@ impl Compiler<'_> {
         }
     }
 
-    fn settings(&self, raw: RawSettings) -> Result<Settings, PolicyError> {
+    fn settings(&mut self, raw: RawSettings) -> Result<Settings, PolicyError> {
         let mut settings = Settings::default();
         if let Some(t) = raw.idle_timeout {
             let secs = *t.get_ref();
@@ -275,6 +276,14 @@ impl Compiler<'_> {
             settings.sandbox_floor = floor as u8;
         }
         settings.allow_unsandboxed = raw.allow_unsandboxed.unwrap_or(false);
+        if let Some(admins) = raw.admins {
+            let origin = RuleRef {
+                name: "[settings] admins".into(),
+                file: self.file.to_string(),
+                line: self.line(admins.span()),
+            };
+            settings.admins = self.subjects(&origin, Effect::Allow, admins)?;
+        }
         Ok(settings)
     }
 

@@ -132,6 +132,11 @@ impl Policy {
             .collect()
     }
 
+    /// Whether `subject` is an admin: root, or listed in `[settings] admins`.
+    pub fn is_admin(&self, subject: &Subject) -> bool {
+        subject.uid == 0 || self.settings.admins.matches(subject)
+    }
+
     pub fn settings(&self) -> &Settings {
         &self.settings
     }

@@ -8,7 +8,7 @@ use serde::{Serialize, de::DeserializeOwned};
 use crate::{Request, Response, WireError};
 
 /// The protocol version both sides must speak.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// The largest request payload the helper accepts. Requests are a few dozen bytes; the cap leaves
 /// room for growth while keeping a hostile client's cost to the helper tiny.
@@ -168,7 +168,8 @@ pub fn decode_response(payload: &[u8]) -> Result<Response, DecodeError> {
 mod tests {
     use super::*;
     use crate::{
-        BindReport, DeviceInfo, Driver, MemberKind, PciAddress, Plan, PlanStep, RuleRef, StepAction,
+        BindReport, DeviceInfo, Driver, MemberKind, PciAddress, Plan, PlanStep, ReleaseTarget,
+        RuleRef, StepAction,
     };
     use proptest::prelude::*;
 
@@ -191,9 +192,13 @@ mod tests {
                 driver: Driver::VfioPci,
                 group: true,
                 dry_run: false,
+                hold: true,
             },
             Request::Release {
-                device: addr("abcd:05:1f.7"),
+                target: ReleaseTarget::Device(addr("abcd:05:1f.7")),
+            },
+            Request::Release {
+                target: ReleaseTarget::User(1001),
             },
         ] {
             assert_eq!(round_trip_request(&req), req);
@@ -311,6 +316,7 @@ mod tests {
             let mut payload = Vec::new();
             bincode::serde::encode_into_std_write(PROTOCOL_VERSION, &mut payload, c).unwrap();
             bincode::serde::encode_into_std_write(2u32, &mut payload, c).unwrap(); // Release
+            bincode::serde::encode_into_std_write(0u32, &mut payload, c).unwrap(); // Device
             bincode::serde::encode_into_std_write(addr, &mut payload, c).unwrap();
             payload
         };
@@ -318,7 +324,7 @@ mod tests {
         assert_eq!(
             decode_request(&encode("0000:01:00.0")),
             Ok(Request::Release {
-                device: addr("01:00.0")
+                target: ReleaseTarget::Device(addr("01:00.0"))
             })
         );
         let err = decode_request(&encode("../../x")).unwrap_err();

@@ -29,5 +29,6 @@ pub use codec::{
 pub use driver::{Driver, UnknownDriver};
 pub use message::{
     BindReport, DeviceInfo, Guard, Holder, MAX_BIND_DEVICES, MemberKind, Plan, PlanStep,
-    ReleaseReport, Request, Response, RestoredDevice, RuleRef, StepAction, WireError,
+    ReleaseReport, ReleaseTarget, ReleasedGroup, Request, Response, RestoredDevice, RuleRef,
+    StepAction, WireError,
 };

@@ -16,16 +16,29 @@ pub enum Request {
     List,
     /// Hand `devices` (one IOMMU group; the first is the one the user named first) to `driver`
     /// for the caller. With `group`, also move the group's other endpoints off their host drivers
-    /// as the policy allows, so the group becomes viable. With `dry_run`, only plan.
+    /// as the policy allows, so the group becomes viable. With `dry_run`, only plan. With `hold`,
+    /// the lease lives as long as this connection: when it closes, for whatever reason, the
+    /// helper releases the group (`vfio-gate run`).
     Bind {
         devices: Vec<PciAddress>,
         driver: Driver,
         group: bool,
         dry_run: bool,
+        hold: bool,
     },
-    /// Give back the group holding `device`: every member vfio-gate moved returns to the driver
-    /// it had before.
-    Release { device: PciAddress },
+    /// Give groups back: every member vfio-gate moved returns to the driver it had before.
+    Release { target: ReleaseTarget },
+}
+
+/// Which groups a release gives back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReleaseTarget {
+    /// The group holding this device (the caller's, or anyone's for an admin).
+    Device(PciAddress),
+    /// Every group the caller holds.
+    Mine,
+    /// Every group this user holds (admins only, or the user themself).
+    User(u32),
 }
 
 /// The most devices one bind may name (a group rarely has more than a handful).
@@ -80,6 +93,9 @@ pub struct Holder {
     pub driver: Driver,
     /// Seconds since the Unix epoch.
     pub since: u64,
+    pub group: Option<u32>,
+    /// The lease ends when its holder's connection closes (`vfio-gate run`).
+    pub tied: bool,
 }
 
 /// A policy rule as users see it: its name and where it is written.
@@ -167,11 +183,19 @@ pub struct RestoredDevice {
     pub restored_driver: Option<String>,
 }
 
-/// A successful release.
+/// One group a release gave back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleasedGroup {
+    pub group: Option<u32>,
+    /// Who held it.
+    pub owner_uid: u32,
+    pub devices: Vec<RestoredDevice>,
+}
+
+/// A successful release (possibly of nothing, for `Mine` or `User` with no lease).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReleaseReport {
-    pub group: Option<u32>,
-    pub devices: Vec<RestoredDevice>,
+    pub groups: Vec<ReleasedGroup>,
 }
 
 /// A protection no policy can override.

@@ -116,7 +116,11 @@ pub fn summary() -> String {
             .map(|s| {
                 let mut v: Vec<String> = s.iter().map(ToString::to_string).collect();
                 v.sort();
-                if v.is_empty() { "none".to_string() } else { v.join("+") }
+                if v.is_empty() {
+                    "none".to_string()
+                } else {
+                    v.join("+")
+                }
             })
             .unwrap_or_else(|e| format!("unreadable ({e})"))
     };

@@ -487,3 +487,46 @@ devices = [{ class = "01" }]
         "deny never storage"
     );
 }
+
+#[test]
+fn settings_admins_and_sandbox() {
+    let p = parse(
+        r#"[settings]
+idle_timeout = 5
+sandbox_floor = 2
+allow_unsandboxed = true
+admins = { users = ["bob"], gids = [10] }
+"#,
+    )
+    .unwrap();
+    let s = p.settings();
+    assert_eq!(s.idle_timeout.as_secs(), 5);
+    assert_eq!((s.sandbox_floor, s.allow_unsandboxed), (2, true));
+    let subs = subjects();
+    let who = |n| find(&subs, n);
+    assert!(p.is_admin(&who("bob")));
+    assert!(p.is_admin(&who("eve")), "wheel (gid 10) is listed");
+    assert!(p.is_admin(&who("root")), "root always is");
+    assert!(!p.is_admin(&who("alice")));
+
+    let defaults = parse("").unwrap();
+    assert_eq!(defaults.settings().sandbox_floor, 1);
+    assert!(!defaults.settings().allow_unsandboxed);
+    assert!(!defaults.is_admin(&who("bob")));
+
+    for (bad, words) in [
+        (
+            "[settings]\nsandbox_floor = 0\n",
+            "sandbox_floor = 0 is out of range",
+        ),
+        ("[settings]\nsandbox_floor = 7\n", "out of range"),
+        ("[settings]\nadmins = {}\n", "subjects is empty"),
+        (
+            "[settings]\nadmins = { users = [\"bob\"], sudo = true }\n",
+            "sudo",
+        ),
+    ] {
+        let e = parse(bad).unwrap_err().to_string();
+        assert!(e.contains(words), "{bad:?}: {e}");
+    }
+}
