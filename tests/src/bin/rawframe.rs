@@ -18,7 +18,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use vfio_gate_protocol::{
-    Driver, FrameError, MAX_RESPONSE_FRAME, PROTOCOL_VERSION, PciAddress, Request,
+    Driver, FrameError, MAX_RESPONSE_FRAME, PROTOCOL_VERSION, PciAddress, ReleaseTarget, Request,
     decode_response, encode_request, read_frame,
 };
 
@@ -82,9 +82,10 @@ fn parse(args: Vec<String>) -> Result<(String, Duration, Vec<u8>), String> {
                             .map_err(|e| e.to_string())?,
                         group: false,
                         dry_run: false,
+                        hold: false,
                     },
                     "release" => Request::Release {
-                        device: address(&value(&mut it, "release ADDR")?)?,
+                        target: ReleaseTarget::Device(address(&value(&mut it, "release ADDR")?)?),
                     },
                     other => return Err(format!("unknown request {other:?}")),
                 };
