@@ -1,12 +1,15 @@
 //! The command line. The `///` comments on these structs are the `--help` text.
 
-use std::path::PathBuf;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
 
 use clap::builder::{PossibleValuesParser, TypedValueParser};
-use clap::{Args, Parser, Subcommand};
-use vfio_gate_protocol::{Driver, MAX_BIND_DEVICES, PciAddress};
+use clap::error::ErrorKind;
+use clap::{ArgGroup, Args, CommandFactory, Parser, Subcommand};
+use vfio_gate_protocol::{Driver, MAX_BIND_DEVICES, PciAddress, ReleaseTarget};
 
 use crate::error::EXIT_STATUS_HELP;
+use crate::users::{self, PASSWD};
 
 /// Where the helper listens unless told otherwise (`vfio-gate.socket`'s `ListenStream=`).
 pub const DEFAULT_SOCKET: &str = "/run/vfio-gate.sock";
@@ -63,12 +66,48 @@ pub enum Command {
     List(ListArgs),
     Bind(BindArgs),
     Release(ReleaseArgs),
+    Run(RunArgs),
+}
+
+impl Cli {
+    /// What clap cannot check on its own: `--json` with `run`, and how many devices `run` names.
+    /// The error is a usage error (exit status 2), reported like clap's own.
+    pub fn validate(&self) -> Result<(), clap::Error> {
+        let Command::Run(args) = &self.command else {
+            return Ok(());
+        };
+        if self.json {
+            return Err(run_usage_error(
+                ErrorKind::ArgumentConflict,
+                "--json cannot be used with run: the command's own output goes to stdout",
+            ));
+        }
+        let n = args.unique_devices().len();
+        if n > MAX_BIND_DEVICES {
+            return Err(run_usage_error(
+                ErrorKind::TooManyValues,
+                &format!("run names {n} devices; at most {MAX_BIND_DEVICES} may be named"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A usage error about `vfio-gate run`, with that subcommand's usage line.
+fn run_usage_error(kind: ErrorKind, message: &str) -> clap::Error {
+    let mut cli = Cli::command();
+    cli.build();
+    match cli.find_subcommand_mut("run") {
+        Some(run) => run.error(kind, message),
+        None => cli.error(kind, message),
+    }
 }
 
 /// List PCI devices: driver, IOMMU group, what you may bind each to, and who holds it.
 ///
 /// ALLOWED is what the policy lets you bind the device to; HOLDER is the user who holds it
-/// through vfio-gate, if anyone.
+/// through vfio-gate, if anyone, with "(run)" when the lease lasts only while a command started
+/// by `vfio-gate run` runs.
 #[derive(Debug, Args)]
 pub struct ListArgs {}
 
@@ -107,12 +146,7 @@ pub struct BindArgs {
 impl BindArgs {
     /// The named devices in order, each once (01:00.0 and 0000:01:00.0 are one device).
     pub fn unique_devices(&self) -> Vec<PciAddress> {
-        let mut seen = std::collections::BTreeSet::new();
-        self.devices
-            .iter()
-            .copied()
-            .filter(|d| seen.insert(*d))
-            .collect()
+        unique(&self.devices)
     }
 
     /// This bind as a command line a user can paste, with `--group` and `--dry-run` as given.
@@ -134,18 +168,176 @@ impl BindArgs {
     }
 }
 
-/// Release the IOMMU group you bound, giving every device vfio-gate moved back to the driver it
-/// had before.
+/// Release IOMMU groups, giving every device vfio-gate moved back to the driver it had before.
 ///
-/// Name any device of the group. If the group is open (a VM is using it), the release is refused
-/// at once: stop the VM first. If a device does not go back to its previous driver, the release
-/// still happens (the group is no longer yours) and a warning says what to check; the exit status
-/// is 0.
+/// Name any device of a group (ADDR), or --all for every group you hold, or --user for every
+/// group a user holds (admins, as the policy names them, may release anyone's). If a group is open
+/// (a VM is using it), the release is refused at once: stop the VM first. If a device does not go
+/// back to its previous driver, the release still happens (the group is no longer held) and a
+/// warning says what to check; the exit status is 0. Releasing nothing (--all or --user when
+/// nothing is held) is not an error.
 #[derive(Debug, Args)]
+#[command(group(ArgGroup::new("target").required(true).args(["device", "all", "user"])))]
 pub struct ReleaseArgs {
     /// A device of the group, as lspci prints it (01:00.0) or in full (0000:01:00.0).
     #[arg(value_name = "ADDR")]
-    pub device: PciAddress,
+    pub device: Option<PciAddress>,
+
+    /// Release every group you hold.
+    #[arg(long)]
+    pub all: bool,
+
+    /// Release every group this user holds (a name from /etc/passwd, or a uid).
+    #[arg(long, value_name = "NAME|UID", value_parser = user_parser)]
+    pub user: Option<UserArg>,
+}
+
+impl ReleaseArgs {
+    /// What the helper is asked to release. clap guarantees exactly one of the three.
+    pub fn target(&self) -> ReleaseTarget {
+        match (&self.device, &self.user) {
+            (Some(d), _) => ReleaseTarget::Device(*d),
+            (None, Some(u)) => ReleaseTarget::User(u.uid),
+            (None, None) => ReleaseTarget::Mine,
+        }
+    }
+}
+
+/// `--user`: a uid, and the name it was given by (or found under in /etc/passwd).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserArg {
+    pub uid: u32,
+    pub name: Option<String>,
+}
+
+impl UserArg {
+    /// Resolves `--user`: digits are a uid, anything else a name looked up in `passwd`.
+    pub fn resolve(value: &str, passwd: &Path) -> Result<Self, String> {
+        if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+            let uid = value
+                .parse::<u32>()
+                .map_err(|_| format!("{value} is not a valid uid"))?;
+            let name = users::UserNames::load(passwd, &std::collections::BTreeSet::from([uid]))
+                .name(uid)
+                .map(str::to_owned);
+            return Ok(Self { uid, name });
+        }
+        match users::uid_of(passwd, value) {
+            Some(uid) => Ok(Self {
+                uid,
+                name: Some(value.to_owned()),
+            }),
+            None => Err(format!(
+                "no user {value:?} in {}; give a uid instead, or check the spelling",
+                passwd.display()
+            )),
+        }
+    }
+
+    /// The name, or the uid as text.
+    pub fn display(&self) -> String {
+        self.name.clone().unwrap_or_else(|| self.uid.to_string())
+    }
+}
+
+fn user_parser(value: &str) -> Result<UserArg, String> {
+    UserArg::resolve(value, Path::new(PASSWD))
+}
+
+/// Run a command with devices handed to you, and give them back when it exits.
+///
+/// Binds the devices as `vfio-gate bind` does (the same policy, refusals, messages and exit
+/// statuses; CMD is not run when the bind is refused), then runs CMD as you, with your
+/// environment, standard input, output and error. The devices are yours exactly as long as CMD
+/// runs: vfio-gate keeps its connection to the helper open meanwhile, and the lease ends with
+/// that connection. The devices are released when CMD exits, when it crashes, and when
+/// vfio-gate itself is killed (even with SIGKILL: the helper sees the connection close).
+///
+/// While CMD runs, vfio-gate ignores Ctrl-C and Ctrl-\ (the terminal sends them to CMD too) so
+/// that it outlives CMD and releases the devices cleanly; SIGTERM and SIGHUP sent to vfio-gate
+/// are passed on to CMD. Notes from vfio-gate go to stderr; --json cannot be used with run.
+///
+/// Exit status: CMD's; 128+N when CMD was killed by signal N; 127 when CMD was not found, 126
+/// when it could not be started. When the bind fails, the statuses of vfio-gate --help.
+///
+/// Example: vfio-gate run --device 01:00.0 -- qemu-system-x86_64 -device vfio-pci,host=01:00.0 ...
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// A device to hand over, as lspci prints it (05:02.0) or in full (0000:05:02.0). Repeat
+    /// for several devices of one group; the first is the one you mean to use.
+    #[arg(long = "device", value_name = "ADDR", required = true)]
+    pub devices: Vec<PciAddress>,
+
+    /// The driver to hand the devices to.
+    #[arg(long = "to", value_name = "DRIVER", default_value = "vfio-pci", value_parser = driver_parser())]
+    pub driver: Driver,
+
+    /// Also move the group's other endpoints off their host drivers, as the policy allows, so
+    /// that the group becomes usable.
+    #[arg(long)]
+    pub group: bool,
+
+    /// The command and its arguments, after --.
+    #[arg(value_name = "CMD", last = true, required = true, num_args = 1..)]
+    pub command: Vec<OsString>,
+}
+
+impl RunArgs {
+    /// The named devices in order, each once.
+    pub fn unique_devices(&self) -> Vec<PciAddress> {
+        unique(&self.devices)
+    }
+
+    /// The command's name, for notes: the last component of its path.
+    pub fn program_name(&self) -> String {
+        let program = Path::new(&self.command[0]);
+        program
+            .file_name()
+            .unwrap_or(program.as_os_str())
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    /// This run as a command line a user can paste, with `--group` as given.
+    pub fn command_line(&self, group: bool) -> String {
+        let mut line = String::from("vfio-gate run");
+        for d in self.unique_devices() {
+            line.push_str(" --device ");
+            line.push_str(&d.short());
+        }
+        line.push_str(" --to ");
+        line.push_str(self.driver.as_str());
+        if group {
+            line.push_str(" --group");
+        }
+        line.push_str(" --");
+        for arg in &self.command {
+            line.push(' ');
+            line.push_str(&shell_quote(&arg.to_string_lossy()));
+        }
+        line
+    }
+}
+
+/// `word` as a shell would need it: as it is when it holds only safe characters, else in single
+/// quotes.
+pub fn shell_quote(word: &str) -> String {
+    let safe = |c: char| c.is_ascii_alphanumeric() || "_@%+=:,./-".contains(c);
+    if !word.is_empty() && word.chars().all(safe) {
+        word.to_owned()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
+}
+
+/// `devices` in order, each once (01:00.0 and 0000:01:00.0 are one device).
+fn unique(devices: &[PciAddress]) -> Vec<PciAddress> {
+    let mut seen = std::collections::BTreeSet::new();
+    devices
+        .iter()
+        .copied()
+        .filter(|d| seen.insert(*d))
+        .collect()
 }
 
 /// Exactly the protocol's drivers, listed in `--help` and in clap's error for a wrong name.
@@ -245,6 +437,122 @@ mod tests {
             parse(&["bind", "zz:00.0"]).unwrap_err().kind(),
             ErrorKind::ValueValidation
         );
+    }
+
+    #[test]
+    fn release_takes_exactly_one_target() {
+        let target = |args: &[&str]| {
+            let Command::Release(r) = parse(args).unwrap().command else {
+                panic!("not release")
+            };
+            r.target()
+        };
+        assert_eq!(
+            target(&["release", "0000:05:02.0"]),
+            ReleaseTarget::Device(PciAddress::new(0, 5, 2, 0).unwrap())
+        );
+        assert_eq!(target(&["release", "--all"]), ReleaseTarget::Mine);
+        assert_eq!(
+            target(&["release", "--user", "4242"]),
+            ReleaseTarget::User(4242)
+        );
+        for args in [
+            &["release"][..],
+            &["release", "--all", "05:02.0"],
+            &["release", "--all", "--user", "0"],
+            &["release", "--user", "0", "05:02.0"],
+            &["release", "--user", "4294967296"],
+        ] {
+            let err = parse(args).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn user_names_resolve_through_the_passwd_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let passwd = dir.path().join("passwd");
+        std::fs::write(
+            &passwd,
+            "root:x:0:0::/:/bin/sh\nbob:x:1001:1001::/:/bin/sh\n",
+        )
+        .unwrap();
+        let bob = UserArg::resolve("bob", &passwd).unwrap();
+        assert_eq!((bob.uid, bob.display()), (1001, "bob".to_owned()));
+        let by_uid = UserArg::resolve("1001", &passwd).unwrap();
+        assert_eq!((by_uid.uid, by_uid.display()), (1001, "bob".to_owned()));
+        let unnamed = UserArg::resolve("4242", &passwd).unwrap();
+        assert_eq!((unnamed.uid, unnamed.display()), (4242, "4242".to_owned()));
+        let err = UserArg::resolve("alice", &passwd).unwrap_err();
+        assert!(err.starts_with("no user \"alice\" in "), "{err}");
+    }
+
+    #[test]
+    fn run_takes_devices_in_order_and_the_command_after_a_double_dash() {
+        let cli = parse(&[
+            "run",
+            "--device",
+            "05:02.0",
+            "--group",
+            "--device",
+            "05:01.0",
+            "--to",
+            "pci-stub",
+            "--device",
+            "0000:05:02.0",
+            "--",
+            "/usr/bin/qemu",
+            "-name",
+            "my vm",
+            "--json",
+        ])
+        .unwrap();
+        assert!(!cli.json, "--json after -- belongs to the command");
+        cli.validate().unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("not run")
+        };
+        let a = |s: &str| s.parse::<PciAddress>().unwrap();
+        assert_eq!(args.unique_devices(), vec![a("05:02.0"), a("05:01.0")]);
+        assert_eq!(args.driver, Driver::PciStub);
+        assert!(args.group);
+        assert_eq!(args.program_name(), "qemu");
+        assert_eq!(
+            args.command_line(true),
+            "vfio-gate run --device 05:02.0 --device 05:01.0 --to pci-stub --group -- \
+             /usr/bin/qemu -name 'my vm' --json"
+        );
+        for args in [
+            &["run", "--device", "05:02.0"][..],
+            &["run", "--device", "05:02.0", "--"],
+            &["run", "--", "true"],
+            &["run", "--device", "05:02.0", "true"],
+        ] {
+            let err = parse(args).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{args:?}: {err}");
+        }
+        let json = parse(&["--json", "run", "--device", "05:02.0", "--", "true"]).unwrap();
+        assert_eq!(json.validate().unwrap_err().exit_code(), 2);
+        let mut many = vec!["run".to_owned()];
+        for i in 0..=MAX_BIND_DEVICES {
+            many.push("--device".into());
+            many.push(format!("05:{:02x}.{}", i / 8, i % 8));
+        }
+        many.extend(["--".into(), "true".into()]);
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        assert_eq!(parse(&many).unwrap().validate().unwrap_err().exit_code(), 2);
+    }
+
+    #[test]
+    fn shell_quoting_keeps_plain_words_and_quotes_the_rest() {
+        assert_eq!(
+            shell_quote("vfio-pci,host=01:00.0"),
+            "vfio-pci,host=01:00.0"
+        );
+        assert_eq!(shell_quote("my vm"), "'my vm'");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+        assert_eq!(shell_quote(""), "''");
+        assert_eq!(shell_quote("$HOME"), "'$HOME'");
     }
 
     #[test]

@@ -1,7 +1,13 @@
-//! One request, one response, over the helper's Unix socket.
+//! Requests and responses over the helper's Unix socket.
 //!
 //! The conversation is as small as it can be: connect, write one frame, read one frame, close.
+//! `vfio-gate run` is the one exception: it keeps its [`Connection`] open while its command runs
+//! (the helper ties the lease to it) and sends the release on the same connection afterwards.
 //! The helper learns who we are from the kernel, so nothing here carries identity.
+//!
+//! A helper at its connection limit answers `Busy` at once ("retry in a moment"); such an answer
+//! is retried a few times with a short backoff before it is reported. Other `Busy` answers (a
+//! group in use, a group already held) are reported at once: waiting would not change them.
 
 use std::io;
 use std::os::unix::net::UnixStream;
@@ -9,11 +15,21 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use vfio_gate_protocol::{
-    FrameError, MAX_RESPONSE_FRAME, Request, Response, decode_response, encode_request, read_frame,
-    write_frame,
+    FrameError, MAX_RESPONSE_FRAME, Request, Response, WireError, decode_response, encode_request,
+    read_frame, write_frame,
 };
 
 use crate::error::Error;
+
+/// How long to wait before each retry of a request the helper turned away at its connection
+/// limit: five tries in all, over about two seconds. Each pause is jittered by up to a quarter,
+/// so that clients turned away together do not come back together.
+pub const RETRY_DELAYS: [Duration; 4] = [
+    Duration::from_millis(150),
+    Duration::from_millis(300),
+    Duration::from_millis(500),
+    Duration::from_millis(900),
+];
 
 /// Talks to one helper socket.
 #[derive(Debug, Clone)]
@@ -35,31 +51,114 @@ impl Client {
         &self.socket
     }
 
-    /// Sends `request` and returns the helper's answer. A [`Response::Error`] comes back as
-    /// [`Error::Helper`], so callers only match the success they expect.
+    /// Sends `request` on a connection of its own and returns the helper's answer. A
+    /// [`Response::Error`] comes back as [`Error::Helper`], so callers only match the success
+    /// they expect. An answer saying the helper is at its connection limit is retried (see
+    /// [`RETRY_DELAYS`]).
     pub fn call(&self, request: &Request) -> Result<Response, Error> {
-        let frame = encode_request(request).map_err(Error::Encode)?;
-        let mut stream = UnixStream::connect(&self.socket).map_err(|source| Error::Connect {
+        self.open(request).map(|(_, response)| response)
+    }
+
+    /// Like [`Client::call`], and returns the connection too, for a conversation that goes on
+    /// (`vfio-gate run`).
+    pub fn open(&self, request: &Request) -> Result<(Connection, Response), Error> {
+        let mut delays = RETRY_DELAYS.iter();
+        loop {
+            let mut conn = self.connect()?;
+            match conn.call(request) {
+                Err(Error::Helper(WireError::Busy { reason })) if at_connection_limit(&reason) => {
+                    match delays.next() {
+                        Some(delay) => std::thread::sleep(jitter(*delay)),
+                        None => return Err(Error::Helper(WireError::Busy { reason })),
+                    }
+                }
+                Err(e) => return Err(e),
+                Ok(response) => return Ok((conn, response)),
+            }
+        }
+    }
+
+    /// Connects, with the read and write timeouts set.
+    pub fn connect(&self) -> Result<Connection, Error> {
+        let stream = UnixStream::connect(&self.socket).map_err(|source| Error::Connect {
             socket: self.socket.clone(),
             source,
         })?;
-        stream
+        let conn = Connection {
+            stream,
+            socket: self.socket.clone(),
+            timeout: self.timeout,
+        };
+        conn.stream
             .set_read_timeout(Some(self.timeout))
-            .and_then(|()| stream.set_write_timeout(Some(self.timeout)))
-            .map_err(|source| self.send_error(source))?;
-        write_frame(&mut stream, &frame).map_err(|source| self.send_error(source))?;
+            .and_then(|()| conn.stream.set_write_timeout(Some(self.timeout)))
+            .map_err(|source| conn.send_error(source))?;
+        Ok(conn)
+    }
+}
+
+/// Whether a `Busy` answer says the helper is at its connection limit, the one busy state that
+/// passes by itself in a moment. The protocol has no separate variant for it, so this reads the
+/// helper's reason ("the helper is serving 64 connections, its limit; retry in a moment").
+pub fn at_connection_limit(reason: &str) -> bool {
+    let reason = reason.to_ascii_lowercase();
+    reason.contains("connections") && reason.contains("limit")
+}
+
+/// `delay`, give or take a quarter, varying from process to process and call to call.
+fn jitter(delay: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let noise = u64::from(nanos ^ std::process::id().wrapping_mul(2_654_435_761)) % 501;
+    // 750‰ to 1250‰ of the delay.
+    delay * u32::try_from(750 + noise).unwrap_or(1000) / 1000
+}
+
+/// One open connection to the helper.
+#[derive(Debug)]
+pub struct Connection {
+    stream: UnixStream,
+    socket: PathBuf,
+    timeout: Duration,
+}
+
+impl Connection {
+    /// Sends `request` and reads the answer, as [`Client::call`] does, without retrying.
+    pub fn call(&mut self, request: &Request) -> Result<Response, Error> {
+        let frame = encode_request(request).map_err(Error::Encode)?;
+        if let Err(source) = write_frame(&mut self.stream, &frame) {
+            // A helper at its limit answers without reading and closes: the answer may be
+            // waiting although the request could not be written.
+            let gone = matches!(
+                source.kind(),
+                io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+            );
+            if gone {
+                if let Ok(response) = self.receive() {
+                    return response_or_error(response);
+                }
+            }
+            return Err(self.send_error(source));
+        }
+        response_or_error(self.receive()?)
+    }
+
+    /// The socket, to watch it while a command runs.
+    pub fn stream(&self) -> &UnixStream {
+        &self.stream
+    }
+
+    fn receive(&mut self) -> Result<Response, Error> {
         let payload =
-            read_frame(&mut stream, MAX_RESPONSE_FRAME).map_err(|source| match source {
+            read_frame(&mut self.stream, MAX_RESPONSE_FRAME).map_err(|source| match source {
                 FrameError::Io(e) if is_timeout(&e) => self.timeout_error(),
                 source => Error::Receive {
                     socket: self.socket.clone(),
                     source,
                 },
             })?;
-        match decode_response(&payload).map_err(Error::Decode)? {
-            Response::Error(e) => Err(Error::Helper(e)),
-            other => Ok(other),
-        }
+        decode_response(&payload).map_err(Error::Decode)
     }
 
     fn send_error(&self, source: io::Error) -> Error {
@@ -81,6 +180,13 @@ impl Client {
     }
 }
 
+fn response_or_error(response: Response) -> Result<Response, Error> {
+    match response {
+        Response::Error(e) => Err(Error::Helper(e)),
+        other => Ok(other),
+    }
+}
+
 /// A socket timeout shows up as `WouldBlock` (EAGAIN) on Linux.
 fn is_timeout(e: &io::Error) -> bool {
     matches!(
@@ -96,5 +202,39 @@ pub fn response_name(r: &Response) -> &'static str {
         Response::Bound(_) => "a bind report",
         Response::Released(_) => "a release report",
         Response::Error(_) => "an error",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_connection_limit_is_worth_a_retry() {
+        assert!(at_connection_limit(
+            "the helper is serving 64 connections, its limit; retry in a moment"
+        ));
+        for other in [
+            "group 11 is in use — stop the VM first (a process holds /dev/vfio/11)",
+            "you already hold group 11 (05:02.0); release it first (vfio-gate release 05:02.0)",
+            "an earlier unbind for 0000:05:02.0 is still blocked in the kernel; stop the VM \
+             holding the device, then retry",
+            "unbind blocked; the release of group 11 will finish when you retry after the VM is \
+             gone",
+        ] {
+            assert!(!at_connection_limit(other), "{other}");
+        }
+    }
+
+    #[test]
+    fn jitter_stays_within_a_quarter() {
+        for _ in 0..100 {
+            let d = jitter(Duration::from_millis(400));
+            assert!(
+                d >= Duration::from_millis(300) && d <= Duration::from_millis(500),
+                "{d:?}"
+            );
+        }
+        assert!(RETRY_DELAYS.iter().sum::<Duration>() < Duration::from_millis(2500));
     }
 }

@@ -4,15 +4,16 @@ use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::Path;
 
-use vfio_gate_protocol::{PciAddress, Request, Response, WireError};
+use vfio_gate_protocol::{PciAddress, ReleaseTarget, Request, Response, WireError};
 
-use crate::cli::{BindArgs, ListArgs, ReleaseArgs};
+use crate::cli::{BindArgs, ListArgs, ReleaseArgs, RunArgs};
 use crate::client::{Client, response_name};
 use crate::error::{Error, GroupNeeded, Status};
 use crate::localtime;
 use crate::messages;
 use crate::output::{self, NodeOwner, ReleaseJson};
 use crate::pci_ids::PciNames;
+use crate::supervise::{self, Outcome, Supervisor};
 use crate::users::{self, PASSWD, UserNames};
 
 /// What every subcommand gets besides its own arguments.
@@ -71,8 +72,9 @@ pub fn list(ctx: &Context<'_>, _args: &ListArgs, out: &mut impl Write) -> Result
     Ok(Status::Ok)
 }
 
-/// A refusal for want of `--group`, with the plan rendered and the command that carries it out.
-fn explain_bind(ctx: &Context<'_>, args: &BindArgs, named: &[PciAddress], err: Error) -> Error {
+/// A refusal for want of `--group`, with the plan rendered and `rerun`, the command that carries
+/// it out.
+fn explain_bind(ctx: &Context<'_>, rerun: String, named: &[PciAddress], err: Error) -> Error {
     match explain(err) {
         Error::Helper(WireError::NeedsGroup {
             group,
@@ -84,7 +86,7 @@ fn explain_bind(ctx: &Context<'_>, args: &BindArgs, named: &[PciAddress], err: E
             Error::NeedsGroup(Box::new(GroupNeeded {
                 group,
                 table: output::plan_block(&title, &plan, &names),
-                rerun: args.command_line(true, args.dry_run),
+                rerun,
                 plan,
                 reason,
                 named: named.to_vec(),
@@ -102,21 +104,19 @@ pub fn bind(ctx: &Context<'_>, args: &BindArgs, out: &mut impl Write) -> Result<
         driver: args.driver,
         group: args.group,
         dry_run: args.dry_run,
+        hold: false,
     };
     let report = match ctx.client.call(&request) {
         Ok(Response::Bound(report)) => report,
         Ok(other) => return Err(unexpected(&request, &other)),
-        Err(err) => return Err(explain_bind(ctx, args, &devices, err)),
+        Err(err) => {
+            let rerun = args.command_line(true, args.dry_run);
+            return Err(explain_bind(ctx, rerun, &devices, err));
+        }
     };
     // What the helper says it did is what is shown, even if it is not what was asked.
     let node = match (&report.vfio_node, report.dry_run) {
-        (Some(path), false) => {
-            let status = NodeOwner::stat(Path::new(path));
-            if let Some(w) = output::node_warning(path, &status, users::my_uid()) {
-                messages::warn(&w);
-            }
-            Some(status)
-        }
+        (Some(path), false) => Some(check_node(path)),
         _ => None,
     };
     if ctx.json {
@@ -150,23 +150,31 @@ pub fn bind(ctx: &Context<'_>, args: &BindArgs, out: &mut impl Write) -> Result<
     Ok(Status::Ok)
 }
 
-/// `vfio-gate release ADDR`. A device that did not go back to its previous driver is still
-/// released (the lease is gone): a warning on stderr, exit status 0.
+/// `stat`s the group node the helper handed over, warning when it is not ours alone.
+fn check_node(path: &str) -> std::io::Result<NodeOwner> {
+    let status = NodeOwner::stat(Path::new(path));
+    if let Some(w) = output::node_warning(path, &status, users::my_uid()) {
+        messages::warn(&w);
+    }
+    status
+}
+
+/// `vfio-gate release ADDR|--all|--user NAME`. A device that did not go back to its previous
+/// driver is still released (the lease is gone): a warning on stderr, exit status 0. Releasing
+/// nothing is not an error either.
 pub fn release(
     ctx: &Context<'_>,
     args: &ReleaseArgs,
     out: &mut impl Write,
 ) -> Result<Status, Error> {
     let request = Request::Release {
-        device: args.device,
+        target: args.target(),
     };
     let report = match ctx.client.call(&request).map_err(explain)? {
         Response::Released(report) => report,
         other => return Err(unexpected(&request, &other)),
     };
-    let mut devices: Vec<_> = report.devices.iter().collect();
-    devices.sort_by_key(|d| d.device);
-    for d in devices {
+    for d in output::released_devices(&report) {
         if let Some(warning) = output::release_warning(d) {
             messages::warn(&warning);
         }
@@ -174,13 +182,110 @@ pub fn release(
     if ctx.json {
         let doc = ReleaseJson {
             report: &report,
-            restored_as_expected: report.devices.iter().all(output::restored_as_expected),
+            restored_as_expected: output::released_devices(&report)
+                .into_iter()
+                .all(output::restored_as_expected),
         };
         output::write_json(out, &doc).map_err(Error::Output)?;
     } else {
-        out.write_all(output::release_summary(&report).as_bytes())
-            .map_err(Error::Output)?;
+        let me = users::my_uid();
+        let mut uids = output::owner_uids(&report);
+        uids.remove(&me);
+        let users = UserNames::load(Path::new(PASSWD), &uids);
+        let nothing = match (args.target(), &args.user) {
+            (ReleaseTarget::User(uid), Some(user)) if uid != me => {
+                format!("Nothing to release: {} holds no device.", user.display())
+            }
+            (ReleaseTarget::Device(d), _) => {
+                format!("Nothing to release: nobody holds {}.", d.short())
+            }
+            _ => "Nothing to release: you hold no device.".to_owned(),
+        };
+        let text = output::release_summary(&report, me, &users, &nothing);
+        out.write_all(text.as_bytes()).map_err(Error::Output)?;
     }
     out.flush().map_err(Error::Output)?;
     Ok(Status::Ok)
+}
+
+/// `vfio-gate run --device ADDR... [--to DRIVER] [--group] -- CMD ARGS...`: bind with the lease
+/// tied to the connection, run CMD while holding the connection open, release on the same
+/// connection, and return CMD's exit status (128+N for signal N; 127 or 126 when it could not be
+/// started). A refused bind is an [`Error`], reported as `bind` reports it, and CMD is not run.
+pub fn run(ctx: &Context<'_>, args: &RunArgs) -> Result<u8, Error> {
+    let devices = args.unique_devices();
+    let request = Request::Bind {
+        devices: devices.clone(),
+        driver: args.driver,
+        group: args.group,
+        dry_run: false,
+        hold: true,
+    };
+    let (mut conn, report) = match ctx.client.open(&request) {
+        Ok((conn, Response::Bound(report))) => (conn, report),
+        // Dropping the connection ends whatever lease the odd answer came with.
+        Ok((_, other)) => return Err(unexpected(&request, &other)),
+        Err(err) => return Err(explain_bind(ctx, args.command_line(true), &devices, err)),
+    };
+    if let Some(path) = &report.vfio_node {
+        let _ = check_node(path);
+    }
+    // Before the note: if this fails, nothing has been said about the command yet.
+    let mut supervisor = Supervisor::install().map_err(Error::Signals)?;
+    let program = args.program_name();
+    messages::note(&output::run_note(&report, &devices, &program));
+    let primary = devices[0];
+    let finished = supervisor.run(&args.command, conn.stream(), || {
+        messages::warn(&format!(
+            "the helper closed the connection while {program} runs: the lease on {} has ended \
+             and the helper is giving the devices back. See the helper's log (journalctl -u \
+             vfio-gate.service)",
+            primary.short()
+        ));
+    });
+    let code = match &finished.outcome {
+        Outcome::Exited(status) => supervise::exit_code(*status),
+        Outcome::NotStarted(e) => {
+            messages::note(&format!(
+                "cannot run {}: {e}",
+                args.command[0].to_string_lossy()
+            ));
+            messages::note(if e.kind() == std::io::ErrorKind::NotFound {
+                "Check the command's name, and that it is in your PATH"
+            } else {
+                "Check that the command is a program you may run (ls -l, and its first line if \
+                 it is a script)"
+            });
+            supervise::not_started_code(e)
+        }
+    };
+    if finished.helper_closed {
+        return Ok(code);
+    }
+    let release = Request::Release {
+        target: ReleaseTarget::Device(primary),
+    };
+    match conn.call(&release).map_err(explain) {
+        Ok(Response::Released(report)) => {
+            for d in output::released_devices(&report) {
+                if let Some(warning) = output::release_warning(d) {
+                    messages::warn(&warning);
+                }
+            }
+            messages::note(&output::run_released_note(&report));
+        }
+        Ok(other) => messages::warn(&format!(
+            "{}; the helper gives the devices back when vfio-gate exits",
+            unexpected(&release, &other).chain()
+        )),
+        Err(e) => messages::warn(&format!(
+            "releasing {}: {}; the helper gives the devices back when vfio-gate exits (the lease \
+             is tied to this connection)",
+            primary.short(),
+            e.chain()
+        )),
+    }
+    drop(conn);
+    drop(supervisor);
+    Ok(code)
 }

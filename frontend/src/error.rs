@@ -138,6 +138,9 @@ pub enum Error {
     },
     #[error("writing the output")]
     Output(#[source] io::Error),
+    /// `vfio-gate run` could not set up its signal handling (the command is not run).
+    #[error("setting up signal handling for the command")]
+    Signals(#[source] io::Error),
 }
 
 /// A bind refused because the named devices alone would leave their group unusable: the helper's
@@ -228,7 +231,8 @@ impl Error {
             | Error::Decode(_)
             | Error::Encode(_)
             | Error::UnexpectedResponse { .. }
-            | Error::Output(_) => Status::Failure,
+            | Error::Output(_)
+            | Error::Signals(_) => Status::Failure,
         }
     }
 
@@ -244,7 +248,7 @@ impl Error {
             Error::Timeout { .. } => "timeout",
             Error::Decode(DecodeError::VersionMismatch { .. }) => "version_mismatch",
             Error::Decode(_) | Error::UnexpectedResponse { .. } => "protocol",
-            Error::Encode(_) => "internal",
+            Error::Encode(_) | Error::Signals(_) => "internal",
             Error::Output(_) => "output",
             Error::NeedsGroup(_) => "needs_group",
             Error::Held { .. } => "held",
@@ -303,7 +307,9 @@ impl Error {
                 "vfio-gate and vfio-gated may come from different releases. {ONE_RELEASE}; if \
                  they do match, this is a bug: please report it"
             ),
-            Error::Encode(_) => "This is a bug in vfio-gate: please report it".to_owned(),
+            Error::Encode(_) | Error::Signals(_) => {
+                "This is a bug in vfio-gate: please report it".to_owned()
+            }
             Error::Output(_) => return None,
             Error::NeedsGroup(n) => crate::output::needs_group_step(&n.plan, &n.named, &n.rerun),
             Error::Held { user, .. } => format!(

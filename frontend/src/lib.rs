@@ -9,22 +9,28 @@
 //!   and is the only process that writes `/sys`;
 //! - this crate, the frontend, holds no privilege at all. It turns a command line into one typed
 //!   [`Request`](vfio_gate_protocol::Request), sends it as one frame, reads one
-//!   [`Response`](vfio_gate_protocol::Response), and renders it for a person (tables, sentences that
-//!   name the next step) or for a script (`--json`, distinct exit codes).
+//!   [`Response`](vfio_gate_protocol::Response), and renders it for a person (tables, sentences
+//!   that name the next step) or for a script (`--json`, distinct exit codes). `vfio-gate run`
+//!   keeps the connection open while its command runs (the helper ties the lease to it), then
+//!   sends a release on it.
 //!
 //! Invariants worth keeping:
-//! - The frontend never writes sysfs, never execs anything and never asks for privilege. The only
-//!   files it reads are the PCI ID database (for names) and `/etc/passwd` (for the holder's name),
-//!   and neither is required: when they are missing, ids and uids are shown instead. After a
-//!   bind it `stat`s the `/dev/vfio/N` the helper reports, to say truthfully whose it is.
+//! - The frontend never writes sysfs and never asks for privilege. The one program it starts is
+//!   the command of `vfio-gate run`, as the calling user, with the caller's environment. The only
+//!   files it reads are the PCI ID database (for names) and `/etc/passwd` (for user names, and
+//!   for the uid of `release --user NAME`), and neither is required: when they are missing, ids
+//!   and uids are shown instead. After a bind it `stat`s the `/dev/vfio/N` the helper reports,
+//!   to say truthfully whose it is.
 //! - Identity is not part of any request; the helper takes it from the kernel.
 //! - Every failure maps to one [`Status`](error::Status) (the exit code) and, where there is one,
 //!   a next step the user can take. The table lives in [`error`] and in `--help`.
 //!
-//! Map: [`cli`] (clap argument structs; their doc comments are the help text), [`client`] (one
-//! request, one response over the socket), [`commands`] (what each subcommand does), [`output`]
-//! (tables, sentences, JSON), [`pci_ids`] (vendor, device and class names), [`users`] (uid to
-//! name), [`localtime`] ("since 17:02"), [`error`] (errors, next steps, exit codes), [`messages`] (how errors and warnings reach
+//! Map: [`cli`] (clap argument structs; their doc comments are the help text), [`client`]
+//! (requests and responses over the socket, retries at the helper's connection limit),
+//! [`commands`] (what each subcommand does), [`supervise`] (the command of `vfio-gate run`:
+//! signals, waiting, watching the connection), [`output`] (tables, sentences, JSON), [`pci_ids`]
+//! (vendor, device and class names), [`users`] (uids and names), [`localtime`] ("since 17:02"),
+//! [`error`] (errors, next steps, exit codes), [`messages`] (how errors, warnings and notes reach
 //! stderr, and stdout under `--json`).
 
 pub mod cli;
@@ -35,4 +41,5 @@ pub mod localtime;
 pub mod messages;
 pub mod output;
 pub mod pci_ids;
+pub mod supervise;
 pub mod users;

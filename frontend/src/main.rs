@@ -13,7 +13,7 @@ use vfio_gate::error::Error;
 use vfio_gate::messages;
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::try_parse().and_then(|cli| cli.validate().map(|()| cli)) {
         Ok(cli) => cli,
         Err(err) => return messages::usage(&err, std::env::args_os()),
     };
@@ -34,6 +34,10 @@ fn run(cli: &Cli) -> Result<ExitCode, Error> {
         Command::List(args) => commands::list(&ctx, args, &mut out)?,
         Command::Bind(args) => commands::bind(&ctx, args, &mut out)?,
         Command::Release(args) => commands::release(&ctx, args, &mut out)?,
+        Command::Run(args) => {
+            drop(out);
+            return commands::run(&ctx, args).map(ExitCode::from);
+        }
     };
     Ok(status.into())
 }

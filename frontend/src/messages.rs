@@ -106,6 +106,11 @@ pub fn report(err: &Error, json: bool) -> ExitCode {
     err.status().into()
 }
 
+/// Prints a note on stderr (what `vfio-gate run` says around its command).
+pub fn note(text: &str) {
+    let _ = writeln!(io::stderr().lock(), "vfio-gate: {text}");
+}
+
 /// Prints a warning on stderr.
 pub fn warn(text: &str) {
     let _ = writeln!(io::stderr().lock(), "vfio-gate: warning: {text}");

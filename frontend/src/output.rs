@@ -10,8 +10,8 @@ use std::path::Path;
 
 use serde::Serialize;
 use vfio_gate_protocol::{
-    BindReport, DeviceInfo, Driver, PciAddress, Plan, PlanStep, ReleaseReport, RestoredDevice,
-    StepAction,
+    BindReport, DeviceInfo, Driver, PciAddress, Plan, PlanStep, ReleaseReport, ReleasedGroup,
+    RestoredDevice, StepAction,
 };
 
 use crate::pci_ids::{PciNames, Wanted};
@@ -104,9 +104,16 @@ pub fn device_table(devices: &[DeviceInfo], names: &PciNames, users: &UserNames)
             d.iommu_group
                 .map_or_else(|| "-".to_owned(), |g| g.to_string()),
             drivers(&d.allowed),
-            d.holder
-                .as_ref()
-                .map_or_else(|| "-".to_owned(), |h| users.display(h.uid)),
+            d.holder.as_ref().map_or_else(
+                || "-".to_owned(),
+                |h| {
+                    if h.tied {
+                        format!("{} (run)", users.display(h.uid))
+                    } else {
+                        users.display(h.uid)
+                    }
+                },
+            ),
         ];
         if with_names {
             row.push(
@@ -342,6 +349,50 @@ pub fn node_warning(path: &str, node: &io::Result<NodeOwner>, me: u32) -> Option
     }
 }
 
+/// The note `vfio-gate run` prints before it starts the command: "05:02.0 is on vfio-pci
+/// (/dev/vfio/11) while qemu-system-x86_64 runs". Every device the bind moved is named, the ones
+/// the user named first, in their order.
+pub fn run_note(r: &BindReport, named: &[PciAddress], program: &str) -> String {
+    let mut moved: Vec<(PciAddress, Driver)> = r
+        .plan
+        .steps
+        .iter()
+        .filter_map(|s| match &s.action {
+            StepAction::Bind { driver, .. } => Some((s.device, *driver)),
+            StepAction::Keep { .. } => None,
+        })
+        .collect();
+    moved.sort_by_key(|(d, _)| (named.iter().position(|n| n == d).unwrap_or(usize::MAX), *d));
+    let node = r
+        .vfio_node
+        .as_ref()
+        .map(|n| format!(" ({n})"))
+        .unwrap_or_default();
+    let what = match moved.split_first() {
+        None => format!("{} is yours{node}", group_name(r.plan.group)),
+        Some(((first, driver), rest)) => {
+            let mut parts = vec![format!("{} is on {driver}", first.short())];
+            parts.extend(
+                rest.iter()
+                    .map(|(d, drv)| format!("{} on {drv}", d.short())),
+            );
+            format!("{}{node}", join_words(&parts))
+        }
+    };
+    format!("{what} while {program} runs")
+}
+
+/// The note `vfio-gate run` prints after the release: "released IOMMU group 11".
+pub fn run_released_note(r: &ReleaseReport) -> String {
+    let mut groups: Vec<String> = r.groups.iter().map(|g| group_name(g.group)).collect();
+    groups.sort();
+    if groups.is_empty() {
+        "the helper had nothing left to release".to_owned()
+    } else {
+        format!("released {}", join_words(&groups))
+    }
+}
+
 /// The last line of a dry run.
 pub fn dry_run_note(run_it: &str) -> String {
     format!("dry run: nothing was changed; run without --dry-run to do it: {run_it}\n")
@@ -352,30 +403,65 @@ pub fn restored_as_expected(d: &RestoredDevice) -> bool {
     d.restored_driver == d.expected_driver
 }
 
-/// What `release` prints on stdout: the group, then one line per device given back.
-pub fn release_summary(r: &ReleaseReport) -> String {
-    let group = group_name(r.group);
-    if r.devices.is_empty() {
-        return format!("Released {group}; vfio-gate had moved no device in it.\n");
+/// The uids of the users whose groups a release gave back.
+pub fn owner_uids(r: &ReleaseReport) -> BTreeSet<u32> {
+    r.groups.iter().map(|g| g.owner_uid).collect()
+}
+
+/// What `release` prints on stdout: each group given back (in group order), then one line per
+/// device in it, in address order. A group held by someone other than `me` says whose it was.
+/// `nothing` is the line printed when nothing was released.
+pub fn release_summary(r: &ReleaseReport, me: u32, users: &UserNames, nothing: &str) -> String {
+    if r.groups.is_empty() {
+        return format!("{nothing}\n");
     }
-    let mut text = format!("Released {group}:\n");
-    let mut devices: Vec<&RestoredDevice> = r.devices.iter().collect();
-    devices.sort_by_key(|d| d.device);
-    for d in devices {
-        let addr = d.device.short();
-        let line = match (&d.expected_driver, &d.restored_driver) {
-            (Some(e), Some(now)) if e == now => format!("{addr} is back on {now}"),
-            (None, None) => {
-                format!("{addr} is released (it had no driver before, and has none now)")
-            }
-            (_, Some(now)) => format!("{addr} is released, and is now on {now}"),
-            (_, None) => format!("{addr} is released, and now has no driver"),
-        };
-        text.push_str("  ");
-        text.push_str(&line);
-        text.push('\n');
+    let mut groups: Vec<&ReleasedGroup> = r.groups.iter().collect();
+    groups.sort_by_key(|g| g.group);
+    let mut text = String::new();
+    for g in groups {
+        let mut title = format!("Released {}", group_name(g.group));
+        if g.owner_uid != me {
+            title.push_str(&format!(" (held by {})", users.display(g.owner_uid)));
+        }
+        if g.devices.is_empty() {
+            text.push_str(&format!("{title}; vfio-gate had moved no device in it.\n"));
+            continue;
+        }
+        text.push_str(&title);
+        text.push_str(":\n");
+        let mut devices: Vec<&RestoredDevice> = g.devices.iter().collect();
+        devices.sort_by_key(|d| d.device);
+        for d in devices {
+            text.push_str("  ");
+            text.push_str(&restored_line(d));
+            text.push('\n');
+        }
     }
     text
+}
+
+/// "05:01.0 is back on e1000", or what became of it instead.
+pub fn restored_line(d: &RestoredDevice) -> String {
+    let addr = d.device.short();
+    match (&d.expected_driver, &d.restored_driver) {
+        (Some(e), Some(now)) if e == now => format!("{addr} is back on {now}"),
+        (None, None) => format!("{addr} is released (it had no driver before, and has none now)"),
+        (_, Some(now)) => format!("{addr} is released, and is now on {now}"),
+        (_, None) => format!("{addr} is released, and now has no driver"),
+    }
+}
+
+/// Every device a release gave back, in group then address order.
+pub fn released_devices(r: &ReleaseReport) -> Vec<&RestoredDevice> {
+    let mut groups: Vec<&ReleasedGroup> = r.groups.iter().collect();
+    groups.sort_by_key(|g| g.group);
+    let mut all = Vec::new();
+    for g in groups {
+        let mut devices: Vec<&RestoredDevice> = g.devices.iter().collect();
+        devices.sort_by_key(|d| d.device);
+        all.extend(devices);
+    }
+    all
 }
 
 /// Why a released device needs a look, when it did not go back to its previous driver.
@@ -407,8 +493,8 @@ pub fn release_warning(d: &RestoredDevice) -> Option<String> {
     })
 }
 
-/// What `release --json` prints: the helper's report plus whether every device went back to the
-/// driver it had before.
+/// What `release --json` prints: the helper's report (`groups`, each with `group`, `owner_uid`
+/// and `devices`) plus whether every device went back to the driver it had before.
 #[derive(Debug, Serialize)]
 pub struct ReleaseJson<'a> {
     #[serde(flatten)]
@@ -469,6 +555,8 @@ mod tests {
             uid: 4242,
             driver: Driver::VfioPci,
             since: 0,
+            group: Some(8),
+            tied: false,
         });
         let mut other = device("0001:00:1f.7", None, None);
         other.class = 0x7a0000;
@@ -496,6 +584,8 @@ ADDRESS       IDS        CLASS               DRIVER    GROUP  ALLOWED           
             uid: 1000,
             driver: Driver::VfioPci,
             since: 0,
+            group: Some(8),
+            tied: true,
         });
         let mut unknown = device("02:00.0", None, Some(9));
         unknown.vendor = 0xabcd;
@@ -509,17 +599,19 @@ ADDRESS       IDS        CLASS               DRIVER    GROUP  ALLOWED           
         );
         let text = render(&device_table(&[unknown, d], &names, &users));
         let lines: Vec<&str> = text.lines().collect();
-        assert!(lines[0].ends_with("HOLDER  NAME"), "{text}");
+        assert!(lines[0].ends_with("HOLDER       NAME"), "{text}");
         assert!(
-            lines[1].starts_with("01:00.0  8086:10d3  Ethernet controller  e1000e  8      -"),
+            lines[1].starts_with(
+                "01:00.0  8086:10d3  Ethernet controller  e1000e  8      -        alice (run)"
+            ),
             "{text}"
         );
         assert!(
-            lines[1].ends_with("alice   Intel Corporation 82574L Gigabit Network Connection"),
+            lines[1].ends_with("alice (run)  Intel Corporation 82574L Gigabit Network Connection"),
             "{text}"
         );
         assert!(lines[2].starts_with("02:00.0  abcd:10d3"), "{text}");
-        assert!(lines[2].ends_with("-       -"), "{text}");
+        assert!(lines[2].ends_with("-            -"), "{text}");
     }
 
     fn rule(name: &str, line: u32) -> RuleRef {
@@ -685,6 +777,38 @@ IOMMU group 11:
     }
 
     #[test]
+    fn the_run_note_names_what_moved_and_the_node() {
+        let r = report(Some("/dev/vfio/11"), false);
+        assert_eq!(
+            run_note(&r, &[addr("05:02.0")], "qemu-system-x86_64"),
+            "05:02.0 is on vfio-pci and 05:01.0 on pci-stub (/dev/vfio/11) while \
+             qemu-system-x86_64 runs"
+        );
+        assert_eq!(
+            run_note(&r, &[addr("05:01.0"), addr("05:02.0")], "sh"),
+            "05:01.0 is on pci-stub and 05:02.0 on vfio-pci (/dev/vfio/11) while sh runs"
+        );
+        let mut nothing_moved = report(None, false);
+        nothing_moved.plan.steps.clear();
+        assert_eq!(
+            run_note(&nothing_moved, &[addr("05:02.0")], "sh"),
+            "IOMMU group 11 is yours while sh runs"
+        );
+        let released = ReleaseReport {
+            groups: vec![ReleasedGroup {
+                group: Some(11),
+                owner_uid: 0,
+                devices: vec![],
+            }],
+        };
+        assert_eq!(run_released_note(&released), "released IOMMU group 11");
+        assert_eq!(
+            run_released_note(&ReleaseReport { groups: vec![] }),
+            "the helper had nothing left to release"
+        );
+    }
+
+    #[test]
     fn node_warnings_catch_another_owner_a_loose_mode_and_a_missing_node() {
         let ok = Ok(NodeOwner {
             uid: 1000,
@@ -730,40 +854,97 @@ IOMMU group 11:
         }
     }
 
+    fn group(g: Option<u32>, owner_uid: u32, devices: Vec<RestoredDevice>) -> ReleasedGroup {
+        ReleasedGroup {
+            group: g,
+            owner_uid,
+            devices,
+        }
+    }
+
     #[test]
     fn release_summary_lists_each_device_in_address_order() {
         let r = ReleaseReport {
-            group: Some(11),
-            devices: vec![
-                restored("05:02.0", None, None),
-                restored("05:01.0", Some("e1000"), Some("e1000")),
-            ],
+            groups: vec![group(
+                Some(11),
+                1000,
+                vec![
+                    restored("05:02.0", None, None),
+                    restored("05:01.0", Some("e1000"), Some("e1000")),
+                ],
+            )],
         };
+        let users = UserNames::default();
         assert_eq!(
-            release_summary(&r),
+            release_summary(&r, 1000, &users, "-"),
             "Released IOMMU group 11:\n  \
              05:01.0 is back on e1000\n  \
              05:02.0 is released (it had no driver before, and has none now)\n"
         );
-        assert!(r.devices.iter().all(|d| release_warning(d).is_none()));
+        assert!(
+            released_devices(&r)
+                .into_iter()
+                .all(|d| release_warning(d).is_none())
+        );
         let empty = ReleaseReport {
-            group: None,
-            devices: vec![],
+            groups: vec![group(None, 1000, vec![])],
         };
-        assert!(release_summary(&empty).contains("no device"));
+        assert_eq!(
+            release_summary(&empty, 1000, &users, "-"),
+            "Released no IOMMU group; vfio-gate had moved no device in it.\n"
+        );
+        let nothing = ReleaseReport { groups: vec![] };
+        assert_eq!(
+            release_summary(&nothing, 1000, &users, "Nothing to release."),
+            "Nothing to release.\n"
+        );
+    }
+
+    #[test]
+    fn release_summary_groups_devices_and_names_other_holders() {
+        let users = UserNames::parse(
+            "bob:x:1001:1001::/:/bin/sh\n".as_bytes(),
+            &BTreeSet::from([1001]),
+        );
+        let r = ReleaseReport {
+            groups: vec![
+                group(
+                    Some(12),
+                    1001,
+                    vec![restored("06:00.0", Some("e1000e"), Some("e1000e"))],
+                ),
+                group(
+                    Some(11),
+                    4242,
+                    vec![
+                        restored("05:02.0", None, None),
+                        restored("05:01.0", Some("e1000"), Some("pci-stub")),
+                    ],
+                ),
+            ],
+        };
+        assert_eq!(owner_uids(&r), BTreeSet::from([1001, 4242]));
+        assert_eq!(
+            release_summary(&r, 1001, &users, "-"),
+            "Released IOMMU group 11 (held by 4242):\n  \
+             05:01.0 is released, and is now on pci-stub\n  \
+             05:02.0 is released (it had no driver before, and has none now)\n\
+             Released IOMMU group 12:\n  \
+             06:00.0 is back on e1000e\n"
+        );
+        let order: Vec<String> = released_devices(&r)
+            .iter()
+            .map(|d| d.device.short())
+            .collect();
+        assert_eq!(order, ["05:01.0", "05:02.0", "06:00.0"]);
     }
 
     #[test]
     fn release_to_another_driver_warns_with_what_to_check() {
         let d = restored("01:00.0", Some("snd_hda_intel"), None);
-        let r = ReleaseReport {
-            group: Some(8),
-            devices: vec![d.clone()],
-        };
-        assert!(
-            release_summary(&r).contains("01:00.0 is released, and now has no driver\n"),
-            "{}",
-            release_summary(&r)
+        assert_eq!(
+            restored_line(&d),
+            "01:00.0 is released, and now has no driver"
         );
         let w = release_warning(&d).unwrap();
         assert!(

@@ -49,6 +49,32 @@ impl UserNames {
     pub fn display(&self, uid: u32) -> String {
         self.0.get(&uid).cloned().unwrap_or_else(|| uid.to_string())
     }
+
+    /// The user's name, if the file has one.
+    pub fn name(&self, uid: u32) -> Option<&str> {
+        self.0.get(&uid).map(String::as_str)
+    }
+}
+
+/// The uid of the user called `name` in the passwd file at `path` (the first entry wins, as with
+/// getpwnam); `None` when there is no such entry or the file cannot be read.
+pub fn uid_of(path: &Path, name: &str) -> Option<u32> {
+    let file = std::fs::File::open(path).ok()?;
+    parse_uid_of(BufReader::new(file), name)
+}
+
+fn parse_uid_of(reader: impl BufRead, name: &str) -> Option<u32> {
+    if name.is_empty() {
+        return None;
+    }
+    reader.split(b'\n').map_while(Result::ok).find_map(|line| {
+        let line = String::from_utf8_lossy(&line);
+        let mut fields = line.split(':');
+        match (fields.next(), fields.next(), fields.next()) {
+            (Some(n), Some(_), Some(uid)) if n == name => uid.parse::<u32>().ok(),
+            _ => None,
+        }
+    })
 }
 
 /// The effective uid of this process: the one the helper sees (`SO_PEERCRED`) and hands group
@@ -78,6 +104,21 @@ mod tests {
         assert_eq!(n.display(4242), "4242");
         // Not wanted, so not kept.
         assert_eq!(n.display(0), "0");
+    }
+
+    #[test]
+    fn names_resolve_to_the_first_uid_given_them() {
+        let passwd = "root:x:0:0:root:/root:/bin/sh\n\
+                      broken\n\
+                      bob:x:notanumber:0::/:/bin/sh\n\
+                      bob:x:1001:1001::/home/bob:/bin/sh\n\
+                      bob:x:1002:1002::/home/bob:/bin/sh";
+        assert_eq!(parse_uid_of(passwd.as_bytes(), "root"), Some(0));
+        assert_eq!(parse_uid_of(passwd.as_bytes(), "bob"), Some(1001));
+        assert_eq!(parse_uid_of(passwd.as_bytes(), "bo"), None);
+        assert_eq!(parse_uid_of(passwd.as_bytes(), "broken"), None);
+        assert_eq!(parse_uid_of(passwd.as_bytes(), ""), None);
+        assert_eq!(uid_of(Path::new("/nonexistent/passwd"), "root"), None);
     }
 
     #[test]

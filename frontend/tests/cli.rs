@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use util::{FakeHelper, Reply, against, pci_ids_fixture, run, vfio_gate};
 use vfio_gate_protocol::{
     BindReport, DeviceInfo, Driver, Guard, Holder, MemberKind, PROTOCOL_VERSION, PciAddress, Plan,
-    PlanStep, ReleaseReport, Request, Response, RestoredDevice, RuleRef, StepAction, WireError,
+    PlanStep, ReleaseReport, ReleaseTarget, ReleasedGroup, Request, Response, RestoredDevice,
+    RuleRef, StepAction, WireError,
 };
 
 fn addr(s: &str) -> PciAddress {
@@ -47,14 +48,22 @@ fn devices() -> Vec<DeviceInfo> {
         Some(8),
     );
     nic.allowed = vec![Driver::VfioPci];
-    let nvme = dev(
+    let mut nvme = dev(
         "0000:03:00.0",
         0x1b36,
         0x0010,
         0x010802,
-        Some("nvme"),
+        Some("pci-stub"),
         Some(10),
     );
+    // Held by `vfio-gate run` (uid 0 is root in every /etc/passwd).
+    nvme.holder = Some(Holder {
+        uid: 0,
+        driver: Driver::PciStub,
+        since: 1_700_000_000,
+        group: Some(10),
+        tied: true,
+    });
     let mut edu = dev(
         "0000:05:02.0",
         0x1234,
@@ -69,6 +78,8 @@ fn devices() -> Vec<DeviceInfo> {
         uid: 4242,
         driver: Driver::VfioPci,
         since: 1_700_000_000,
+        group: Some(11),
+        tied: false,
     });
     let odd = dev("0001:00:00.0", 0xabcd, 0x0001, 0x120000, None, None);
     // Out of order on purpose: the table sorts by address.
@@ -87,11 +98,11 @@ mod list {
         r.code(0).stderr_empty();
         let lines: Vec<&str> = r.stdout.lines().collect();
         let expected = [
-            "ADDRESS       IDS        CLASS                           DRIVER    GROUP  ALLOWED            HOLDER  NAME",
-            "01:00.0       8086:10d3  Ethernet controller             e1000e    8      vfio-pci           -       Intel Corporation 82574L Gigabit Network Connection",
-            "03:00.0       1b36:0010  Non-Volatile memory controller  nvme      10     -                  -       Red Hat, Inc. device 0010",
-            "05:02.0       1234:11e8  Unclassified device             vfio-pci  11     vfio-pci,pci-stub  4242    Technical Corp. QEMU edu device",
-            "0001:00:00.0  abcd:0001  Processing accelerators         -         -      -                  -       -",
+            "ADDRESS       IDS        CLASS                           DRIVER    GROUP  ALLOWED            HOLDER      NAME",
+            "01:00.0       8086:10d3  Ethernet controller             e1000e    8      vfio-pci           -           Intel Corporation 82574L Gigabit Network Connection",
+            "03:00.0       1b36:0010  Non-Volatile memory controller  pci-stub  10     -                  root (run)  Red Hat, Inc. device 0010",
+            "05:02.0       1234:11e8  Unclassified device             vfio-pci  11     vfio-pci,pci-stub  4242        Technical Corp. QEMU edu device",
+            "0001:00:00.0  abcd:0001  Processing accelerators         -         -      -                  -           -",
         ];
         if lines != expected {
             r.fail(&format!("expected the table\n{}", expected.join("\n")));
@@ -151,6 +162,13 @@ mod list {
         assert_eq!(edu["allowed"], serde_json::json!(["vfio-pci", "pci-stub"]));
         assert_eq!(edu["holder"]["uid"], 4242);
         assert_eq!(edu["holder"]["driver"], "vfio-pci");
+        assert_eq!(edu["holder"]["group"], 11);
+        assert_eq!(edu["holder"]["tied"], false);
+        let nvme = list
+            .iter()
+            .find(|d| d["address"] == "0000:03:00.0")
+            .unwrap_or_else(|| r.fail("03:00.0 missing"));
+        assert_eq!(nvme["holder"]["tied"], true);
         assert_eq!(edu["iommu_group"], 11);
         assert_eq!(fake.requests(), vec![Request::List]);
     }
@@ -280,6 +298,12 @@ fn own_uid(path: &str) -> u32 {
     std::fs::metadata(path).unwrap().uid()
 }
 
+/// The uid the tests (and so vfio-gate) run as.
+fn my_uid() -> u32 {
+    let (_dir, path) = fake_node(0o600);
+    own_uid(&path)
+}
+
 mod bind {
     use super::*;
 
@@ -318,6 +342,7 @@ mod bind {
                 driver: Driver::VfioPci,
                 group: true,
                 dry_run: false,
+                hold: false,
             }]
         );
     }
@@ -355,6 +380,7 @@ mod bind {
                     driver: Driver::PciStub,
                     group: false,
                     dry_run: true,
+                    hold: false,
                 },
                 // Named twice (in two spellings): sent once, where it was first named.
                 Request::Bind {
@@ -362,12 +388,14 @@ mod bind {
                     driver: Driver::VfioPci,
                     group: true,
                     dry_run: false,
+                    hold: false,
                 },
                 Request::Bind {
                     devices: vec![addr("01:00.0")],
                     driver: Driver::VfioPci,
                     group: false,
                     dry_run: false,
+                    hold: false,
                 },
             ]
         );
@@ -506,7 +534,11 @@ mod bind {
 mod release {
     use super::*;
 
-    fn restored(a: &str, expected: Option<&str>, restored: Option<&str>) -> RestoredDevice {
+    pub(super) fn restored(
+        a: &str,
+        expected: Option<&str>,
+        restored: Option<&str>,
+    ) -> RestoredDevice {
         RestoredDevice {
             device: addr(a),
             expected_driver: expected.map(str::to_owned),
@@ -514,13 +546,20 @@ mod release {
         }
     }
 
-    fn report(e1000_back: Option<&str>) -> Response {
-        Response::Released(ReleaseReport {
+    pub(super) fn group_11(owner_uid: u32, e1000_back: Option<&str>) -> ReleasedGroup {
+        ReleasedGroup {
             group: Some(11),
+            owner_uid,
             devices: vec![
                 restored("05:02.0", None, None),
                 restored("05:01.0", Some("e1000"), e1000_back),
             ],
+        }
+    }
+
+    fn report(e1000_back: Option<&str>) -> Response {
+        Response::Released(ReleaseReport {
+            groups: vec![group_11(my_uid(), e1000_back)],
         })
     }
 
@@ -539,9 +578,147 @@ mod release {
         assert_eq!(
             fake.requests(),
             vec![Request::Release {
-                device: addr("05:02.0")
+                target: ReleaseTarget::Device(addr("05:02.0"))
             }]
         );
+    }
+
+    #[test]
+    fn all_releases_every_group_of_the_caller_one_line_per_device() {
+        let me = my_uid();
+        let twelve = ReleasedGroup {
+            group: Some(12),
+            owner_uid: me,
+            devices: vec![restored("06:00.0", Some("e1000e"), Some("e1000e"))],
+        };
+        let fake = FakeHelper::start(vec![
+            // Out of order on purpose: printed in group order.
+            Reply::Answer(Response::Released(ReleaseReport {
+                groups: vec![twelve, group_11(me, Some("e1000"))],
+            })),
+            Reply::Answer(Response::Released(ReleaseReport { groups: vec![] })),
+            Reply::Answer(Response::Released(ReleaseReport { groups: vec![] })),
+        ]);
+        let r = run(against(&fake, &["release", "--all"]));
+        r.code(0).stderr_empty();
+        assert_eq!(
+            r.stdout,
+            "Released IOMMU group 11:\n  \
+             05:01.0 is back on e1000\n  \
+             05:02.0 is released (it had no driver before, and has none now)\n\
+             Released IOMMU group 12:\n  \
+             06:00.0 is back on e1000e\n",
+            "{r:#?}"
+        );
+        let r = run(against(&fake, &["release", "--all"]));
+        r.code(0).stderr_empty();
+        assert_eq!(
+            r.stdout, "Nothing to release: you hold no device.\n",
+            "{r:#?}"
+        );
+        let r = run(against(&fake, &["release", "--all", "--json"]));
+        let v = r.code(0).stderr_empty().json();
+        assert_eq!(
+            v,
+            serde_json::json!({"groups": [], "restored_as_expected": true})
+        );
+        assert_eq!(
+            fake.requests(),
+            vec![
+                Request::Release {
+                    target: ReleaseTarget::Mine
+                };
+                3
+            ]
+        );
+    }
+
+    #[test]
+    fn user_takes_a_name_or_a_uid_and_says_whose_groups_went() {
+        let me = my_uid();
+        // A uid that is not ours, and a name for it when /etc/passwd has one.
+        let other = if me == 4242 { 4243 } else { 4242 };
+        let fake = FakeHelper::start(vec![
+            Reply::Answer(Response::Released(ReleaseReport {
+                groups: vec![group_11(other, Some("e1000"))],
+            })),
+            Reply::Answer(Response::Released(ReleaseReport { groups: vec![] })),
+            Reply::Answer(Response::Released(ReleaseReport { groups: vec![] })),
+        ]);
+        let r = run(against(&fake, &["release", "--user", &other.to_string()]));
+        r.code(0).stderr_empty();
+        assert_eq!(
+            r.stdout,
+            format!(
+                "Released IOMMU group 11 (held by {}):\n  \
+                 05:01.0 is back on e1000\n  \
+                 05:02.0 is released (it had no driver before, and has none now)\n",
+                passwd_name(other)
+            ),
+            "{r:#?}"
+        );
+        // uid 0 is root in every /etc/passwd.
+        let r = run(against(&fake, &["release", "--user", "root"]));
+        r.code(0).stderr_empty();
+        if me != 0 {
+            assert_eq!(
+                r.stdout, "Nothing to release: root holds no device.\n",
+                "{r:#?}"
+            );
+        }
+        let r = run(against(&fake, &["release", "--user", "0", "--json"]));
+        assert_eq!(r.code(0).json()["groups"], serde_json::json!([]));
+        assert_eq!(
+            fake.requests(),
+            vec![
+                Request::Release {
+                    target: ReleaseTarget::User(other)
+                },
+                Request::Release {
+                    target: ReleaseTarget::User(0)
+                },
+                Request::Release {
+                    target: ReleaseTarget::User(0)
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn a_device_nobody_holds_is_nothing_to_release() {
+        let fake = FakeHelper::answering(Response::Released(ReleaseReport { groups: vec![] }));
+        let r = run(against(&fake, &["release", "0000:05:02.0"]));
+        r.code(0).stderr_empty();
+        assert_eq!(r.stdout, "Nothing to release: nobody holds 05:02.0.\n");
+        fake.requests();
+    }
+
+    #[test]
+    fn exactly_one_target_and_a_known_user_or_it_is_bad_usage() {
+        for args in [
+            &["release"][..],
+            &["release", "05:02.0", "--all"],
+            &["release", "--all", "--user", "root"],
+            &["release", "05:02.0", "--user", "0"],
+            &["release", "--user", "no-such-user-vfio-gate-test"],
+            &["release", "--user", ""],
+            &["release", "--user", "99999999999"],
+        ] {
+            let mut cmd = vfio_gate();
+            cmd.args(["--socket", "/nonexistent/vfio-gate.sock"])
+                .args(args);
+            let r = run(cmd);
+            r.code(2).stdout_empty().stderr_has("error:");
+            let mut cmd = vfio_gate();
+            cmd.args(["--socket", "/nonexistent/vfio-gate.sock", "--json"])
+                .args(args);
+            run(cmd).code(2).json_error("usage");
+        }
+        let mut cmd = vfio_gate();
+        cmd.args(["release", "--user", "no-such-user-vfio-gate-test"]);
+        run(cmd)
+            .code(2)
+            .stderr_has("no user \"no-such-user-vfio-gate-test\" in /etc/passwd");
     }
 
     #[test]
@@ -562,10 +739,12 @@ mod release {
         let r = run(against(&fake, &["release", "05:02.0", "--json"]));
         let v = r.code(0).stderr_has("warning").json();
         assert_eq!(v["restored_as_expected"], false);
-        assert_eq!(v["group"], 11);
-        assert_eq!(v["devices"][1]["device"], "0000:05:01.0");
-        assert_eq!(v["devices"][1]["expected_driver"], "e1000");
-        assert_eq!(v["devices"][1]["restored_driver"], serde_json::Value::Null);
+        let g = &v["groups"][0];
+        assert_eq!(g["group"], 11);
+        assert_eq!(g["owner_uid"], my_uid());
+        assert_eq!(g["devices"][1]["device"], "0000:05:01.0");
+        assert_eq!(g["devices"][1]["expected_driver"], "e1000");
+        assert_eq!(g["devices"][1]["restored_driver"], serde_json::Value::Null);
         assert_eq!(fake.requests().len(), 2);
     }
 
@@ -972,10 +1151,7 @@ mod errors {
 
     #[test]
     fn an_answer_to_another_question_is_a_protocol_error() {
-        let fake = FakeHelper::answering(Response::Released(ReleaseReport {
-            group: Some(8),
-            devices: vec![],
-        }));
+        let fake = FakeHelper::answering(Response::Released(ReleaseReport { groups: vec![] }));
         let r = run(against(&fake, &["list", "--json"]));
         let e = r.code(1).json_error("protocol");
         assert_eq!(
@@ -1012,7 +1188,15 @@ mod errors {
     fn broken_answers_are_status_1() {
         for (reply, kind, words) in [
             (
-                Reply::Raw(vec![3, 0, 0, 0, vfio_gate_protocol::PROTOCOL_VERSION as u8, 0xff, 0xff]),
+                Reply::Raw(vec![
+                    3,
+                    0,
+                    0,
+                    0,
+                    vfio_gate_protocol::PROTOCOL_VERSION as u8,
+                    0xff,
+                    0xff,
+                ]),
                 "protocol",
                 "cannot be decoded",
             ),
@@ -1058,5 +1242,621 @@ mod errors {
             start.elapsed()
         );
         fake.requests();
+    }
+}
+
+/// The reason the real helper gives at its connection limit.
+fn at_limit() -> Response {
+    Response::Error(WireError::Busy {
+        reason: "the helper is serving 64 connections, its limit; retry in a moment".into(),
+    })
+}
+
+mod retry {
+    use super::*;
+
+    #[test]
+    fn the_connection_limit_is_retried_until_an_answer_comes() {
+        let fake = FakeHelper::start(vec![
+            // As the real helper does: answered at once, the request never read.
+            Reply::RefuseAtOnce(at_limit()),
+            Reply::Answer(at_limit()),
+            Reply::Answer(Response::Devices(devices())),
+        ]);
+        let r = run(against(&fake, &["list", "--pci-ids", "/nonexistent"]));
+        r.code(0).stderr_empty().stdout_has("05:02.0");
+        // The refusal read nothing; the other two did.
+        assert_eq!(fake.requests(), vec![Request::List, Request::List]);
+    }
+
+    #[test]
+    fn five_tries_in_about_two_seconds_then_busy() {
+        // Exactly five answers: a sixth try would find no helper listening (exit 5).
+        let fake = FakeHelper::start((0..5).map(|_| Reply::Answer(at_limit())).collect());
+        let start = Instant::now();
+        let r = run(against(&fake, &["bind", "05:02.0"]));
+        let took = start.elapsed();
+        r.code(6)
+            .stdout_empty()
+            .stderr_has("vfio-gate: busy: the helper is serving 64 connections, its limit")
+            .stderr_has("Try again in a moment");
+        if took < Duration::from_millis(1000) || took > Duration::from_secs(10) {
+            r.fail(&format!(
+                "five tries took {took:?}, expected about two seconds"
+            ));
+        }
+        assert_eq!(fake.requests().len(), 5);
+    }
+
+    #[test]
+    fn other_busy_answers_are_not_retried() {
+        for reason in [
+            "group 11 is in use — stop the VM first (a process holds /dev/vfio/11)",
+            "you already hold group 11 (05:02.0); release it first (vfio-gate release 05:02.0)",
+        ] {
+            // One answer only: a retry would find no helper listening (exit 5).
+            let fake = FakeHelper::answering(Response::Error(WireError::Busy {
+                reason: reason.into(),
+            }));
+            let start = Instant::now();
+            run(against(&fake, &["bind", "05:02.0", "--json"]))
+                .code(6)
+                .json_error("busy");
+            assert!(start.elapsed() < Duration::from_secs(1));
+            assert_eq!(fake.requests().len(), 1);
+        }
+    }
+}
+
+mod run_cmd {
+    use super::*;
+    use std::os::unix::process::CommandExt;
+    use std::path::Path;
+    use util::{Event, Session};
+
+    fn bound(node: Option<&str>) -> Response {
+        Response::Bound(BindReport {
+            plan: group_11_plan(),
+            dry_run: false,
+            vfio_node: node.map(str::to_owned),
+        })
+    }
+
+    fn released() -> Response {
+        Response::Released(ReleaseReport {
+            groups: vec![release::group_11(my_uid(), Some("e1000"))],
+        })
+    }
+
+    fn hold_bind() -> Request {
+        Request::Bind {
+            devices: vec![addr("05:02.0")],
+            driver: Driver::VfioPci,
+            group: true,
+            dry_run: false,
+            hold: true,
+        }
+    }
+
+    fn release_05_02() -> Request {
+        Request::Release {
+            target: ReleaseTarget::Device(addr("05:02.0")),
+        }
+    }
+
+    /// The bind, then the release once the command had finished, then the close.
+    fn bind_release_close() -> Vec<Event> {
+        vec![
+            Event::Request {
+                request: hold_bind(),
+                marker: false,
+            },
+            Event::Request {
+                request: release_05_02(),
+                marker: true,
+            },
+            Event::Closed { marker: true },
+        ]
+    }
+
+    /// A fake that binds with a node of ours, then answers the release; `marker` is the file
+    /// the command creates as it finishes.
+    fn session(node: &str, marker: &Path) -> FakeHelper {
+        FakeHelper::start(vec![Reply::Session(Session::new(
+            vec![bound(Some(node)), released()],
+            Some(marker),
+        ))])
+    }
+
+    #[test]
+    fn holds_the_connection_while_the_command_runs_then_releases_on_it() {
+        let (dir, node) = fake_node(0o600);
+        let marker = dir.path().join("done");
+        let fake = session(&node, &marker);
+        let mut cmd = against(
+            &fake,
+            &["run", "--device", "05:02.0", "--group", "--", "sh", "-c"],
+        );
+        // Runs with our environment and stdout, takes its time, marks that it finished.
+        cmd.arg("sleep 0.5; printf '%s\\n' \"$GREETING\"; touch \"$0\"; exit 3")
+            .arg(&marker)
+            .env("GREETING", "hello from the command");
+        let r = run(cmd);
+        r.code(3);
+        assert_eq!(r.stdout, "hello from the command\n", "{r:#?}");
+        assert_eq!(
+            r.stderr,
+            format!(
+                "vfio-gate: 05:02.0 is on vfio-pci and 05:01.0 on pci-stub ({node}) while sh runs\n\
+                 vfio-gate: released IOMMU group 11\n"
+            ),
+            "{r:#?}"
+        );
+        let (requests, events) = fake.finish();
+        assert_eq!(events, bind_release_close(), "{r:#?}");
+        assert_eq!(requests, vec![hold_bind(), release_05_02()]);
+    }
+
+    #[test]
+    fn the_command_gets_the_signal_mask_and_dispositions_vfio_gate_got() {
+        let status = ["grep", "-E", "^Sig(Blk|Ign):", "/proc/self/status"];
+        let direct = std::process::Command::new(status[0])
+            .args(&status[1..])
+            .output()
+            .unwrap();
+        let direct = String::from_utf8(direct.stdout).unwrap();
+        let fake = FakeHelper::start(vec![Reply::Session(Session::new(
+            vec![bound(None), released()],
+            None,
+        ))]);
+        let mut cmd = against(&fake, &["run", "--device", "05:02.0", "--"]);
+        cmd.args(status);
+        let r = run(cmd);
+        r.code(0);
+        assert!(direct.contains("SigBlk:\t0000000000000000\n"), "{direct}");
+        assert_eq!(r.stdout, direct, "{r:#?}");
+        fake.requests();
+    }
+
+    #[test]
+    fn devices_go_in_the_order_given_with_the_driver() {
+        let fake = FakeHelper::start(vec![Reply::Session(Session::new(
+            vec![bound(None), released()],
+            None,
+        ))]);
+        run(against(
+            &fake,
+            &[
+                "run",
+                "--device",
+                "05:01.0",
+                "--to",
+                "pci-stub",
+                "--device",
+                "0000:05:02.0",
+                "--device",
+                "05:01.0",
+                "--",
+                "true",
+            ],
+        ))
+        .code(0)
+        .stderr_has("vfio-gate: 05:01.0 is on pci-stub and 05:02.0 on vfio-pci while true runs\n");
+        assert_eq!(
+            fake.requests(),
+            vec![
+                Request::Bind {
+                    devices: vec![addr("05:01.0"), addr("05:02.0")],
+                    driver: Driver::PciStub,
+                    group: false,
+                    dry_run: false,
+                    hold: true,
+                },
+                Request::Release {
+                    target: ReleaseTarget::Device(addr("05:01.0")),
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn a_command_killed_by_a_signal_gives_128_plus_its_number() {
+        for (script, code) in [
+            ("kill -KILL $$", 137),
+            ("kill -TERM $$", 143),
+            ("exit 0", 0),
+        ] {
+            let (dir, node) = fake_node(0o600);
+            let fake = session(&node, &dir.path().join("never"));
+            let r = run(against(
+                &fake,
+                &["run", "--device", "05:02.0", "--", "sh", "-c", script],
+            ));
+            r.code(code)
+                .stderr_has("vfio-gate: released IOMMU group 11\n");
+            assert_eq!(fake.requests(), vec![hold_bind_plain(), release_05_02()]);
+        }
+    }
+
+    fn hold_bind_plain() -> Request {
+        Request::Bind {
+            devices: vec![addr("05:02.0")],
+            driver: Driver::VfioPci,
+            group: false,
+            dry_run: false,
+            hold: true,
+        }
+    }
+
+    #[test]
+    fn a_refused_bind_is_reported_as_bind_reports_it_and_the_command_never_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("ran");
+        let refusals = [
+            WireError::Denied {
+                rule: Some(rule()),
+                reason: "bob may not bind 05:02.0".into(),
+            },
+            WireError::NotFound {
+                device: addr("05:02.0"),
+            },
+            WireError::Held {
+                group: Some(11),
+                uid: 0,
+                since: 1_700_000_000,
+            },
+            WireError::Busy {
+                reason: "group 11 is in use — stop the VM first".into(),
+            },
+        ];
+        for wire in refusals {
+            let fake = FakeHelper::start(vec![
+                Reply::Answer(Response::Error(wire.clone())),
+                Reply::Answer(Response::Error(wire.clone())),
+            ]);
+            let mut bind = against(&fake, &["bind", "05:02.0"]);
+            bind.env("TZ", "UTC");
+            let by_bind = run(bind);
+            let mut cmd = against(&fake, &["run", "--device", "05:02.0", "--", "touch"]);
+            cmd.arg(&marker).env("TZ", "UTC");
+            let by_run = run(cmd);
+            by_run.stdout_empty();
+            assert_eq!(by_run.code, by_bind.code, "{wire:?}: {by_run:#?}");
+            assert_eq!(by_run.stderr, by_bind.stderr, "{wire:?}: {by_run:#?}");
+            assert!(!marker.exists(), "{wire:?}: the command ran");
+            let requests = fake.requests();
+            assert!(
+                matches!(requests[1], Request::Bind { hold: true, .. }),
+                "{requests:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_bind_that_needs_the_group_suggests_the_same_run_with_group() {
+        let fake = FakeHelper::answering(Response::Error(WireError::NeedsGroup {
+            group: 11,
+            plan: group_11_plan(),
+            reason: "05:01.0 is on e1000".into(),
+        }));
+        let r = run(against(
+            &fake,
+            &[
+                "run",
+                "--device",
+                "05:02.0",
+                "--pci-ids",
+                "/nonexistent",
+                "--",
+                "qemu",
+                "-name",
+                "my vm",
+            ],
+        ));
+        r.code(3).stdout_empty().stderr_has(
+            "Re-run with --group to also put 05:01.0 on pci-stub and leave 04:00.0 on pcieport: \
+             vfio-gate run --device 05:02.0 --to vfio-pci --group -- qemu -name 'my vm'\n",
+        );
+        fake.requests();
+    }
+
+    #[test]
+    fn a_command_that_cannot_start_is_127_or_126_and_the_devices_are_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let not_executable = dir.path().join("script");
+        std::fs::write(&not_executable, "#!/bin/sh\n").unwrap();
+        for (program, code, words) in [
+            (
+                dir.path().join("no-such-command"),
+                127,
+                "Check the command's name, and that it is in your PATH",
+            ),
+            (not_executable.clone(), 126, "a program you may run"),
+        ] {
+            let fake = FakeHelper::start(vec![Reply::Session(Session::new(
+                vec![bound(None), released()],
+                None,
+            ))]);
+            let mut cmd = against(&fake, &["run", "--device", "05:02.0", "--"]);
+            cmd.arg(&program);
+            let r = run(cmd);
+            r.code(code)
+                .stdout_empty()
+                .stderr_has(&format!("vfio-gate: cannot run {}: ", program.display()))
+                .stderr_has(words)
+                .stderr_has("vfio-gate: released IOMMU group 11\n");
+            assert_eq!(fake.requests(), vec![hold_bind_plain(), release_05_02()]);
+        }
+    }
+
+    #[test]
+    fn json_and_a_missing_command_are_bad_usage() {
+        for args in [
+            &["run", "--json", "--device", "05:02.0", "--", "true"][..],
+            &["run", "--device", "05:02.0"],
+            &["run", "--device", "05:02.0", "--"],
+            &["run", "--", "true"],
+            &["run", "--device", "5:02.0", "--", "true"],
+        ] {
+            let mut cmd = vfio_gate();
+            cmd.args(["--socket", "/nonexistent/vfio-gate.sock"])
+                .args(args);
+            let r = run(cmd);
+            r.code(2).stderr_has("error:");
+        }
+        let mut cmd = vfio_gate();
+        cmd.args(["--socket", "/nonexistent/vfio-gate.sock", "--json"])
+            .args(["run", "--device", "05:02.0", "--", "true"]);
+        let r = run(cmd);
+        let e = r.code(2).json_error("usage");
+        assert!(
+            e["message"]
+                .as_str()
+                .unwrap()
+                .contains("--json cannot be used with run"),
+            "{e}"
+        );
+        // After `--`, --json belongs to the command.
+        let fake = FakeHelper::start(vec![Reply::Session(Session::new(
+            vec![bound(None), released()],
+            None,
+        ))]);
+        run(against(
+            &fake,
+            &[
+                "run",
+                "--device",
+                "05:02.0",
+                "--",
+                "sh",
+                "-c",
+                "test \"$1\" = --json",
+                "sh",
+                "--json",
+            ],
+        ))
+        .code(0);
+        fake.requests();
+    }
+
+    #[test]
+    fn the_connection_limit_is_retried_before_the_bind() {
+        let (dir, node) = fake_node(0o600);
+        let fake = FakeHelper::start(vec![
+            Reply::RefuseAtOnce(at_limit()),
+            Reply::Answer(at_limit()),
+            Reply::Session(Session::new(
+                vec![bound(Some(&node)), released()],
+                Some(&dir.path().join("done")),
+            )),
+        ]);
+        let mut cmd = against(&fake, &["run", "--device", "05:02.0", "--", "touch"]);
+        cmd.arg(dir.path().join("done"));
+        run(cmd).code(0);
+        assert_eq!(
+            fake.requests(),
+            vec![hold_bind_plain(), hold_bind_plain(), release_05_02()]
+        );
+    }
+
+    #[test]
+    fn a_refused_release_is_a_warning_and_the_status_stays_the_commands() {
+        let fake = FakeHelper::start(vec![Reply::Session(Session::new(
+            vec![
+                bound(None),
+                Response::Error(WireError::Busy {
+                    reason: "group 11 is in use — stop the VM first".into(),
+                }),
+            ],
+            None,
+        ))]);
+        let r = run(against(
+            &fake,
+            &["run", "--device", "05:02.0", "--", "sh", "-c", "exit 5"],
+        ));
+        r.code(5).stderr_has(
+            "vfio-gate: warning: releasing 05:02.0: busy: group 11 is in use — stop the VM \
+             first; the helper gives the devices back when vfio-gate exits",
+        );
+        let (requests, events) = fake.finish();
+        assert_eq!(requests, vec![hold_bind_plain(), release_05_02()]);
+        assert_eq!(events.last(), Some(&Event::Closed { marker: false }));
+    }
+
+    #[test]
+    fn a_helper_that_hangs_up_while_the_command_runs_is_reported_at_once() {
+        let mut s = Session::new(vec![bound(None)], None);
+        s.hang_up = true;
+        let fake = FakeHelper::start(vec![Reply::Session(s)]);
+        let r = run(against(
+            &fake,
+            &[
+                "run",
+                "--device",
+                "05:02.0",
+                "--",
+                "sh",
+                "-c",
+                "sleep 0.5; exit 4",
+            ],
+        ));
+        r.code(4).stderr_has(
+            "vfio-gate: warning: the helper closed the connection while sh runs: the lease on \
+             05:02.0 has ended",
+        );
+        if r.stderr.contains("released") {
+            r.fail("nothing was released by vfio-gate: the helper had hung up");
+        }
+        assert_eq!(fake.requests(), vec![hold_bind_plain()]);
+    }
+
+    /// Starts `vfio-gate run` on a command that writes its pid to a file and sleeps; returns the
+    /// frontend and the command's pid once it runs.
+    // The child is returned, and the caller waits for it.
+    #[allow(clippy::zombie_processes)]
+    fn start_sleeper(
+        fake: &FakeHelper,
+        dir: &Path,
+        own_group: bool,
+    ) -> (std::process::Child, libc::pid_t) {
+        let pidfile = dir.join("pid");
+        let mut cmd = against(fake, &["run", "--device", "05:02.0", "--", "sh", "-c"]);
+        cmd.arg("echo $$ > \"$0.tmp\" && mv \"$0.tmp\" \"$0\" && exec sleep 30")
+            .arg(&pidfile)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if own_group {
+            cmd.process_group(0);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(pid) = std::fs::read_to_string(&pidfile) {
+                // Give `exec sleep` a moment to happen.
+                std::thread::sleep(Duration::from_millis(100));
+                return (child, pid.trim().parse().unwrap());
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the command never started");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn signal(pid: libc::pid_t, sig: libc::c_int) {
+        // SAFETY: kill touches no memory; the pids are our children (or their group).
+        assert_eq!(unsafe { libc::kill(pid, sig) }, 0, "kill({pid}, {sig})");
+    }
+
+    fn alive(pid: libc::pid_t) -> bool {
+        // SAFETY: signal 0 only checks that the process exists.
+        unsafe { libc::kill(pid, 0) == 0 }
+    }
+
+    /// Waits up to ten seconds for the frontend; its exit code and stderr.
+    fn finish(mut child: std::process::Child) -> (Option<i32>, String) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                let mut stderr = String::new();
+                std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+                return (status.code(), stderr);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("vfio-gate did not exit");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    #[test]
+    fn ctrl_c_at_the_terminal_stops_the_command_and_vfio_gate_still_releases() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = FakeHelper::start(vec![Reply::Session(Session::new(
+            vec![bound(None), released()],
+            None,
+        ))]);
+        // In a process group of its own, as a shell's foreground job is.
+        let (child, command) = start_sleeper(&fake, dir.path(), true);
+        let group = libc::pid_t::try_from(child.id()).unwrap();
+        signal(-group, libc::SIGINT);
+        let (code, stderr) = finish(child);
+        assert_eq!(code, Some(130), "{stderr}");
+        assert!(
+            stderr.contains("vfio-gate: released IOMMU group 11\n"),
+            "{stderr}"
+        );
+        assert!(!alive(command));
+        assert_eq!(fake.requests(), vec![hold_bind_plain(), release_05_02()]);
+    }
+
+    #[test]
+    fn sigint_and_sigquit_to_vfio_gate_alone_are_ignored_but_not_by_the_command() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = FakeHelper::start(vec![Reply::Session(Session::new(
+            vec![bound(None), released()],
+            None,
+        ))]);
+        let (mut child, command) = start_sleeper(&fake, dir.path(), false);
+        let frontend = libc::pid_t::try_from(child.id()).unwrap();
+        signal(frontend, libc::SIGINT);
+        signal(frontend, libc::SIGQUIT);
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "vfio-gate died of the signal"
+        );
+        assert!(alive(command));
+        // The command was not started with SIGINT ignored: it dies of it.
+        signal(command, libc::SIGINT);
+        let (code, stderr) = finish(child);
+        assert_eq!(code, Some(130), "{stderr}");
+        assert_eq!(fake.requests(), vec![hold_bind_plain(), release_05_02()]);
+    }
+
+    #[test]
+    fn sigterm_and_sighup_are_passed_on_to_the_command() {
+        for (sig, code) in [(libc::SIGTERM, 143), (libc::SIGHUP, 129)] {
+            let dir = tempfile::tempdir().unwrap();
+            let fake = FakeHelper::start(vec![Reply::Session(Session::new(
+                vec![bound(None), released()],
+                None,
+            ))]);
+            let (child, command) = start_sleeper(&fake, dir.path(), false);
+            signal(libc::pid_t::try_from(child.id()).unwrap(), sig);
+            let (got, stderr) = finish(child);
+            assert_eq!(got, Some(code), "signal {sig}: {stderr}");
+            assert!(
+                stderr.contains("vfio-gate: released IOMMU group 11\n"),
+                "{stderr}"
+            );
+            assert!(!alive(command));
+            assert_eq!(fake.requests(), vec![hold_bind_plain(), release_05_02()]);
+        }
+    }
+
+    #[test]
+    fn a_sigkilled_vfio_gate_closes_the_connection_though_the_command_lives_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = FakeHelper::start(vec![Reply::Session(Session::new(
+            vec![bound(None), released()],
+            None,
+        ))]);
+        let (mut child, command) = start_sleeper(&fake, dir.path(), false);
+        assert!(fake.events().len() == 1, "{:?}", fake.events());
+        child.kill().unwrap();
+        child.wait().unwrap();
+        // The command does not hold the socket: the helper sees the close at once.
+        let closed = fake.wait_for_event(Duration::from_secs(3), |e| {
+            matches!(e, Event::Closed { .. })
+        });
+        let still_running = alive(command);
+        signal(command, libc::SIGKILL);
+        assert!(closed, "{:?}", fake.events());
+        assert!(still_running);
+        assert_eq!(fake.requests(), vec![hold_bind_plain()]);
     }
 }

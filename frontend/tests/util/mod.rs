@@ -8,8 +8,9 @@ use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::mpsc::Receiver;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 use vfio_gate_protocol::{
@@ -29,6 +30,49 @@ pub enum Reply {
     Silent,
     /// Answer once the test says so.
     AnswerWhen(Receiver<()>, Response),
+    /// Answer at once, without reading the request, and close: what the real helper does at its
+    /// connection limit. No request is recorded.
+    RefuseAtOnce(Response),
+    /// A conversation on one connection (`vfio-gate run`): answer each request in turn, then
+    /// wait for the client to close (or hang up first). Recorded as [`Event`]s too.
+    Session(Session),
+}
+
+/// One connection that carries several requests.
+#[derive(Debug)]
+pub struct Session {
+    /// One answer per request, in order.
+    pub answers: Vec<Response>,
+    /// After the last answer: hang up at once, instead of waiting for the client to close.
+    pub hang_up: bool,
+    /// A file whose existence is noted with each event (the test's command creates it when it
+    /// finishes, which tells what happened while it ran).
+    pub marker: Option<PathBuf>,
+}
+
+impl Session {
+    pub fn new(answers: Vec<Response>, marker: Option<&Path>) -> Self {
+        Self {
+            answers,
+            hang_up: false,
+            marker: marker.map(Path::to_path_buf),
+        }
+    }
+}
+
+/// What happened on a [`Session`]'s connection, and whether its marker existed at that moment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Request {
+        request: Request,
+        marker: bool,
+    },
+    /// The client closed the connection.
+    Closed {
+        marker: bool,
+    },
+    /// The client neither wrote nor closed within the read timeout.
+    TimedOut,
 }
 
 /// A helper that serves one connection per reply, in order, and records the requests.
@@ -37,6 +81,51 @@ pub struct FakeHelper {
     dir: TempDir,
     socket: PathBuf,
     thread: Option<JoinHandle<Vec<Request>>>,
+    events: Arc<Mutex<Vec<Event>>>,
+}
+
+fn serve_session(
+    conn: &mut std::os::unix::net::UnixStream,
+    session: Session,
+    requests: &mut Vec<Request>,
+    log: &Mutex<Vec<Event>>,
+) {
+    let marker = || session.marker.as_ref().is_some_and(|m| m.exists());
+    let mut answers = session.answers.into_iter();
+    loop {
+        let next = answers.next();
+        if next.is_none() && session.hang_up {
+            return;
+        }
+        let event = match read_frame(conn, MAX_REQUEST_FRAME) {
+            Ok(payload) => {
+                let request = decode_request(&payload).expect("a valid request");
+                requests.push(request.clone());
+                Event::Request {
+                    request,
+                    marker: marker(),
+                }
+            }
+            Err(vfio_gate_protocol::FrameError::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                Event::TimedOut
+            }
+            Err(_) => Event::Closed { marker: marker() },
+        };
+        let done = !matches!(event, Event::Request { .. });
+        log.lock().unwrap().push(event);
+        if done {
+            return;
+        }
+        // A request beyond the answers given is recorded and left unanswered.
+        if let Some(resp) = next {
+            let _ = write_frame(conn, &encode_response(&resp).expect("encode"));
+        }
+    }
 }
 
 impl FakeHelper {
@@ -44,12 +133,22 @@ impl FakeHelper {
         let dir = tempfile::tempdir().expect("temp dir");
         let socket = dir.path().join("vfio-gate.sock");
         let listener = UnixListener::bind(&socket).expect("bind the fake helper's socket");
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::clone(&events);
         let thread = std::thread::spawn(move || {
             let mut requests = Vec::new();
             for reply in replies {
                 let (mut conn, _) = listener.accept().expect("accept");
                 conn.set_read_timeout(Some(Duration::from_secs(20)))
                     .unwrap();
+                if let Reply::RefuseAtOnce(resp) = &reply {
+                    let _ = write_frame(&mut conn, &encode_response(resp).unwrap());
+                    continue;
+                }
+                if let Reply::Session(session) = reply {
+                    serve_session(&mut conn, session, &mut requests, &log);
+                    continue;
+                }
                 let payload = read_frame(&mut conn, MAX_REQUEST_FRAME).expect("request frame");
                 requests.push(decode_request(&payload).expect("a valid request"));
                 match reply {
@@ -70,6 +169,7 @@ impl FakeHelper {
                         go.recv().expect("the test's go-ahead");
                         let _ = write_frame(&mut conn, &encode_response(&resp).unwrap());
                     }
+                    Reply::RefuseAtOnce(_) | Reply::Session(_) => unreachable!(),
                 }
             }
             requests
@@ -78,6 +178,7 @@ impl FakeHelper {
             dir,
             socket,
             thread: Some(thread),
+            events,
         }
     }
 
@@ -90,13 +191,40 @@ impl FakeHelper {
         &self.socket
     }
 
+    /// What happened on the sessions so far.
+    pub fn events(&self) -> Vec<Event> {
+        self.events.lock().unwrap().clone()
+    }
+
+    /// Waits up to `timeout` for an event that `pred` accepts.
+    pub fn wait_for_event(&self, timeout: Duration, pred: impl Fn(&Event) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.events().iter().any(&pred) {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Waits for every reply to have been served and returns the requests received.
-    pub fn requests(mut self) -> Vec<Request> {
-        self.thread
+    pub fn requests(self) -> Vec<Request> {
+        self.finish().0
+    }
+
+    /// Waits for every reply to have been served and returns the requests received and what
+    /// happened on the sessions.
+    pub fn finish(mut self) -> (Vec<Request>, Vec<Event>) {
+        let requests = self
+            .thread
             .take()
             .unwrap()
             .join()
-            .expect("the fake helper panicked (see its message above)")
+            .expect("the fake helper panicked (see its message above)");
+        (requests, self.events())
     }
 }
 
