@@ -190,13 +190,12 @@ fn describe_wire(e: &WireError) -> String {
         WireError::Held {
             group: None, uid, ..
         } => format!("the IOMMU group is held by uid {uid}"),
+        // The helper's reason usually names the deciding rule already; name it once.
         WireError::Denied {
             rule: Some(rule),
             reason,
-        } => format!("denied: {reason} (decided by rule {rule})"),
-        WireError::Denied { rule: None, reason } => {
-            format!("denied: {reason} (no policy rule allows it)")
-        }
+        } if !reason.contains(&rule.name) => format!("denied: {reason} (decided by rule {rule})"),
+        WireError::Denied { reason, .. } => format!("denied: {reason}"),
         WireError::VersionMismatch { server, client } => format!(
             "the helper speaks protocol version {server}, this vfio-gate speaks version {client}"
         ),
@@ -338,7 +337,7 @@ impl Error {
                 WireError::NotFound { .. } => {
                     "Run `vfio-gate list` to see the devices and their addresses".to_owned()
                 }
-                WireError::Busy { .. } => "Try again in a moment".to_owned(),
+                WireError::Busy { reason } => busy_next_step(reason),
                 WireError::BadRequest { .. } => format!(
                     "The helper did not understand this vfio-gate. {ONE_RELEASE}; if they do \
                      match, this is a bug: please report it"
@@ -704,6 +703,39 @@ mod tests {
         assert_eq!(
             e.chain(),
             "reading the helper's answer from /s: reading a frame: reset"
+        );
+    }
+}
+
+/// What to do about a `Busy` answer depends on why: only some of them pass by themselves.
+fn busy_next_step(reason: &str) -> String {
+    if reason.contains("in use") || reason.contains("blocked in the kernel") {
+        "Stop the VM (or whatever process holds the group open), then run the same command again"
+            .to_owned()
+    } else if reason.contains("already hold") {
+        "Release what you hold first (vfio-gate release ADDR, or vfio-gate release --all)"
+            .to_owned()
+    } else if reason.contains("outside vfio-gate") {
+        "Ask an admin to give the device back to its host driver first".to_owned()
+    } else {
+        "Try again in a moment".to_owned()
+    }
+}
+
+#[cfg(test)]
+mod busy_tests {
+    use super::busy_next_step;
+
+    #[test]
+    fn busy_hints_follow_the_reason() {
+        assert!(busy_next_step("group 11 is in use — stop the VM first").contains("Stop the VM"));
+        assert!(
+            busy_next_step("you already hold group 11 (05:02.0); release it first")
+                .contains("Release what you hold")
+        );
+        assert!(
+            busy_next_step("the helper is serving 256 connections, its limit; retry")
+                .contains("Try again")
         );
     }
 }

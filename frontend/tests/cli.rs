@@ -789,7 +789,7 @@ mod errors {
                 3,
                 "denied",
                 vec![
-                    "no policy rule allows it",
+                    "no rule allows bob to bind 01:00.0",
                     "[[rule]]",
                     "/etc/vfio-gate/policy.toml",
                 ],
