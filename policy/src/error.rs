@@ -69,6 +69,41 @@ pub enum PolicyError {
         message: String,
     },
 
+    #[error("cannot open the policy directory {}: {source}", path.display())]
+    DirOpen { path: PathBuf, source: io::Error },
+
+    #[error(
+        "the policy directory {} is a symbolic link, which is not followed: replace the link \
+         with the directory itself (root-owned, mode 755)",
+        path.display()
+    )]
+    DirSymlink { path: PathBuf },
+
+    #[error(
+        "{} is a {kind}, not a directory: drop-ins go in the directory policy.d next to the \
+         main policy file; move it away",
+        path.display()
+    )]
+    NotADirectory { path: PathBuf, kind: &'static str },
+
+    #[error(
+        "the policy directory {} is owned by uid {uid}, not root, so that user could replace \
+         the policy files in it: run `chown root:root {0} && chmod 755 {0}`",
+        path.display()
+    )]
+    DirNotOwnedByRoot { path: PathBuf, uid: u32 },
+
+    #[error(
+        "the policy directory {} has mode {mode:04o}: it is writable by {}, who could replace \
+         the policy files in it: run `chmod go-w {0}`",
+        path.display(),
+        writable_by(*mode)
+    )]
+    DirWritableByOthers { path: PathBuf, mode: u32 },
+
+    #[error("cannot list the policy directory {}: {source}", path.display())]
+    DirRead { path: PathBuf, source: io::Error },
+
     #[error(
         "{file}:{line}: policy version {version} is not supported: this vfio-gate reads \
          version 1 (write `version = 1`, or install the vfio-gate release that wrote this file)"
@@ -89,6 +124,30 @@ impl PolicyError {
             | PolicyError::Invalid { line, .. }
             | PolicyError::UnsupportedVersion { line, .. } => Some(*line),
             _ => None,
+        }
+    }
+
+    /// The file or directory the error is about, as it appears in the message.
+    pub fn file(&self) -> String {
+        match self {
+            PolicyError::Open { path, .. }
+            | PolicyError::Symlink { path }
+            | PolicyError::Stat { path, .. }
+            | PolicyError::NotRegularFile { path, .. }
+            | PolicyError::NotOwnedByRoot { path, .. }
+            | PolicyError::WritableByOthers { path, .. }
+            | PolicyError::TooLarge { path, .. }
+            | PolicyError::Read { path, .. }
+            | PolicyError::DirOpen { path, .. }
+            | PolicyError::DirSymlink { path }
+            | PolicyError::NotADirectory { path, .. }
+            | PolicyError::DirNotOwnedByRoot { path, .. }
+            | PolicyError::DirWritableByOthers { path, .. }
+            | PolicyError::DirRead { path, .. } => path.display().to_string(),
+            PolicyError::NotUtf8 { file, .. }
+            | PolicyError::Syntax { file, .. }
+            | PolicyError::Invalid { file, .. }
+            | PolicyError::UnsupportedVersion { file, .. } => file.clone(),
         }
     }
 }

@@ -5,7 +5,9 @@
 //! keeps host drivers off it. Either takes the device away from the host. The admin decides who
 //! may do that, in one TOML file (`/etc/vfio-gate/policy.toml`), and the privileged helper
 //! `vfio-gated` asks this crate about every request. The crate is pure: text in, decision out.
-//! Its only I/O is reading the policy file and the two name databases it is pointed at.
+//! Its only I/O is reading the policy files and the two name databases it is pointed at.
+//! The full format, with annotated examples, is `docs/policy.md`; every example there is parsed
+//! by this crate's tests.
 //!
 //! # The model
 //!
@@ -22,20 +24,24 @@
 //!   is a fence no allow rule, now or added later, can cross.
 //! - **Default deny**: if no rule applies the answer is no ([`Decision::Deny(None)`](Decision)).
 //! - **Order does not matter**: the answer depends only on the set of rules. When several rules
-//!   of the deciding kind apply, the one written first (by file, then line) is named in the
-//!   [`Decision`], so the same request always cites the same rule. A rule is cited by its name
-//!   and the line of its `[[rule]]` / `[[deny]]` header.
+//!   of the deciding kind apply, the one written first (main file, then drop-ins by name; within
+//!   a file, by line) is named in the [`Decision`], so the same request always cites the same
+//!   rule. A rule is cited by its name, its file and the line of its `[[rule]]` / `[[deny]]`
+//!   header.
 //!
 //! A subject belongs to a rule when its uid is among the rule's `users`/`uids`, or its primary
-//! gid or any supplementary gid is among the rule's `groups`/`gids`.
+//! gid or any supplementary gid is among the rule's `groups`/`gids`. An allow rule may say
+//! `users = ["*"]`, alone, for every user; [`Policy::lint`] warns about it, and nowhere else is
+//! `"*"` accepted.
 //!
 //! # Device matchers
 //!
 //! A matcher is a set of fields that must *all* hold; a rule's `devices` lists matchers of which
 //! *any* may hold. Fields: `address` (exact `0000:01:00.0`, short `01:00.0` meaning domain 0, or a
 //! glob with `*`/`?` over the canonical lowercase form), `vendor`, `device`, `subsystem_vendor`,
-//! `subsystem_device` (four hex digits) and `class` (hex with `x` for any nibble; two or four
-//! characters match as a prefix, so `"01"` is every storage controller). An empty matcher `{}` is
+//! `subsystem_device` (four hex digits), `class` (hex with `x` for any nibble; two or four
+//! characters match as a prefix, so `"01"` is every storage controller) and `physical_slot` (the
+//! name of a `/sys/bus/pci/slots/NAME` directory, [`SlotName`]). An empty matcher `{}` is
 //! refused: "every device" must not be something one can write by accident.
 //!
 //! Addresses move when hardware is added or a BIOS setting changes; vendor and device IDs do not.
@@ -55,8 +61,10 @@
 //! ```toml
 //! version = 1                     # optional; any other value is refused
 //!
-//! [settings]                      # optional
+//! [settings]                      # optional; only in the main file
 //! idle_timeout = 30               # seconds the helper lingers with no client, 1..=86400
+//! node_mode = "0600"              # /dev/vfio/N as handed over: "0600" or "0660"
+//! max_groups_per_user = 4         # IOMMU groups one user may hold at once, 1..=1024
 //!
 //! [[rule]]
 //! name     = "lab NIC for vm-users"     # required, unique across [[rule]] and [[deny]]
@@ -75,14 +83,30 @@
 //! Unknown keys, wrong types, empty lists, empty matchers, malformed IDs, unknown drivers and
 //! duplicate names are errors that carry the file and line ([`PolicyError`]).
 //!
-//! # Trusting the file
+//! # Drop-ins
+//!
+//! [`Policy::load`] also reads `policy.d/*.toml` beside the main file, in byte order of their
+//! names: each adds rules (never `[settings]`), rule names are unique across all files, and a
+//! decision cites the rule's own file. A drop-in that fails any check refuses the whole policy.
+//!
+//! # Trusting the files
 //!
 //! Whoever can write the policy can grant themselves any device, so [`Policy::load`] refuses a
 //! file that is not a regular file owned by root, or that is writable by its group or by others,
-//! or that is reached through a symlink — checked on the open descriptor, as sshd's StrictModes
-//! does — and says which command fixes it.
+//! or that is reached through a symlink, and a directory holding policy files (the main file's,
+//! and `policy.d`) that is not owned by root or is writable by its group or others — checked on
+//! the open descriptors, as sshd's StrictModes does — and says which command fixes it.
+//!
+//! # Questions
+//!
+//! [`Policy::sha256`] ties every decision to the exact text loaded (the helper logs it at each
+//! load). [`Policy::explain`] lists every rule that applies to a request; [`Policy::report`]
+//! lists every effective permission on a host; [`Policy::lint`] finds what a reviewer should
+//! look at. All three are pure and agree with [`Policy::decide`], the only authority.
 
 mod error;
+mod explain;
+mod lint;
 mod load;
 mod matcher;
 mod model;
@@ -91,12 +115,16 @@ mod parse;
 mod policy;
 
 pub use error::PolicyError;
-pub use load::MAX_POLICY_SIZE;
+pub use explain::{Explanation, ReportRow};
+pub use lint::{Finding, Severity};
+pub use load::{DROP_IN_DIR, MAX_POLICY_SIZE};
 pub use matcher::{AddressPattern, ClassPattern, DeviceMatcher};
-pub use model::{Decision, DeviceFacts, DriverSet, Effect, Rule, Settings, Subject, Subjects};
+pub use model::{
+    Decision, DeviceFacts, DriverSet, Effect, Rule, Settings, SlotName, Subject, Subjects,
+};
 pub use names::{EtcFiles, NameResolver};
 pub use parse::POLICY_VERSION;
-pub use policy::Policy;
+pub use policy::{Policy, PolicySource};
 
 #[cfg(test)]
 mod tests;

@@ -1,12 +1,26 @@
-//! Reading the policy file, with the checks sshd calls StrictModes.
+//! Reading the policy files, with the checks sshd calls StrictModes.
 //!
-//! The file decides who may hand devices to their VMs, so whoever can write it is as powerful as
-//! root. The checks run on the *open* file descriptor (`fstat`), not on the path, so the file
-//! cannot be swapped between the check and the read; the final path component is opened with
-//! `O_NOFOLLOW`, so a symlink is refused rather than followed somewhere else.
+//! The files decide who may hand devices to their VMs, so whoever can write them — or replace
+//! them — is as powerful as root. So:
+//!
+//! - The main file's directory is opened first, and everything else is opened *relative to that
+//!   open directory* (`openat`): the main file, the `policy.d` directory beside it, and each
+//!   drop-in relative to the open `policy.d`. Once a directory has been checked, no path is
+//!   resolved again through a name someone could swap.
+//! - Files are opened with `O_NOFOLLOW` and `policy.d` with `O_DIRECTORY | O_NOFOLLOW`, so a
+//!   symlink is refused rather than followed, wherever it points.
+//! - The checks run on the open descriptors (`fstat`): each file must be a regular file owned by
+//!   the expected owner (root) and not writable by its group or others; each directory must be
+//!   owned by the owner and not writable by its group or others (or someone else could put a
+//!   file there, or rename one away).
+//! - Any failure refuses the whole policy, naming the file. Nothing is ever skipped, except the
+//!   entries of `policy.d` that are not drop-ins by name (hidden, or not ending in `.toml`).
 
+use std::ffi::{CStr, CString, OsStr};
 use std::fs::{File, FileType, OpenOptions};
-use std::io::Read;
+use std::io::{self, Read};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
@@ -17,9 +31,94 @@ use crate::parse::line_of;
 /// path (a log, a disk image) from being read into the helper's memory.
 pub const MAX_POLICY_SIZE: u64 = 1 << 20;
 
-/// Opens, checks and reads `path`, which must be owned by `owner` (root in production).
-pub(crate) fn read_checked(path: &Path, owner: u32) -> Result<String, PolicyError> {
-    let mut file = open_no_follow(path)?;
+/// The drop-in directory's name, beside the main policy file.
+pub const DROP_IN_DIR: &str = "policy.d";
+
+/// How policy files are opened: never through a symlink; a FIFO must not hang the helper
+/// (fstat then refuses it); never as a controlling terminal.
+const FILE_FLAGS: libc::c_int =
+    libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC;
+
+/// How `policy.d` is opened: a directory, and not through a symlink.
+const DROP_IN_DIR_FLAGS: libc::c_int =
+    libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+
+/// One policy file as read: its path as shown in messages and rule references, and its text.
+pub(crate) type SourceText = (String, String);
+
+/// Opens, checks and reads the policy at `path` and its drop-ins, in load order: the main file,
+/// then `policy.d/*.toml` beside it in byte order of their names. Every file and both
+/// directories must be owned by `owner` (root in production) and not group/world-writable.
+pub(crate) fn read_policy(path: &Path, owner: u32) -> Result<Vec<SourceText>, PolicyError> {
+    let open_error = |source| PolicyError::Open {
+        path: path.to_owned(),
+        source,
+    };
+    let name = path.file_name().ok_or_else(|| {
+        open_error(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "that is not the path of a file",
+        ))
+    })?;
+    let dir_path = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    // A directory that cannot be opened is reported as the file that cannot be, which is what
+    // the admin asked for (and the hint says to create it).
+    let dir = Dir::open(dir_path).map_err(open_error)?;
+
+    // The file first, then its directory: the checks are all made before anything is used,
+    // and the file's own problems are the likelier ones, so they are reported first.
+    let main = dir
+        .open_at(name, FILE_FLAGS)
+        .map_err(|e| file_open_error(path, e))?;
+    let text = check_and_read(main, path, owner)?;
+    check_dir(&dir, dir_path, owner)?;
+    let mut files = vec![(path.display().to_string(), text)];
+
+    let drop_in_path = path.with_file_name(DROP_IN_DIR);
+    let Some(drop_ins) = open_drop_in_dir(&dir, &drop_in_path)? else {
+        return Ok(files);
+    };
+    check_dir(&drop_ins, &drop_in_path, owner)?;
+    let names = drop_ins.entries().map_err(|source| PolicyError::DirRead {
+        path: drop_in_path.clone(),
+        source,
+    })?;
+    for name in drop_in_names(names) {
+        let file_path = drop_in_path.join(OsStr::from_bytes(&name));
+        if std::str::from_utf8(&name).is_err() {
+            return Err(PolicyError::Open {
+                path: file_path,
+                source: io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "its name is not valid UTF-8, so it cannot be cited in decisions: rename it",
+                ),
+            });
+        }
+        let file = drop_ins
+            .open_at(OsStr::from_bytes(&name), FILE_FLAGS)
+            .map_err(|e| file_open_error(&file_path, e))?;
+        let text = check_and_read(file, &file_path, owner)?;
+        files.push((file_path.display().to_string(), text));
+    }
+    Ok(files)
+}
+
+/// The entries of `policy.d` that are drop-ins, in load order: names ending in `.toml` and not
+/// starting with `.` (editor swap files, `.#lock` files, `.` and `..`), sorted by their bytes
+/// (so the order is the same in every locale). Everything else is ignored by name alone; a
+/// drop-in by name that is not a readable regular file refuses the policy.
+fn drop_in_names(mut names: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
+    names.retain(|n| !n.starts_with(b".") && n.ends_with(b".toml"));
+    names.sort();
+    names
+}
+
+/// Checks an open policy file — a regular file owned by `owner`, not writable by its group or
+/// others, at most [`MAX_POLICY_SIZE`] bytes — and reads it.
+fn check_and_read(mut file: File, path: &Path, owner: u32) -> Result<String, PolicyError> {
     let meta = file.metadata().map_err(|source| PolicyError::Stat {
         path: path.to_owned(),
         source,
@@ -74,33 +173,86 @@ pub(crate) fn read_checked(path: &Path, owner: u32) -> Result<String, PolicyErro
     })
 }
 
-fn open_no_follow(path: &Path) -> Result<File, PolicyError> {
-    OpenOptions::new()
-        .read(true)
-        // O_NONBLOCK: opening a FIFO must not hang the helper; fstat then refuses it.
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(path)
-        .map_err(|source| {
-            // O_NOFOLLOW reports a symlink as ELOOP; tell that apart from a real loop.
-            let is_link = source.raw_os_error() == Some(libc::ELOOP)
-                && path
+/// Checks an open directory that holds policy files: owned by `owner`, not writable by its
+/// group or others (who could otherwise add, replace or remove the files in it).
+fn check_dir(dir: &Dir, path: &Path, owner: u32) -> Result<(), PolicyError> {
+    let meta = dir.0.metadata().map_err(|source| PolicyError::DirOpen {
+        path: path.to_owned(),
+        source,
+    })?;
+    if !meta.file_type().is_dir() {
+        return Err(PolicyError::NotADirectory {
+            path: path.to_owned(),
+            kind: describe(meta.file_type()),
+        });
+    }
+    if meta.uid() != owner {
+        return Err(PolicyError::DirNotOwnedByRoot {
+            path: path.to_owned(),
+            uid: meta.uid(),
+        });
+    }
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        return Err(PolicyError::DirWritableByOthers {
+            path: path.to_owned(),
+            mode,
+        });
+    }
+    Ok(())
+}
+
+/// Opens `policy.d` relative to the main file's open directory; `None` if there is none.
+fn open_drop_in_dir(dir: &Dir, path: &Path) -> Result<Option<Dir>, PolicyError> {
+    match dir.open_at(OsStr::new(DROP_IN_DIR), DROP_IN_DIR_FLAGS) {
+        Ok(file) => Ok(Some(Dir(file))),
+        Err(e) => match e.raw_os_error() {
+            Some(libc::ENOENT) => Ok(None),
+            // O_NOFOLLOW with O_DIRECTORY: a symlink fails with ENOTDIR (or ELOOP on some
+            // kernels), like anything else that is not a directory. Refused either way; the
+            // file type only words the message.
+            Some(libc::ELOOP | libc::ENOTDIR) => {
+                let kind = path
                     .symlink_metadata()
-                    .is_ok_and(|m| m.file_type().is_symlink());
-            if is_link {
-                PolicyError::Symlink {
-                    path: path.to_owned(),
-                }
-            } else {
-                PolicyError::Open {
-                    path: path.to_owned(),
-                    source,
-                }
+                    .map_or("file", |m| describe(m.file_type()));
+                Err(if kind == "symbolic link" {
+                    PolicyError::DirSymlink {
+                        path: path.to_owned(),
+                    }
+                } else {
+                    PolicyError::NotADirectory {
+                        path: path.to_owned(),
+                        kind,
+                    }
+                })
             }
-        })
+            _ => Err(PolicyError::DirOpen {
+                path: path.to_owned(),
+                source: e,
+            }),
+        },
+    }
+}
+
+fn file_open_error(path: &Path, source: io::Error) -> PolicyError {
+    // The name is opened relative to its directory, so it is a single component: O_NOFOLLOW's
+    // ELOOP can only mean the file itself is a symlink.
+    if source.raw_os_error() == Some(libc::ELOOP) {
+        PolicyError::Symlink {
+            path: path.to_owned(),
+        }
+    } else {
+        PolicyError::Open {
+            path: path.to_owned(),
+            source,
+        }
+    }
 }
 
 fn describe(t: FileType) -> &'static str {
-    if t.is_dir() {
+    if t.is_file() {
+        "regular file"
+    } else if t.is_dir() {
         "directory"
     } else if t.is_symlink() {
         "symbolic link"
@@ -114,5 +266,137 @@ fn describe(t: FileType) -> &'static str {
         "character device"
     } else {
         "special file"
+    }
+}
+
+/// An open directory: the anchor every further open is made relative to.
+struct Dir(File);
+
+impl Dir {
+    /// Opens the directory at `path` (following symlinks on the way: what is checked is the
+    /// directory reached, through its open descriptor).
+    fn open(path: &Path) -> io::Result<Dir> {
+        OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+            .open(path)
+            .map(Dir)
+    }
+
+    /// `openat(2)` of the single component `name` relative to this directory.
+    fn open_at(&self, name: &OsStr, flags: libc::c_int) -> io::Result<File> {
+        if name.as_bytes().contains(&b'/') {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a single path component",
+            ));
+        }
+        let name = CString::new(name.as_bytes()).map_err(|_| {
+            io::Error::new(io::ErrorKind::InvalidInput, "the name contains a NUL byte")
+        })?;
+        // SAFETY: `name` is a NUL-terminated string that lives across the call, and the
+        // directory descriptor is open for as long as `self` is. No O_CREAT, so no mode
+        // argument is read.
+        let fd = unsafe { libc::openat(self.0.as_raw_fd(), name.as_ptr(), flags) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: openat just returned this descriptor: it is open and nothing else owns it.
+        Ok(unsafe { File::from_raw_fd(fd) })
+    }
+
+    /// The names in this directory (`.` and `..` included), in the order the kernel gives them.
+    fn entries(&self) -> io::Result<Vec<Vec<u8>>> {
+        // A second descriptor for the same directory (with its own offset), for the stream to
+        // own: reopening "." relative to the open directory reaches the same directory.
+        let fd = self
+            .open_at(
+                OsStr::new("."),
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )?
+            .into_raw_fd();
+        // SAFETY: `fd` is an open directory descriptor that we own; on success the stream
+        // owns it and closes it in `closedir`.
+        let stream = unsafe { libc::fdopendir(fd) };
+        if stream.is_null() {
+            let error = io::Error::last_os_error();
+            // SAFETY: fdopendir failed, so `fd` is still ours, and is closed exactly once.
+            unsafe { libc::close(fd) };
+            return Err(error);
+        }
+        let stream = DirStream(stream);
+        let mut names = Vec::new();
+        loop {
+            // readdir returns NULL both at the end and on error; only errno tells them apart.
+            // SAFETY: __errno_location returns this thread's errno, valid for writing.
+            unsafe { *libc::__errno_location() = 0 };
+            // SAFETY: `stream.0` is an open DIR stream used by this thread only.
+            let entry = unsafe { libc::readdir(stream.0) };
+            if entry.is_null() {
+                let error = io::Error::last_os_error();
+                return match error.raw_os_error() {
+                    Some(0) | None => Ok(names),
+                    Some(_) => Err(error),
+                };
+            }
+            // SAFETY: readdir returned a valid entry whose d_name is NUL-terminated, and it
+            // stays valid until the next readdir on this stream; it is copied before that.
+            let name = unsafe { CStr::from_ptr((*entry).d_name.as_ptr()) };
+            names.push(name.to_bytes().to_vec());
+        }
+    }
+}
+
+/// A `DIR *` from fdopendir, closed on drop.
+struct DirStream(*mut libc::DIR);
+
+impl Drop for DirStream {
+    fn drop(&mut self) {
+        // SAFETY: the stream came from a successful fdopendir and is closed only here.
+        unsafe { libc::closedir(self.0) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::drop_in_names;
+
+    #[test]
+    fn drop_ins_by_name_in_byte_order() {
+        let names: Vec<Vec<u8>> = [
+            "b.toml",
+            ".",
+            "..",
+            "a.toml",
+            ".hidden.toml",
+            "README",
+            "10-x.toml",
+            "9-x.toml",
+            "Z.toml",
+            "x.toml~",
+            "x.toml.rpmsave",
+            "x.TOML",
+            ".toml",
+            "é.toml",
+            "toml",
+        ]
+        .iter()
+        .map(|s| s.as_bytes().to_vec())
+        .collect();
+        let got: Vec<String> = drop_in_names(names)
+            .into_iter()
+            .map(|n| String::from_utf8(n).unwrap())
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "10-x.toml",
+                "9-x.toml",
+                "Z.toml",
+                "a.toml",
+                "b.toml",
+                "é.toml"
+            ]
+        );
     }
 }

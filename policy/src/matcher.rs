@@ -8,7 +8,7 @@ use std::fmt;
 
 use vfio_gate_protocol::PciAddress;
 
-use crate::model::DeviceFacts;
+use crate::model::{DeviceFacts, SlotName};
 
 /// The longest address pattern accepted. A canonical address is 12 characters; the bound keeps
 /// glob matching trivially cheap however the pattern is written.
@@ -23,6 +23,7 @@ pub struct DeviceMatcher {
     pub(crate) subsystem_vendor: Option<u16>,
     pub(crate) subsystem_device: Option<u16>,
     pub(crate) class: Option<ClassPattern>,
+    pub(crate) physical_slot: Option<SlotName>,
 }
 
 impl DeviceMatcher {
@@ -41,6 +42,20 @@ impl DeviceMatcher {
                 .subsystem_device
                 .is_none_or(|v| v == facts.subsystem_device)
             && self.class.is_none_or(|c| c.matches(facts.class))
+            && self
+                .physical_slot
+                .is_none_or(|s| facts.physical_slot == Some(s))
+    }
+
+    /// True when the matcher pins nothing but an address: no ID, class or slot. Such a matcher
+    /// follows whatever card is put at that address later.
+    pub fn is_address_only(&self) -> bool {
+        self.address.is_some()
+            && DeviceMatcher {
+                address: None,
+                ..self.clone()
+            }
+            .is_empty()
     }
 
     /// True when no field is set (such a matcher is refused at load time: it would match every
@@ -67,6 +82,10 @@ impl DeviceMatcher {
     }
     pub fn class(&self) -> Option<ClassPattern> {
         self.class
+    }
+    /// The physical slot name, if the matcher has one.
+    pub fn physical_slot(&self) -> Option<SlotName> {
+        self.physical_slot
     }
 }
 
@@ -214,8 +233,21 @@ impl ClassPattern {
         })
     }
 
-    fn matches(self, class: u32) -> bool {
+    /// Whether the 24-bit `class` matches.
+    pub fn matches(self, class: u32) -> bool {
         class & 0x00ff_ffff & self.mask == self.value
+    }
+
+    /// Whether the pattern fixes the base class (its first two characters are hex digits).
+    pub fn pins_base_class(self) -> bool {
+        self.mask & 0x00ff_0000 == 0x00ff_0000
+    }
+
+    /// Whether some class with base class `base` (the top byte: 0x01 storage, 0x02 network,
+    /// 0x03 display, ...) matches.
+    pub fn admits_base_class(self, base: u8) -> bool {
+        let shift = 16;
+        (u32::from(base) << shift) & self.mask & 0x00ff_0000 == self.value & 0x00ff_0000
     }
 }
 
@@ -417,6 +449,7 @@ mod tests {
             subsystem_vendor: 0x8086,
             subsystem_device: 0xa01f,
             class: 0x020000,
+            physical_slot: SlotName::new("3"),
         };
         let text = facts.address.to_string();
         let m = DeviceMatcher {
@@ -426,8 +459,14 @@ mod tests {
             subsystem_vendor: Some(0x8086),
             subsystem_device: Some(0xa01f),
             class: Some(ClassPattern::parse("0200").unwrap()),
+            physical_slot: SlotName::new("3"),
         };
         assert!(m.matches(&facts, &text));
+        let no_slot = DeviceFacts {
+            physical_slot: None,
+            ..facts
+        };
+        assert!(!m.matches(&no_slot, &text), "a slot matcher needs a slot");
         for wrong in [
             DeviceMatcher {
                 vendor: Some(0x10de),
@@ -451,6 +490,10 @@ mod tests {
             },
             DeviceMatcher {
                 address: Some(AddressPattern::parse("02:00.0").unwrap()),
+                ..m.clone()
+            },
+            DeviceMatcher {
+                physical_slot: SlotName::new("4"),
                 ..m.clone()
             },
         ] {

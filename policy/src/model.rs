@@ -1,7 +1,9 @@
 //! The evaluated form of a policy: who asks, about what, and the rules that answer.
 
+use std::fmt;
 use std::time::Duration;
 
+use serde::{Serialize, Serializer};
 use vfio_gate_protocol::{Driver, PciAddress, RuleRef};
 
 use crate::matcher::DeviceMatcher;
@@ -21,6 +23,13 @@ pub struct Settings {
     /// Who may release anyone's devices and ask about anyone (`[settings] admins`, same form
     /// as a rule's `subjects`). Nobody by default; root always may.
     pub admins: Subjects,
+    /// The mode `/dev/vfio/<group>` gets when it is handed to the caller (owner: the caller's
+    /// uid and primary gid). `[settings] node_mode`, `"0600"` (default: only the caller) or
+    /// `"0660"` (the caller's primary group too). Nothing else is accepted.
+    pub node_mode: u32,
+    /// How many IOMMU groups one user may hold at once (`[settings] max_groups_per_user`,
+    /// 1..=1024). `None` (the default): no limit beyond what the policy grants.
+    pub max_groups_per_user: Option<u32>,
 }
 
 impl Settings {
@@ -31,6 +40,12 @@ impl Settings {
     pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
     /// The largest `idle_timeout` accepted, in seconds (one day).
     pub const MAX_IDLE_TIMEOUT_SECS: u64 = 86_400;
+    /// The node mode when the policy does not set one.
+    pub const DEFAULT_NODE_MODE: u32 = 0o600;
+    /// The node modes `node_mode` accepts.
+    pub const NODE_MODES: [u32; 2] = [0o600, 0o660];
+    /// The largest `max_groups_per_user` accepted.
+    pub const MAX_GROUPS_PER_USER: u32 = 1024;
 }
 
 impl Default for Settings {
@@ -43,6 +58,8 @@ impl Default for Settings {
                 uids: Vec::new(),
                 gids: Vec::new(),
             },
+            node_mode: Self::DEFAULT_NODE_MODE,
+            max_groups_per_user: None,
         }
     }
 }
@@ -58,7 +75,7 @@ pub struct Subject {
 }
 
 /// What the policy may look at about a device, read from sysfs by the caller.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct DeviceFacts {
     pub address: PciAddress,
     pub vendor: u16,
@@ -67,9 +84,89 @@ pub struct DeviceFacts {
     pub subsystem_device: u16,
     /// The 24-bit class code (`class` in sysfs): base class, subclass, programming interface.
     pub class: u32,
+    /// The physical slot the device sits in: the name of the `/sys/bus/pci/slots/NAME`
+    /// directory whose `address` file names this device's bus and device number, when the
+    /// platform describes its slots (ACPI, PCIe hotplug). `None` when it does not.
+    pub physical_slot: Option<SlotName>,
+}
+
+/// The name of a physical PCI slot, as the kernel names the directory `/sys/bus/pci/slots/NAME`:
+/// 1 to [`SlotName::MAX_LEN`] characters of `[A-Za-z0-9._-]`, neither `.` nor `..`.
+///
+/// A fixed-capacity value so that [`DeviceFacts`] stays `Copy`, and always safe to use as a
+/// single path component.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SlotName {
+    bytes: [u8; SlotName::MAX_LEN],
+    len: u8,
+}
+
+impl SlotName {
+    /// The longest slot name accepted. Real ones are short ("3", "Slot-2", "0-1").
+    pub const MAX_LEN: usize = 32;
+
+    /// `Some` when `name` is a valid slot name.
+    pub fn new(name: &str) -> Option<Self> {
+        let ok = (1..=Self::MAX_LEN).contains(&name.len())
+            && name != "."
+            && name != ".."
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if !ok {
+            return None;
+        }
+        let mut bytes = [0; Self::MAX_LEN];
+        bytes[..name.len()].copy_from_slice(name.as_bytes());
+        Some(SlotName {
+            bytes,
+            len: name.len() as u8,
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only ASCII is ever stored (checked in `new`), so this never takes the fallback.
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or("")
+    }
+}
+
+impl fmt::Display for SlotName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Debug for SlotName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SlotName({:?})", self.as_str())
+    }
+}
+
+impl std::str::FromStr for SlotName {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        SlotName::new(s).ok_or_else(|| {
+            format!(
+                "physical_slot {s:?} is not a slot name: give the name of a directory under \
+                 /sys/bus/pci/slots/ (1 to {} characters of letters, digits, '.', '_' and '-'), \
+                 for example \"3\" or \"Slot-2\"",
+                SlotName::MAX_LEN
+            )
+        })
+    }
+}
+
+impl Serialize for SlotName {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
 }
 
 /// The answer to "may this subject bind this device to this driver?".
+///
+/// Serialized (for `--json`) as `{"allowed": true|false, "rule": {name, file, line} | null}`;
+/// `rule` is null for the default deny.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     /// An allow rule matched and no deny rule did; the rule is the one that granted it.
@@ -92,8 +189,19 @@ impl Decision {
     }
 }
 
+impl Serialize for Decision {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut s = serializer.serialize_struct("Decision", 2)?;
+        s.serialize_field("allowed", &self.is_allowed())?;
+        s.serialize_field("rule", &self.rule())?;
+        s.end()
+    }
+}
+
 /// Whether a rule grants or forbids.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Effect {
     /// A `[[rule]]`.
     Allow,
@@ -104,7 +212,8 @@ pub enum Effect {
 /// The subjects a rule applies to, with user and group names already resolved to ids.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Subjects {
-    /// Everyone (a deny rule without `subjects`).
+    /// Everyone: a deny rule without `subjects`, or an allow rule with `users = ["*"]` (which
+    /// [`Policy::lint`](crate::Policy::lint) warns about).
     Everyone,
     /// Whoever has one of these uids, or one of these gids as primary or supplementary group.
     /// Both lists are sorted and deduplicated. Names that did not resolve are absent (and were
@@ -113,6 +222,26 @@ pub enum Subjects {
 }
 
 impl Subjects {
+    /// Whether everyone these subjects match is also matched by `other`, whatever groups they
+    /// hold: `other` is everyone, or lists every uid and gid listed here. (Conservative: a
+    /// uid-only rule is not covered by a gid rule even when that user is in that group.)
+    pub fn covered_by(&self, other: &Subjects) -> bool {
+        match (self, other) {
+            (_, Subjects::Everyone) => true,
+            (Subjects::Everyone, Subjects::Listed { .. }) => false,
+            (
+                Subjects::Listed { uids, gids },
+                Subjects::Listed {
+                    uids: other_uids,
+                    gids: other_gids,
+                },
+            ) => {
+                uids.iter().all(|u| other_uids.binary_search(u).is_ok())
+                    && gids.iter().all(|g| other_gids.binary_search(g).is_ok())
+            }
+        }
+    }
+
     pub fn matches(&self, subject: &Subject) -> bool {
         match self {
             Subjects::Everyone => true,
@@ -180,6 +309,9 @@ pub struct Rule {
     pub(crate) devices: Vec<DeviceMatcher>,
     pub(crate) drivers: DriverSet,
     pub(crate) companions: DriverSet,
+    /// The position of the rule's file in load order (0: the main file, then the drop-ins in
+    /// lexical order): the first key of the order of consultation.
+    pub(crate) file_index: usize,
 }
 
 impl Rule {
@@ -227,8 +359,14 @@ impl Rule {
     }
 
     /// The order in which rules of one kind are consulted: the first applicable rule in this
-    /// order decides, whatever order the rules were written or loaded in.
-    pub(crate) fn sort_key(&self) -> (&str, u32, &str) {
-        (&self.origin.file, self.origin.line, &self.origin.name)
+    /// order (file in load order, then line) is the one cited, whatever order the rules were
+    /// written in. The verdict never depends on it.
+    pub(crate) fn sort_key(&self) -> (usize, &str, u32, &str) {
+        (
+            self.file_index,
+            &self.origin.file,
+            self.origin.line,
+            &self.origin.name,
+        )
     }
 }

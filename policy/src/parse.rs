@@ -4,6 +4,10 @@
 //! (`deny_unknown_fields` everywhere, every value wrapped in [`Spanned`] so it keeps its place in
 //! the text). Then [`Compiler`] checks what serde cannot (non-empty lists, ID syntax, unique
 //! names) and builds [`Rule`]s. The raw structs are private: the format is the file, not an API.
+//!
+//! A policy is one main file and any number of drop-ins, compiled in load order by one
+//! [`Shared`] state, so rule names are unique across all of them and the load warnings come out
+//! in file order.
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -14,8 +18,9 @@ use toml::Spanned;
 use vfio_gate_protocol::{Driver, RuleRef};
 
 use crate::error::PolicyError;
+use crate::lint::{Finding, Severity};
 use crate::matcher::{AddressPattern, ClassPattern, DeviceMatcher, parse_id};
-use crate::model::{DriverSet, Effect, Rule, Settings, Subjects};
+use crate::model::{DriverSet, Effect, Rule, Settings, SlotName, Subjects};
 use crate::names::NameResolver;
 
 /// The only policy format version this crate reads.
@@ -36,7 +41,7 @@ struct VersionProbe {
 struct RawPolicy {
     #[serde(rename = "version")]
     _version: Option<Spanned<i64>>,
-    settings: Option<RawSettings>,
+    settings: Option<Spanned<RawSettings>>,
     #[serde(default)]
     rule: Vec<Spanned<RawAllow>>,
     #[serde(default)]
@@ -50,6 +55,8 @@ struct RawSettings {
     sandbox_floor: Option<Spanned<i64>>,
     allow_unsandboxed: Option<bool>,
     admins: Option<Spanned<RawSubjects>>,
+    node_mode: Option<Spanned<String>>,
+    max_groups_per_user: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -93,6 +100,7 @@ struct RawMatcher {
     subsystem_vendor: Option<Spanned<String>>,
     subsystem_device: Option<Spanned<String>>,
     class: Option<Spanned<String>>,
+    physical_slot: Option<Spanned<String>>,
 }
 
 enum RawRule {
@@ -100,98 +108,186 @@ enum RawRule {
     Deny(RawDeny),
 }
 
-/// What one policy file contributes.
-pub(crate) struct ParsedFile {
+/// What the policy files contribute, together.
+pub(crate) struct Parsed {
     pub settings: Settings,
     pub rules: Vec<Rule>,
+    /// The load warnings as [`Policy::warnings`](crate::Policy::warnings) shows them.
     pub warnings: Vec<String>,
+    /// The same warnings, structured, for [`Policy::lint`](crate::Policy::lint).
+    pub findings: Vec<Finding>,
 }
 
-/// Parses and validates one policy file. `file` names it in rule references and messages.
-pub(crate) fn parse_file(
-    text: &str,
-    file: &str,
-    names: &dyn NameResolver,
-) -> Result<ParsedFile, PolicyError> {
-    let mut c = Compiler {
-        text,
-        file,
-        names,
-        warnings: Vec::new(),
-        unresolved: false,
-    };
-    let probe: VersionProbe = c.deserialize()?;
-    if let Some(v) = probe.version {
-        if *v.get_ref() != POLICY_VERSION {
-            return Err(PolicyError::UnsupportedVersion {
-                file: file.to_owned(),
-                line: c.line(v.span()),
-                version: *v.get_ref(),
-            });
-        }
-    }
-    let raw: RawPolicy = c.deserialize()?;
-
-    let settings = match raw.settings {
-        Some(s) => c.settings(s)?,
-        None => Settings::default(),
-    };
-
-    // Check rules in the order they are written, so the first problem in the file is the one
-    // reported and a duplicate name is blamed on its second occurrence.
-    let mut raw_rules: Vec<(Range<usize>, RawRule)> = (raw.rule.into_iter())
-        .map(|r| (r.span(), RawRule::Allow(r.into_inner())))
-        .chain(
-            raw.deny
-                .into_iter()
-                .map(|r| (r.span(), RawRule::Deny(r.into_inner()))),
-        )
-        .collect();
-    raw_rules.sort_by_key(|(span, _)| span.start);
-
-    let mut seen: HashMap<String, u32> = HashMap::new();
-    let mut rules = Vec::with_capacity(raw_rules.len());
-    for (span, raw) in raw_rules {
-        rules.push(match raw {
-            RawRule::Allow(r) => {
-                let origin = c.origin(&r.name, span, &mut seen)?;
-                c.allow(origin, r)?
-            }
-            RawRule::Deny(r) => {
-                let origin = c.origin(&r.name, span, &mut seen)?;
-                c.deny(origin, r)?
-            }
-        });
-    }
-
-    if !rules.iter().any(|r| r.effect == Effect::Allow) {
-        c.warnings.push(format!(
-            "{file}: no [[rule]] grants anything, so every request will be denied"
-        ));
-    }
-    if c.unresolved {
-        c.warnings.extend(c.names.problems());
-    }
-    Ok(ParsedFile {
-        settings,
-        rules,
-        warnings: c.warnings,
-    })
+/// Where the subjects being compiled belong: the wildcard and the hints differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SubjectsOf {
+    Allow,
+    Deny,
+    Admins,
 }
 
-struct Compiler<'a> {
-    text: &'a str,
-    file: &'a str,
+/// What the files of one policy share while they are compiled.
+struct Shared<'a> {
     names: &'a dyn NameResolver,
+    main_file: &'a str,
+    /// Rule name → where it was first used (file, line of the name).
+    seen: HashMap<String, (String, u32)>,
     warnings: Vec<String>,
+    findings: Vec<Finding>,
     /// Whether some user or group name did not resolve (then the resolver's problems are news).
     unresolved: bool,
 }
 
-impl Compiler<'_> {
+impl Shared<'_> {
+    /// Records a load warning. `line` 0: about the file as a whole; `file` empty: about no
+    /// file (the name databases).
+    fn warn(&mut self, file: &str, line: u32, rule: Option<&str>, message: String) {
+        self.warnings.push(match (file, line) {
+            ("", _) => message.clone(),
+            (_, 0) => format!("{file}: {message}"),
+            _ => format!("{file}:{line}: {message}"),
+        });
+        self.findings.push(Finding {
+            severity: Severity::Warning,
+            file: if file.is_empty() {
+                self.main_file.to_owned()
+            } else {
+                file.to_owned()
+            },
+            line,
+            rule: rule.map(str::to_owned),
+            message,
+        });
+    }
+}
+
+/// Parses and validates the files of one policy, the main file first, then the drop-ins in
+/// load order. Each is `(file, text)`; `file` names it in rule references and messages.
+pub(crate) fn parse_files(
+    files: &[(&str, &str)],
+    names: &dyn NameResolver,
+) -> Result<Parsed, PolicyError> {
+    let main_file = files.first().map_or("", |f| f.0);
+    let mut shared = Shared {
+        names,
+        main_file,
+        seen: HashMap::new(),
+        warnings: Vec::new(),
+        findings: Vec::new(),
+        unresolved: false,
+    };
+    let mut settings = Settings::default();
+    let mut rules = Vec::new();
+    for (file_index, &(file, text)) in files.iter().enumerate() {
+        let mut c = Compiler {
+            text,
+            file,
+            file_index,
+            line_starts: line_starts(text),
+            shared: &mut shared,
+        };
+        if let Some(s) = c.file(file_index == 0, &mut rules)? {
+            settings = s;
+        }
+    }
+    if !rules.iter().any(|r| r.effect == Effect::Allow) {
+        shared.warn(
+            main_file,
+            0,
+            None,
+            "no [[rule]] grants anything, so every request will be denied".into(),
+        );
+    }
+    if shared.unresolved {
+        for problem in names.problems() {
+            shared.warn("", 0, None, problem);
+        }
+    }
+    Ok(Parsed {
+        settings,
+        rules,
+        warnings: shared.warnings,
+        findings: shared.findings,
+    })
+}
+
+struct Compiler<'a, 's> {
+    text: &'a str,
+    file: &'a str,
+    /// The file's position in load order (0: the main file).
+    file_index: usize,
+    /// The byte offset of each line's start, so finding a line is a binary search rather than
+    /// a scan from the top (which made a large policy quadratic to load).
+    line_starts: Vec<usize>,
+    shared: &'s mut Shared<'a>,
+}
+
+impl Compiler<'_, '_> {
+    /// Compiles one file, appending its rules; returns its settings if it has any. Only the
+    /// main file may have settings.
+    fn file(&mut self, main: bool, rules: &mut Vec<Rule>) -> Result<Option<Settings>, PolicyError> {
+        let probe: VersionProbe = self.deserialize()?;
+        if let Some(v) = probe.version {
+            if *v.get_ref() != POLICY_VERSION {
+                return Err(PolicyError::UnsupportedVersion {
+                    file: self.file.to_owned(),
+                    line: self.line(v.span()),
+                    version: *v.get_ref(),
+                });
+            }
+        }
+        let raw: RawPolicy = self.deserialize()?;
+
+        let settings = match raw.settings {
+            Some(s) if !main => {
+                return Err(self.invalid(
+                    s.span(),
+                    format!(
+                        "[settings] belongs in the main policy file {}, not in a drop-in: a \
+                         drop-in may only add [[rule]] and [[deny]], so that one file says how \
+                         the helper runs",
+                        self.shared.main_file
+                    ),
+                ));
+            }
+            Some(s) => Some(self.settings(s.into_inner())?),
+            None => None,
+        };
+
+        // Check rules in the order they are written, so the first problem in the file is the
+        // one reported and a duplicate name is blamed on its second occurrence.
+        let mut raw_rules: Vec<(Range<usize>, RawRule)> = (raw.rule.into_iter())
+            .map(|r| (r.span(), RawRule::Allow(r.into_inner())))
+            .chain(
+                raw.deny
+                    .into_iter()
+                    .map(|r| (r.span(), RawRule::Deny(r.into_inner()))),
+            )
+            .collect();
+        raw_rules.sort_by_key(|(span, _)| span.start);
+
+        for (span, raw) in raw_rules {
+            rules.push(match raw {
+                RawRule::Allow(r) => {
+                    let origin = self.origin(&r.name, span)?;
+                    self.allow(origin, r)?
+                }
+                RawRule::Deny(r) => {
+                    let origin = self.origin(&r.name, span)?;
+                    self.deny(origin, r)?
+                }
+            });
+        }
+        Ok(settings)
+    }
+
     /// The 1-based line holding byte `span.start`.
     fn line(&self, span: Range<usize>) -> u32 {
-        line_of(self.text, span.start)
+        // The number of line starts at or before the offset is the 1-based line number.
+        let line = self
+            .line_starts
+            .partition_point(|&start| start <= span.start);
+        u32::try_from(line).unwrap_or(u32::MAX)
     }
 
     fn invalid(&self, span: Range<usize>, message: impl Into<String>) -> PolicyError {
@@ -229,8 +325,9 @@ impl Compiler<'_> {
                     needs name and devices)";
         }
         if message.starts_with("invalid type: integer") && message.contains("expected a string") {
-            return " (PCI IDs, classes and addresses are quoted strings, for example \
-                    vendor = \"8086\": an unquoted 8086 would be a decimal number)";
+            return " (PCI IDs, classes, addresses, slot names and node_mode are quoted strings, \
+                    for example vendor = \"8086\" or node_mode = \"0600\": unquoted, they would \
+                    be numbers)";
         }
         if !message.contains("expected a sequence") {
             return "";
@@ -282,17 +379,46 @@ impl Compiler<'_> {
                 file: self.file.to_string(),
                 line: self.line(admins.span()),
             };
-            settings.admins = self.subjects(&origin, Effect::Allow, admins)?;
+            settings.admins = self.subjects(&origin, SubjectsOf::Admins, admins)?;
+        }
+        if let Some(m) = raw.node_mode {
+            settings.node_mode = match m.get_ref().as_str() {
+                "0600" => 0o600,
+                "0660" => 0o660,
+                other => {
+                    return Err(self.invalid(
+                        m.span(),
+                        format!(
+                            "node_mode = {other:?} is not accepted: write \"0600\" (only the user \
+                             the group was handed to may open /dev/vfio/N; the default) or \
+                             \"0660\" (their primary group may too)"
+                        ),
+                    ));
+                }
+            };
+        }
+        if let Some(n) = raw.max_groups_per_user {
+            let max = Settings::MAX_GROUPS_PER_USER;
+            let value = *n.get_ref();
+            if !(1..=i64::from(max)).contains(&value) {
+                return Err(self.invalid(
+                    n.span(),
+                    format!(
+                        "max_groups_per_user = {value} is out of range: give a number of IOMMU \
+                         groups from 1 to {max}, or leave it out for no limit"
+                    ),
+                ));
+            }
+            settings.max_groups_per_user = Some(value as u32);
         }
         Ok(settings)
     }
 
     /// Checks a rule's name and records it; the rule is referred to by its header's line.
     fn origin(
-        &self,
+        &mut self,
         name: &Spanned<String>,
         header: Range<usize>,
-        seen: &mut HashMap<String, u32>,
     ) -> Result<RuleRef, PolicyError> {
         let text = name.get_ref();
         let problem = if text.trim().is_empty() {
@@ -310,16 +436,19 @@ impl Compiler<'_> {
             return Err(self.invalid(name.span(), problem));
         }
         let line = self.line(name.span());
-        if let Some(first) = seen.insert(text.clone(), line) {
+        if let Some((file, first)) = self.shared.seen.get(text) {
             return Err(self.invalid(
                 name.span(),
                 format!(
-                    "the rule name {text:?} is already used at {}:{first}: names must be unique \
-                     across [[rule]] and [[deny]], because decisions and audit lines cite them",
-                    self.file
+                    "the rule name {text:?} is already used at {file}:{first}: names must be \
+                     unique across [[rule]] and [[deny]] in the main file and every drop-in, \
+                     because decisions and audit lines cite them"
                 ),
             ));
         }
+        self.shared
+            .seen
+            .insert(text.clone(), (self.file.to_owned(), line));
         Ok(RuleRef {
             name: text.clone(),
             file: self.file.to_owned(),
@@ -328,7 +457,7 @@ impl Compiler<'_> {
     }
 
     fn allow(&mut self, origin: RuleRef, raw: RawAllow) -> Result<Rule, PolicyError> {
-        let subjects = self.subjects(&origin, Effect::Allow, raw.subjects)?;
+        let subjects = self.subjects(&origin, SubjectsOf::Allow, raw.subjects)?;
         let devices = self.devices(raw.devices)?;
         let drivers = self.drivers(
             raw.drivers,
@@ -345,12 +474,13 @@ impl Compiler<'_> {
             devices,
             drivers,
             companions,
+            file_index: self.file_index,
         })
     }
 
     fn deny(&mut self, origin: RuleRef, raw: RawDeny) -> Result<Rule, PolicyError> {
         let subjects = match raw.subjects {
-            Some(s) => self.subjects(&origin, Effect::Deny, s)?,
+            Some(s) => self.subjects(&origin, SubjectsOf::Deny, s)?,
             None => Subjects::Everyone,
         };
         let devices = self.devices(raw.devices)?;
@@ -368,28 +498,33 @@ impl Compiler<'_> {
             devices,
             drivers,
             companions: DriverSet::default(),
+            file_index: self.file_index,
         })
     }
 
     fn subjects(
         &mut self,
         origin: &RuleRef,
-        effect: Effect,
+        of: SubjectsOf,
         raw: Spanned<RawSubjects>,
     ) -> Result<Subjects, PolicyError> {
-        let empty_hint = match effect {
-            Effect::Allow => "",
-            Effect::Deny => ", or leave subjects out to deny everyone",
+        let empty_hint = match of {
+            SubjectsOf::Allow | SubjectsOf::Admins => "",
+            SubjectsOf::Deny => ", or leave subjects out to deny everyone",
         };
         let span = raw.span();
         let raw = raw.into_inner();
-        if raw.users.len() + raw.groups.len() + raw.uids.len() + raw.gids.len() == 0 {
+        let count = raw.users.len() + raw.groups.len() + raw.uids.len() + raw.gids.len();
+        if count == 0 {
             return Err(self.invalid(
                 span,
                 format!(
                     "subjects is empty: name at least one of users, groups, uids or gids{empty_hint}"
                 ),
             ));
+        }
+        if let Some(everyone) = self.wildcard(of, &raw, count)? {
+            return Ok(everyone);
         }
         let mut uids = Vec::new();
         let mut gids = Vec::new();
@@ -402,33 +537,46 @@ impl Compiler<'_> {
                 if text.is_empty() || text.contains(':') || text.chars().any(char::is_control) {
                     return Err(self.invalid(name.span(), format!("{text:?} is not a {kind} name")));
                 }
+                if text.contains(['*', '?']) {
+                    return Err(self.invalid(
+                        name.span(),
+                        format!(
+                            "{text:?} is not a {kind} name: names are not patterns (only \
+                             users = [\"*\"], alone, means everyone)"
+                        ),
+                    ));
+                }
                 let (id, by_number) = match kind {
-                    "user" => (self.names.uid(text), "uids"),
-                    _ => (self.names.gid(text), "gids"),
+                    "user" => (self.shared.names.uid(text), "uids"),
+                    _ => (self.shared.names.gid(text), "gids"),
                 };
                 match id {
                     Some(id) => ids.push(id),
                     None => {
                         // An unknown name matches nobody. In an allow rule that grants less
                         // (fails closed); in a deny rule it fences off less, so say so plainly.
-                        let consequence = match effect {
-                            Effect::Allow => format!(
+                        let consequence = match of {
+                            SubjectsOf::Allow | SubjectsOf::Admins => format!(
                                 "so the rule grants it nothing (create it, fix the name, or \
                                  give the id in {by_number})"
                             ),
-                            Effect::Deny => format!(
+                            SubjectsOf::Deny => format!(
                                 "so this deny cannot apply to it: if it lives in a directory \
                                  service, give its id in {by_number}"
                             ),
                         };
-                        self.unresolved = true;
-                        self.warnings.push(format!(
-                            "{}:{}: {kind} {text:?} in rule {:?} does not exist on this host, \
-                             {consequence}",
+                        self.shared.unresolved = true;
+                        let line = self.line(name.span());
+                        self.shared.warn(
                             self.file,
-                            self.line(name.span()),
-                            origin.name,
-                        ));
+                            line,
+                            Some(&origin.name),
+                            format!(
+                                "{kind} {text:?} in rule {:?} does not exist on this host, \
+                                 {consequence}",
+                                origin.name,
+                            ),
+                        );
                     }
                 }
             }
@@ -449,12 +597,57 @@ impl Compiler<'_> {
         gids.sort_unstable();
         gids.dedup();
         if uids.is_empty() && gids.is_empty() {
-            self.warnings.push(format!(
-                "{}:{}: rule {:?} applies to nobody: none of its users or groups exist",
-                self.file, origin.line, origin.name
-            ));
+            self.shared.warn(
+                self.file,
+                origin.line,
+                Some(&origin.name),
+                format!(
+                    "rule {:?} applies to nobody: none of its users or groups exist",
+                    origin.name
+                ),
+            );
         }
         Ok(Subjects::Listed { uids, gids })
+    }
+
+    /// `users = ["*"]`: everyone, in an allow rule and only there, and only alone. `Ok(None)`
+    /// when the subjects hold no `"*"`.
+    fn wildcard(
+        &self,
+        of: SubjectsOf,
+        raw: &RawSubjects,
+        count: usize,
+    ) -> Result<Option<Subjects>, PolicyError> {
+        if let Some(star) = raw.groups.iter().find(|g| g.get_ref() == "*") {
+            let hint = match of {
+                SubjectsOf::Allow => {
+                    "to grant every user write users = [\"*\"] (the lint warns about it), or \
+                     name a group such as \"vm-users\""
+                }
+                SubjectsOf::Deny => "to deny everyone, leave subjects out",
+                SubjectsOf::Admins => "name the admins",
+            };
+            return Err(self.invalid(star.span(), format!("\"*\" is not a group name: {hint}")));
+        }
+        let Some(star) = raw.users.iter().find(|u| u.get_ref() == "*") else {
+            return Ok(None);
+        };
+        let problem = match of {
+            SubjectsOf::Allow if count == 1 => return Ok(Some(Subjects::Everyone)),
+            SubjectsOf::Allow => {
+                "users = [\"*\"] already means every user: write it alone, with no other users, \
+                 groups, uids or gids, or drop the \"*\""
+            }
+            SubjectsOf::Deny => {
+                "a [[deny]] without subjects already applies to everyone: leave subjects out \
+                 instead of writing \"*\""
+            }
+            SubjectsOf::Admins => {
+                "\"*\" would make every user an admin, able to release anyone's devices: name \
+                 the admins"
+            }
+        };
+        Err(self.invalid(star.span(), problem))
     }
 
     fn devices(
@@ -485,12 +678,14 @@ impl Compiler<'_> {
             subsystem_vendor: self.field(raw.subsystem_vendor, id("subsystem_vendor"))?,
             subsystem_device: self.field(raw.subsystem_device, id("subsystem_device"))?,
             class: self.field(raw.class, ClassPattern::parse)?,
+            physical_slot: self.field(raw.physical_slot, |t| t.parse::<SlotName>())?,
         };
         if m.is_empty() {
             return Err(self.invalid(
                 span,
                 "an empty device matcher {} would match every device: give at least one of \
-                 address, vendor, device, subsystem_vendor, subsystem_device, class",
+                 address, vendor, device, subsystem_vendor, subsystem_device, class, \
+                 physical_slot",
             ));
         }
         Ok(m)
@@ -529,6 +724,18 @@ impl Compiler<'_> {
     }
 }
 
+/// The byte offsets at which the lines of `text` start (the first is 0).
+fn line_starts(text: &str) -> Vec<usize> {
+    std::iter::once(0)
+        .chain(
+            text.bytes()
+                .enumerate()
+                .filter(|&(_, b)| b == b'\n')
+                .map(|(i, _)| i + 1),
+        )
+        .collect()
+}
+
 /// The 1-based line holding byte `offset` of `text`.
 pub(crate) fn line_of(text: &str, offset: usize) -> u32 {
     let end = offset.min(text.len());
@@ -537,4 +744,20 @@ pub(crate) fn line_of(text: &str, offset: usize) -> u32 {
         .filter(|&&b| b == b'\n')
         .count();
     u32::try_from(newlines + 1).unwrap_or(u32::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{line_of, line_starts};
+
+    #[test]
+    fn line_index_agrees_with_counting() {
+        for text in ["", "a", "\n", "a\nb", "a\n\nb\n", "\n\n\n", "é\nü\n"] {
+            let starts = line_starts(text);
+            for offset in 0..=text.len() + 2 {
+                let line = starts.partition_point(|&s| s <= offset) as u32;
+                assert_eq!(line, line_of(text, offset), "{text:?} at {offset}");
+            }
+        }
+    }
 }

@@ -2,9 +2,12 @@
 
 use std::path::Path;
 
+use serde::Serialize;
+use sha2::{Digest, Sha256};
 use vfio_gate_protocol::Driver;
 
 use crate::error::PolicyError;
+use crate::lint::Finding;
 use crate::load;
 use crate::model::{Decision, DeviceFacts, Effect, Rule, Settings, Subject};
 use crate::names::NameResolver;
@@ -14,39 +17,70 @@ use crate::parse;
 #[derive(Debug, Clone)]
 pub struct Policy {
     settings: Settings,
-    /// Allow and deny rules together, sorted by (file, line, name): the order of consultation.
+    /// Allow and deny rules together, sorted by (file in load order, line, name): the order of
+    /// consultation.
     rules: Vec<Rule>,
     warnings: Vec<String>,
+    /// The load warnings again, structured, for [`Policy::lint`].
+    findings: Vec<Finding>,
+    sources: Vec<PolicySource>,
+    sha256: String,
+}
+
+/// One file of a loaded policy: its path and the SHA-256 of its content (what `sha256sum`
+/// prints for it), lowercase hex.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PolicySource {
+    pub path: String,
+    pub sha256: String,
 }
 
 impl Policy {
     /// Parses and validates `text`. `file` names it in [`RuleRef`](vfio_gate_protocol::RuleRef)s
     /// and error messages.
     pub fn parse(text: &str, file: &str, names: &dyn NameResolver) -> Result<Policy, PolicyError> {
-        let parsed = parse::parse_file(text, file, names)?;
-        Ok(Policy::from_parts(
-            parsed.settings,
-            parsed.rules,
-            parsed.warnings,
-        ))
+        Policy::parse_files(&[(file, text)], names)
     }
 
-    /// Opens `path` without following a symlink, checks the open file (a regular file owned by
-    /// root, not writable by group or others, at most [`MAX_POLICY_SIZE`](crate::MAX_POLICY_SIZE)
-    /// bytes), reads it and parses it. Refusals say why and what to run.
+    /// Parses and validates a policy made of several files, each `(file name, text)`: the main
+    /// file first, then the drop-ins in load order — what [`Policy::load`] reads, without the
+    /// file system. The drop-ins obey the drop-in rules (no `[settings]`; rule names unique
+    /// across all files). An empty list is a policy that denies everything.
+    pub fn parse_files<F: AsRef<str>, T: AsRef<str>>(
+        files: &[(F, T)],
+        names: &dyn NameResolver,
+    ) -> Result<Policy, PolicyError> {
+        let files: Vec<(&str, &str)> = files
+            .iter()
+            .map(|(f, t)| (f.as_ref(), t.as_ref()))
+            .collect();
+        let parsed = parse::parse_files(&files, names)?;
+        let mut policy = Policy::from_parts(parsed.settings, parsed.rules, parsed.warnings);
+        policy.findings = parsed.findings;
+        (policy.sources, policy.sha256) = hash(&files);
+        Ok(policy)
+    }
+
+    /// Opens the policy at `path` and its drop-ins (`policy.d/*.toml` in the same directory,
+    /// in byte order of their names, if that directory exists), checks every file and both
+    /// directories on their open descriptors — regular files and directories owned by root,
+    /// not writable by group or others, no symlinks, files at most
+    /// [`MAX_POLICY_SIZE`](crate::MAX_POLICY_SIZE) bytes — reads and parses them. Any problem
+    /// in any file refuses the whole policy; refusals say which file, why and what to run.
     pub fn load(path: &Path, names: &dyn NameResolver) -> Result<Policy, PolicyError> {
         Policy::load_with_owner(path, names, 0)
     }
 
-    /// [`Policy::load`], with `owner` as the uid the file must belong to instead of root. For
-    /// tests that run as an ordinary user; the helper always uses [`Policy::load`].
+    /// [`Policy::load`], with `owner` as the uid the files and directories must belong to
+    /// instead of root. For tests that run as an ordinary user; the helper always uses
+    /// [`Policy::load`].
     pub fn load_with_owner(
         path: &Path,
         names: &dyn NameResolver,
         owner: u32,
     ) -> Result<Policy, PolicyError> {
-        let text = load::read_checked(path, owner)?;
-        Policy::parse(&text, &path.display().to_string(), names)
+        let files = load::read_policy(path, owner)?;
+        Policy::parse_files(&files, names)
     }
 
     /// Puts rules in their order of consultation. Every way of building a policy ends here, so
@@ -57,17 +91,40 @@ impl Policy {
         warnings: Vec<String>,
     ) -> Self {
         rules.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
+        let (sources, sha256) = hash(&[]);
         Policy {
             settings,
             rules,
             warnings,
+            findings: Vec::new(),
+            sources,
+            sha256,
         }
+    }
+
+    /// The SHA-256 (lowercase hex) of exactly the text this policy was made from: for each
+    /// file in load order, its path, a NUL byte, its length in bytes as decimal digits, a NUL
+    /// byte, and its content. The helper logs it at every load, so every decision can be tied
+    /// to the exact policy text; [`Policy::sources`] gives each file's own hash.
+    pub fn sha256(&self) -> &str {
+        &self.sha256
+    }
+
+    /// The files this policy was made from, in load order (the main file first), each with the
+    /// SHA-256 of its content alone (`sha256sum FILE` prints the same).
+    pub fn sources(&self) -> &[PolicySource] {
+        &self.sources
+    }
+
+    /// The load warnings as lint findings.
+    pub(crate) fn load_findings(&self) -> &[Finding] {
+        &self.findings
     }
 
     /// May `subject` bind `device` to `driver`? A matching deny rule wins over any allow rule;
     /// with no matching rule the answer is [`Decision::Deny(None)`](Decision::Deny). Among
-    /// matching rules of the deciding kind, the one written first (smallest file, then line) is
-    /// named, so the answer is the same however the rules are ordered.
+    /// matching rules of the deciding kind, the one written first (by file in load order, then
+    /// line) is named, so the answer is the same however the rules are ordered.
     pub fn decide(&self, subject: &Subject, device: &DeviceFacts, driver: Driver) -> Decision {
         let address = device.address.to_string();
         let mut allow: Option<&Rule> = None;
@@ -153,4 +210,30 @@ impl Policy {
     pub fn rules(&self) -> &[Rule] {
         &self.rules
     }
+}
+
+/// Each file's hash, and the hash of them all (see [`Policy::sha256`]).
+fn hash(files: &[(&str, &str)]) -> (Vec<PolicySource>, String) {
+    let mut all = Sha256::new();
+    let mut sources = Vec::with_capacity(files.len());
+    for (path, text) in files {
+        all.update(path.as_bytes());
+        all.update([0]);
+        all.update(text.len().to_string().as_bytes());
+        all.update([0]);
+        all.update(text.as_bytes());
+        sources.push(PolicySource {
+            path: (*path).to_owned(),
+            sha256: hex(&Sha256::digest(text.as_bytes())),
+        });
+    }
+    (sources, hex(&all.finalize()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes.iter().fold(String::with_capacity(64), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
 }

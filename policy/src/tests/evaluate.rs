@@ -6,8 +6,8 @@ use proptest::prelude::*;
 use vfio_gate_protocol::Driver::{self, PciStub, VfioPci};
 use vfio_gate_protocol::RuleRef;
 
-use super::{FILE, device, parse, subject};
-use crate::{Decision, DeviceFacts, Policy, Subject};
+use super::{FILE, Names, device, parse, subject};
+use crate::{Decision, DeviceFacts, Policy, SlotName, Subject};
 
 const POLICY: &str = r#"[[rule]]
 name = "alice: the e1000e"
@@ -74,6 +74,13 @@ fn devices() -> Vec<(&'static str, DeviceFacts)> {
         ("edu2", device("05:02.0", 0x1234, 0x11e8, 0x00ff00)),
         ("hda", device("00:1b.0", 0x8086, 0x293e, 0x040300)),
         ("far", device("0001:00:06.0", 0x1234, 0x11e8, 0x00ff00)),
+        (
+            "slotted",
+            DeviceFacts {
+                physical_slot: SlotName::new("3"),
+                ..device("0000:41:00.0", 0x10de, 0x1b80, 0x030000)
+            },
+        ),
     ]
 }
 
@@ -252,14 +259,18 @@ fn allowed_drivers() {
 
 // --- Properties over generated policies -------------------------------------------------------
 
-const SUBJECT_TEXT: [&str; 5] = [
+/// The last entry, the wildcard, is for allow rules only: a deny given it is written without
+/// subjects instead (which means the same, everyone).
+const SUBJECT_TEXT: [&str; 6] = [
     r#"{ users = ["alice"] }"#,
     r#"{ groups = ["vm-users"] }"#,
     "{ uids = [1001] }",
     "{ gids = [10], uids = [0] }",
     r#"{ users = ["nosuch"], groups = ["wheel"] }"#,
+    r#"{ users = ["*"] }"#,
 ];
-const DEVICE_TEXT: [&str; 8] = [
+const WILDCARD: usize = SUBJECT_TEXT.len() - 1;
+const DEVICE_TEXT: [&str; 10] = [
     r#"{ address = "01:00.0" }"#,
     r#"{ address = "0000:00:06.*" }"#,
     r#"{ vendor = "8086" }"#,
@@ -268,6 +279,8 @@ const DEVICE_TEXT: [&str; 8] = [
     r#"{ address = "*:*:*.*" }"#,
     r#"{ device = "11e8", address = "05:0?.?" }"#,
     r#"{ subsystem_vendor = "1af4", class = "00ff" }"#,
+    r#"{ physical_slot = "3" }"#,
+    r#"{ physical_slot = "3", vendor = "8086" }"#,
 ];
 const DRIVER_TEXT: [&str; 3] = [
     r#"["vfio-pci"]"#,
@@ -298,8 +311,10 @@ impl Spec {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-        if let Some(i) = self.subjects {
-            s += &format!("subjects = {}\n", SUBJECT_TEXT[i]);
+        match self.subjects {
+            Some(WILDCARD) if self.deny => {}
+            Some(i) => s += &format!("subjects = {}\n", SUBJECT_TEXT[i]),
+            None => {}
         }
         if let Some(i) = self.drivers {
             s += &format!("drivers = {}\n", DRIVER_TEXT[i]);
@@ -408,6 +423,136 @@ proptest! {
         for (b, a) in before.iter().zip(&after) {
             prop_assert!(!a.is_allowed() || b.is_allowed(), "{:?} became {:?}", b, a);
         }
+    }
+}
+
+/// Rules, a permutation of them, and for each rule the file it goes to (0: the main file).
+fn specs_order_and_files() -> impl Strategy<Value = (Vec<Spec>, Vec<usize>, Vec<usize>)> {
+    specs_and_permutation().prop_flat_map(|(specs, order)| {
+        let n = specs.len();
+        (Just(specs), Just(order), vec(0usize..4, n))
+    })
+}
+
+/// The rules in `order`, spread over a main file and drop-ins as `files` says. Drop-in names
+/// are chosen so that their byte order is not the order of their numbers.
+fn split(specs: &[Spec], order: &[usize], files: &[usize]) -> Vec<(String, String)> {
+    const NAMES: [&str; 4] = [
+        "policy.toml",
+        "policy.d/b.toml",
+        "policy.d/10.toml",
+        "policy.d/A.toml",
+    ];
+    let mut texts = vec![String::new(); NAMES.len()];
+    for &i in order {
+        texts[files[i]] += &specs[i].render();
+        texts[files[i]] += "\n";
+    }
+    let mut out: Vec<(String, String)> = NAMES
+        .iter()
+        .map(|n| format!("/etc/vfio-gate/{n}"))
+        .zip(texts)
+        .collect();
+    // Load order: the main file, then the drop-ins by the bytes of their names.
+    out[1..].sort();
+    out
+}
+
+/// The names of the allow and deny rules `explain` lists for every request, as sets.
+fn all_explained(p: &Policy) -> Vec<(Vec<String>, Vec<String>)> {
+    let devices = devices();
+    let mut out = Vec::new();
+    for (_, s) in subjects() {
+        for (_, d) in &devices {
+            for driver in Driver::ALL {
+                let e = p.explain(&s, d, driver);
+                let mut allows: Vec<String> = e.allows.into_iter().map(|r| r.name).collect();
+                let mut denies: Vec<String> = e.denies.into_iter().map(|r| r.name).collect();
+                allows.sort();
+                denies.sort();
+                out.push((allows, denies));
+            }
+        }
+    }
+    out
+}
+
+proptest! {
+    /// Shuffling the rules and spreading them over any number of files, in any partition,
+    /// changes no verdict, and no rule's applying or not.
+    #[test]
+    fn files_and_order_do_not_change_decisions((specs, order, files) in specs_order_and_files()) {
+        let whole = parse(&render(&specs)).unwrap();
+        let parts = split(&specs, &order, &files);
+        let spread = Policy::parse_files(&parts, &Names).unwrap();
+        prop_assert_eq!(spread.rules().len(), whole.rules().len());
+        let (a, b) = (all_decisions(&whole), all_decisions(&spread));
+        prop_assert_eq!(a.iter().map(verdict).collect::<Vec<_>>(), b.iter().map(verdict).collect::<Vec<_>>());
+        prop_assert_eq!(all_explained(&whole), all_explained(&spread));
+        // Every cited rule is cited at its own file.
+        for d in &b {
+            if let Some(r) = d.rule() {
+                let (file, _) = parts.iter().find(|(_, t)| t.contains(&format!("name = {:?}", r.name))).unwrap();
+                prop_assert_eq!(&r.file, file);
+            }
+        }
+    }
+
+    /// `explain` agrees with `decide`, and `report` lists exactly what `decide` allows.
+    #[test]
+    fn explain_and_report_agree_with_decide((specs, _) in specs_and_permutation()) {
+        let p = parse(&render(&specs)).unwrap();
+        let subjects: Vec<(String, Subject)> =
+            subjects().into_iter().map(|(n, s)| (n.to_owned(), s)).collect();
+        let devices: Vec<DeviceFacts> = devices().into_iter().map(|(_, d)| d).collect();
+        let report = p.report(&subjects, &devices);
+        let mut expected = Vec::new();
+        for (label, s) in &subjects {
+            for d in &devices {
+                for driver in Driver::ALL {
+                    let decided = p.decide(s, d, driver);
+                    let e = p.explain(s, d, driver);
+                    prop_assert_eq!(&e.decision, &decided);
+                    prop_assert_eq!(decided.is_allowed(), e.denies.is_empty() && !e.allows.is_empty());
+                    if let Decision::Allow(rule) = decided {
+                        expected.push((label.clone(), d.address, driver, rule));
+                    }
+                }
+            }
+        }
+        expected.sort_by(|a, b| (&a.0, a.1, a.2).cmp(&(&b.0, b.1, b.2)));
+        let got: Vec<_> = report.into_iter().map(|r| (r.subject, r.device, r.driver, r.rule)).collect();
+        prop_assert_eq!(got, expected);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    /// The same, through the file system: the drop-ins loaded from a policy.d in byte order of
+    /// their names, whatever order they were written in.
+    #[test]
+    fn loading_split_files_changes_no_decision((specs, order, files) in specs_order_and_files()) {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let whole = parse(&render(&specs)).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::create_dir(root.join("policy.d")).unwrap();
+        std::fs::set_permissions(root.join("policy.d"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let parts = split(&specs, &order, &files);
+        // Written last file first, so creation order is not load order.
+        for (name, text) in parts.iter().rev() {
+            let path = root.join(name.strip_prefix("/etc/vfio-gate/").unwrap());
+            std::fs::write(&path, text).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        let owner = std::fs::metadata(root).unwrap().uid();
+        let loaded = Policy::load_with_owner(&root.join("policy.toml"), &Names, owner).unwrap();
+        let loaded_names: Vec<String> = loaded.sources().iter().map(|s| s.path.rsplit('/').next().unwrap().to_owned()).collect();
+        prop_assert_eq!(loaded_names, ["policy.toml", "10.toml", "A.toml", "b.toml"]);
+        let (a, b) = (all_decisions(&whole), all_decisions(&loaded));
+        prop_assert_eq!(a.iter().map(verdict).collect::<Vec<_>>(), b.iter().map(verdict).collect::<Vec<_>>());
     }
 }
 

@@ -17,6 +17,9 @@ drivers = ["vfio-pci"]
 
 fn write(dir: &Path, name: &str, contents: &[u8], mode: u32) -> PathBuf {
     let path = dir.join(name);
+    // Replaced rather than rewritten: a read-only file from the previous case cannot be
+    // written by an ordinary user.
+    let _ = fs::remove_file(&path);
     fs::write(&path, contents).unwrap();
     fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
     path

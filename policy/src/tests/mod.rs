@@ -1,8 +1,12 @@
 //! Table-driven tests of the whole crate: parsing, evaluation, loading.
 
+mod dropin;
 mod evaluate;
+mod hash;
 mod load;
 mod parse;
+mod questions;
+mod schema;
 
 use vfio_gate_protocol::PciAddress;
 
@@ -52,5 +56,6 @@ pub(crate) fn device(address: &str, vendor: u16, device: u16, class: u32) -> Dev
         subsystem_vendor: 0x1af4,
         subsystem_device: 0x1100,
         class,
+        physical_slot: None,
     }
 }
