@@ -1,5 +1,6 @@
 //! Table-driven tests of the whole crate: parsing, evaluation, loading.
 
+mod docs;
 mod dropin;
 mod evaluate;
 mod hash;
