@@ -106,8 +106,8 @@ impl Policy {
     /// file in load order, its path, a NUL byte, its length in bytes as decimal digits, a NUL
     /// byte, and its content. The helper logs it at every load, so every decision can be tied
     /// to the exact policy text; [`Policy::sources`] gives each file's own hash.
-    pub fn sha256(&self) -> &str {
-        &self.sha256
+    pub fn sha256(&self) -> String {
+        self.sha256.clone()
     }
 
     /// The files this policy was made from, in load order (the main file first), each with the

@@ -210,7 +210,7 @@ fn the_documented_hash_recipe_agrees() {
     let printed = String::from_utf8(out.stdout).unwrap();
     assert_eq!(
         printed.split_whitespace().next(),
-        Some(p.sha256()),
+        Some(p.sha256().as_str()),
         "{script}"
     );
 }
