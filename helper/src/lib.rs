@@ -160,6 +160,18 @@ fn serve(
 fn load_policy(opts: &Options) -> Result<Policy, PolicyError> {
     // Names are resolved once, here, from the files themselves: no NSS inside the helper.
     let policy = Policy::load(&opts.policy, &EtcFiles::new("/"))?;
+    // Ties every later decision to the exact text it was made under.
+    let files: Vec<String> = policy
+        .sources()
+        .iter()
+        .map(|s| format!("{}={}", s.path, s.sha256))
+        .collect();
+    audit::Line::new("policy-load")
+        .field("policy", opts.policy.display())
+        .field("sha256", policy.sha256())
+        .field("files", files.join(" "))
+        .field("rules", policy.rules().len())
+        .emit();
     for warning in policy.warnings() {
         audit::Line::new("policy-warning")
             .field("policy", opts.policy.display())

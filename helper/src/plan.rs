@@ -280,6 +280,7 @@ mod tests {
                 subsystem_vendor: 0,
                 subsystem_device: 0,
                 class: 0x020000,
+                physical_slot: None,
             },
             kind,
             driver: driver.map(|d| DriverName::new(d).unwrap()),

@@ -471,6 +471,22 @@ impl Service {
             ));
         }
 
+        if let Some(max) = self.policy.settings().max_groups_per_user {
+            let held = self.leases_of(peer.uid).len();
+            if held >= max as usize {
+                verdict.allowed = Some(false);
+                return Err((
+                    WireError::Denied {
+                        rule: None,
+                        reason: format!(
+                            "you already hold {held} IOMMU group(s), the policy's limit (max_groups_per_user = {max}); release one first"
+                        ),
+                    },
+                    verdict,
+                ));
+            }
+        }
+
         // Write-ahead: the lease, with every original state, exists before the first write.
         let mut lease = Lease {
             group,
@@ -569,7 +585,7 @@ impl Service {
             NodeOwner {
                 uid: peer.uid,
                 gid: peer.gid,
-                mode: 0o600,
+                mode: self.policy.settings().node_mode,
             },
         )
     }
@@ -659,7 +675,7 @@ impl Service {
                 .map_or(NodeOwner::ROOT, |l| NodeOwner {
                     uid: l.owner_uid,
                     gid: l.owner_gid,
-                    mode: 0o600,
+                    mode: self.policy.settings().node_mode,
                 });
             if let Ok(Some(have)) = self.kernel.group_node(g)
                 && have != want
@@ -772,7 +788,7 @@ impl Service {
                     NodeOwner {
                         uid: lease.owner_uid,
                         gid: lease.owner_gid,
-                        mode: 0o600,
+                        mode: self.policy.settings().node_mode,
                     },
                 );
                 return Err(WireError::Busy {
@@ -1770,6 +1786,47 @@ subjects = { users = ["bob"] }
         assert_eq!(driver_of(&f.kernel, "01:00.0").as_deref(), Some("e1000e"));
         assert_eq!(
             driver_of(&f.kernel, "00:1b.0").as_deref(),
+            Some("snd_hda_intel")
+        );
+    }
+
+    #[test]
+    fn node_mode_and_group_limit_come_from_the_policy() {
+        let tmp = tempfile::tempdir().unwrap();
+        let kernel = Arc::new(SimKernel::guest_layout());
+        let text = POLICY.replacen(
+            "[settings]\n",
+            "[settings]\nnode_mode = \"0660\"\nmax_groups_per_user = 1\n",
+            1,
+        );
+        let policy = Policy::parse(&text, "policy.toml", &Names).unwrap();
+        let state = StateDir::open(&tmp.path().join("state")).unwrap();
+        let service = Service::new(
+            kernel.clone(),
+            Box::new(kernel.clone()),
+            policy,
+            state,
+            Tuning::default(),
+        );
+        assert!(matches!(
+            bind(&service, &alice(), "01:00.0", Driver::VfioPci).0,
+            Response::Bound(_)
+        ));
+        assert_eq!(
+            kernel.node(8),
+            Some(NodeOwner {
+                uid: 1000,
+                gid: 1000,
+                mode: 0o660
+            })
+        );
+        let (resp, _) = bind(&service, &alice(), "00:1b.0", Driver::VfioPci);
+        let Response::Error(WireError::Denied { reason, .. }) = resp else {
+            panic!("{resp:?}")
+        };
+        assert!(reason.contains("max_groups_per_user = 1"), "{reason}");
+        assert_eq!(
+            driver_of(&kernel, "00:1b.0").as_deref(),
             Some("snd_hda_intel")
         );
     }

@@ -260,6 +260,10 @@ fn lists_decides_and_survives_hostile_frames() {
     let log = h.stderr();
     assert!(log.contains("event=start"), "{log}");
     assert!(
+        log.contains("event=policy-load") && log.contains(" sha256="),
+        "{log}"
+    );
+    assert!(
         log.contains(
             r#"request=bind driver=vfio-pci devices=0000:03:00.0 decision=deny rule="never storage""#
         ),

@@ -8,6 +8,8 @@ use vfio_gate_protocol::PciAddress;
 
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 
+use vfio_gate_policy::SlotName;
+
 use super::{DeviceFacts, DriverName, Kernel, NodeOwner, SysfsError};
 
 /// Sysfs attribute files are at most a page; anything longer is not what we expect.
@@ -59,6 +61,23 @@ impl Sysfs {
                 source,
             })?;
         Ok(text.trim_end_matches('\n').to_owned())
+    }
+
+    /// The physical slot `dev` sits in: the `/sys/bus/pci/slots/NAME` whose `address`
+    /// (`DDDD:BB:DD`, no function) is the device's. Slots are few; absent or unreadable → none.
+    fn physical_slot(&self, dev: PciAddress) -> Option<SlotName> {
+        let want = format!(
+            "{:04x}:{:02x}:{:02x}",
+            dev.domain(),
+            dev.bus(),
+            dev.device()
+        );
+        let slots = fs::read_dir(self.pci().join("slots")).ok()?;
+        slots.filter_map(Result::ok).find_map(|e| {
+            let name = SlotName::new(e.file_name().to_str()?)?;
+            let address = self.read_attr(&e.path().join("address")).ok()?;
+            (address == want).then_some(name)
+        })
     }
 
     fn read_hex(&self, dev: PciAddress, attr: &str) -> Result<u32, SysfsError> {
@@ -165,6 +184,7 @@ impl Kernel for Sysfs {
             subsystem_vendor: self.read_u16(dev, "subsystem_vendor")?,
             subsystem_device: self.read_u16(dev, "subsystem_device")?,
             class: self.read_hex(dev, "class")? & 0x00ff_ffff,
+            physical_slot: self.physical_slot(dev),
         })
     }
 
@@ -386,6 +406,10 @@ mod tests {
         symlink(root.join("kernel/iommu_groups/8"), real.join("iommu_group")).unwrap();
         fs::write(root.join("bus/pci/drivers/e1000e/unbind"), "").unwrap();
         fs::write(root.join("bus/pci/drivers_probe"), "").unwrap();
+        fs::create_dir_all(root.join("bus/pci/slots/7")).unwrap();
+        fs::write(root.join("bus/pci/slots/7/address"), "0000:01:00\n").unwrap();
+        fs::create_dir_all(root.join("bus/pci/slots/8")).unwrap();
+        fs::write(root.join("bus/pci/slots/8/address"), "0000:02:00\n").unwrap();
         let sysfs = Sysfs::new(root, root.join("dev-vfio"));
         (tmp, sysfs, dev.parse().unwrap())
     }
@@ -396,6 +420,7 @@ mod tests {
         assert_eq!(s.devices().unwrap(), vec![dev]);
         let f = s.facts(dev).unwrap();
         assert_eq!((f.vendor, f.device, f.class), (0x8086, 0x10d3, 0x020000));
+        assert_eq!(f.physical_slot.map(|s| s.to_string()).as_deref(), Some("7"));
         assert_eq!(s.driver(dev).unwrap().unwrap().as_str(), "e1000e");
         assert_eq!(s.driver_override(dev).unwrap(), None);
         assert_eq!(s.iommu_group(dev).unwrap(), Some(8));

@@ -54,6 +54,7 @@ impl SimDevice {
                 subsystem_vendor: vendor,
                 subsystem_device: 0,
                 class,
+                physical_slot: None,
             },
             iommu_group: None,
             driver: native.clone(),
