@@ -31,7 +31,7 @@ use crate::ops::{self, Rollback};
 use crate::peer::Peer;
 use crate::plan::{self, MemberState, Permissions, PlanError};
 use crate::state::{Lease, LeasedDevice, Phase, StateDir};
-use crate::sysfs::{Bounded, Kernel, NodeOwner, SysfsError};
+use crate::sysfs::{Bounded, Kernel, NodeOwner, PciView, SysfsError};
 
 /// What the audit line needs besides the response.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]

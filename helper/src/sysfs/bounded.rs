@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use vfio_gate_protocol::PciAddress;
 
-use super::{DeviceFacts, DriverName, Kernel, NodeOwner, SysfsError};
+use super::{DeviceFacts, DriverName, Kernel, NodeOwner, PciView, SysfsError};
 
 /// A [`Kernel`] whose writes give up waiting after `timeout`.
 pub struct Bounded {
@@ -105,7 +105,7 @@ impl Bounded {
     }
 }
 
-impl Kernel for Bounded {
+impl PciView for Bounded {
     fn devices(&self) -> Result<Vec<PciAddress>, SysfsError> {
         self.inner.devices()
     }
@@ -136,6 +136,9 @@ impl Kernel for Bounded {
     fn sriov_numvfs(&self, dev: PciAddress) -> Result<u32, SysfsError> {
         self.inner.sriov_numvfs(dev)
     }
+}
+
+impl Kernel for Bounded {
     fn group_node(&self, group: u32) -> Result<Option<NodeOwner>, SysfsError> {
         self.inner.group_node(group)
     }

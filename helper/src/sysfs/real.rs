@@ -1,28 +1,23 @@
-//! [`Kernel`] on a sysfs tree.
+//! [`Kernel`] on a sysfs tree: the reads of [`SysfsView`], plus the writes.
 
 use std::fs::{self, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use vfio_gate_protocol::PciAddress;
 
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use super::{DeviceFacts, DriverName, Kernel, NodeOwner, PciView, SysfsError, SysfsView};
 
-use vfio_gate_policy::SlotName;
-
-use super::{DeviceFacts, DriverName, Kernel, NodeOwner, SysfsError};
-
-/// Sysfs attribute files are at most a page; anything longer is not what we expect.
-const MAX_ATTR: u64 = 4096;
-
-/// The PCI part of a sysfs tree rooted at `root` (`/sys` in production).
+/// The PCI part of a sysfs tree rooted at `root` (`/sys` in production), and the VFIO group
+/// nodes in `vfio_dir`.
 ///
 /// Paths are built only from the root, fixed attribute names and a [`PciAddress`], whose text
 /// form cannot contain `/` or `..`. Writes open existing files only (never `O_CREAT`), so pointed
 /// at a fixture directory the helper cannot create files there either.
 #[derive(Debug, Clone)]
 pub struct Sysfs {
-    root: PathBuf,
+    view: SysfsView,
     vfio_dir: PathBuf,
 }
 
@@ -30,95 +25,18 @@ impl Sysfs {
     /// The sysfs mounted at `root`, with VFIO group nodes in `vfio_dir` (`/dev/vfio`).
     pub fn new(root: impl Into<PathBuf>, vfio_dir: impl Into<PathBuf>) -> Self {
         Self {
-            root: root.into(),
+            view: SysfsView::new(root),
             vfio_dir: vfio_dir.into(),
         }
+    }
+
+    pub fn root(&self) -> &Path {
+        self.view.root()
     }
 
     fn node_path(&self, group: u32) -> PathBuf {
         // A number: never a path separator or `..`.
         self.vfio_dir.join(group.to_string())
-    }
-
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
-    fn pci(&self) -> PathBuf {
-        self.root.join("bus/pci")
-    }
-
-    fn device_dir(&self, dev: PciAddress) -> PathBuf {
-        self.pci().join("devices").join(dev.to_string())
-    }
-
-    fn read_attr(&self, path: &Path) -> Result<String, SysfsError> {
-        let mut text = String::new();
-        fs::File::open(path)
-            .and_then(|f| f.take(MAX_ATTR).read_to_string(&mut text))
-            .map_err(|source| SysfsError::Read {
-                path: path.to_owned(),
-                source,
-            })?;
-        Ok(text.trim_end_matches('\n').to_owned())
-    }
-
-    /// The physical slot `dev` sits in: the `/sys/bus/pci/slots/NAME` whose `address`
-    /// (`DDDD:BB:DD`, no function) is the device's. Slots are few; absent or unreadable → none.
-    fn physical_slot(&self, dev: PciAddress) -> Option<SlotName> {
-        let want = format!(
-            "{:04x}:{:02x}:{:02x}",
-            dev.domain(),
-            dev.bus(),
-            dev.device()
-        );
-        let slots = fs::read_dir(self.pci().join("slots")).ok()?;
-        slots.filter_map(Result::ok).find_map(|e| {
-            let name = SlotName::new(e.file_name().to_str()?)?;
-            let address = self.read_attr(&e.path().join("address")).ok()?;
-            (address == want).then_some(name)
-        })
-    }
-
-    fn read_hex(&self, dev: PciAddress, attr: &str) -> Result<u32, SysfsError> {
-        let path = self.device_dir(dev).join(attr);
-        let text = self.read_attr(&path)?;
-        text.strip_prefix("0x")
-            .and_then(|h| u32::from_str_radix(h, 16).ok())
-            .ok_or(SysfsError::Unexpected { path, value: text })
-    }
-
-    fn read_u16(&self, dev: PciAddress, attr: &str) -> Result<u16, SysfsError> {
-        let v = self.read_hex(dev, attr)?;
-        u16::try_from(v).map_err(|_| SysfsError::Unexpected {
-            path: self.device_dir(dev).join(attr),
-            value: format!("{v:#x}"),
-        })
-    }
-
-    /// The last component of a symlink under the device directory, if the link exists.
-    fn link_name(&self, dev: PciAddress, link: &str) -> Result<Option<String>, SysfsError> {
-        let path = self.device_dir(dev).join(link);
-        match fs::read_link(&path) {
-            Ok(target) => {
-                let name = target
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .map(str::to_owned);
-                name.map(Some).ok_or(SysfsError::Unexpected {
-                    path,
-                    value: target.display().to_string(),
-                })
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                if self.exists(dev) {
-                    Ok(None)
-                } else {
-                    Err(SysfsError::NoDevice(dev))
-                }
-            }
-            Err(source) => Err(SysfsError::Read { path, source }),
-        }
     }
 
     fn write_attr(&self, path: &Path, value: &[u8]) -> Result<(), SysfsError> {
@@ -147,137 +65,40 @@ impl Sysfs {
     }
 }
 
-impl Kernel for Sysfs {
+impl PciView for Sysfs {
     fn devices(&self) -> Result<Vec<PciAddress>, SysfsError> {
-        let dir = self.pci().join("devices");
-        let entries = fs::read_dir(&dir).map_err(|source| SysfsError::Read {
-            path: dir.clone(),
-            source,
-        })?;
-        let mut out = Vec::new();
-        for entry in entries {
-            let entry = entry.map_err(|source| SysfsError::Read {
-                path: dir.clone(),
-                source,
-            })?;
-            // Anything that is not a PCI address is not ours to look at.
-            if let Some(addr) = entry.file_name().to_str().and_then(|n| n.parse().ok()) {
-                out.push(addr);
-            }
-        }
-        out.sort();
-        Ok(out)
+        self.view.devices()
     }
-
     fn exists(&self, dev: PciAddress) -> bool {
-        self.device_dir(dev).join("vendor").exists()
+        self.view.exists(dev)
     }
-
     fn facts(&self, dev: PciAddress) -> Result<DeviceFacts, SysfsError> {
-        if !self.exists(dev) {
-            return Err(SysfsError::NoDevice(dev));
-        }
-        Ok(DeviceFacts {
-            address: dev,
-            vendor: self.read_u16(dev, "vendor")?,
-            device: self.read_u16(dev, "device")?,
-            subsystem_vendor: self.read_u16(dev, "subsystem_vendor")?,
-            subsystem_device: self.read_u16(dev, "subsystem_device")?,
-            class: self.read_hex(dev, "class")? & 0x00ff_ffff,
-            physical_slot: self.physical_slot(dev),
-        })
+        self.view.facts(dev)
     }
-
     fn driver(&self, dev: PciAddress) -> Result<Option<DriverName>, SysfsError> {
-        let path = self.device_dir(dev).join("driver");
-        match self.link_name(dev, "driver")? {
-            None => Ok(None),
-            Some(name) => DriverName::new(&name)
-                .map(Some)
-                .ok_or(SysfsError::Unexpected { path, value: name }),
-        }
+        self.view.driver(dev)
     }
-
     fn driver_override(&self, dev: PciAddress) -> Result<Option<DriverName>, SysfsError> {
-        let path = self.device_dir(dev).join("driver_override");
-        let text = self.read_attr(&path)?;
-        if text == "(null)" || text.is_empty() {
-            return Ok(None);
-        }
-        DriverName::new(&text)
-            .map(Some)
-            .ok_or(SysfsError::Unexpected { path, value: text })
+        self.view.driver_override(dev)
     }
-
     fn iommu_group(&self, dev: PciAddress) -> Result<Option<u32>, SysfsError> {
-        let path = self.device_dir(dev).join("iommu_group");
-        match self.link_name(dev, "iommu_group")? {
-            None => Ok(None),
-            Some(n) => n
-                .parse()
-                .map(Some)
-                .map_err(|_| SysfsError::Unexpected { path, value: n }),
-        }
+        self.view.iommu_group(dev)
     }
-
     fn group_members(&self, group: u32) -> Result<Vec<PciAddress>, SysfsError> {
-        let dir = self
-            .root
-            .join("kernel/iommu_groups")
-            .join(group.to_string())
-            .join("devices");
-        let entries = fs::read_dir(&dir).map_err(|source| SysfsError::Read {
-            path: dir.clone(),
-            source,
-        })?;
-        let mut out: Vec<PciAddress> = entries
-            .filter_map(Result::ok)
-            .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
-            .collect();
-        out.sort();
-        Ok(out)
+        self.view.group_members(group)
     }
-
     fn header_type(&self, dev: PciAddress) -> Result<Option<u8>, SysfsError> {
-        let path = self.device_dir(dev).join("config");
-        let mut head = [0u8; 16];
-        match fs::File::open(&path).and_then(|mut f| f.read_exact(&mut head)) {
-            Ok(()) => Ok(Some(head[0x0e])),
-            Err(e)
-                if e.kind() == io::ErrorKind::NotFound
-                    || e.kind() == io::ErrorKind::UnexpectedEof =>
-            {
-                Ok(None)
-            }
-            Err(source) => Err(SysfsError::Read { path, source }),
-        }
+        self.view.header_type(dev)
     }
-
     fn boot_vga(&self, dev: PciAddress) -> Result<bool, SysfsError> {
-        let path = self.device_dir(dev).join("boot_vga");
-        match self.read_attr(&path) {
-            Ok(v) => Ok(v == "1"),
-            // Only VGA-class devices have the attribute.
-            Err(SysfsError::Read { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
-                Ok(false)
-            }
-            Err(e) => Err(e),
-        }
+        self.view.boot_vga(dev)
     }
-
     fn sriov_numvfs(&self, dev: PciAddress) -> Result<u32, SysfsError> {
-        let path = self.device_dir(dev).join("sriov_numvfs");
-        match self.read_attr(&path) {
-            Ok(v) => v
-                .parse()
-                .map_err(|_| SysfsError::Unexpected { path, value: v }),
-            Err(SysfsError::Read { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
-                Ok(0)
-            }
-            Err(e) => Err(e),
-        }
+        self.view.sriov_numvfs(dev)
     }
+}
 
+impl Kernel for Sysfs {
     fn group_node(&self, group: u32) -> Result<Option<NodeOwner>, SysfsError> {
         let path = self.node_path(group);
         match fs::symlink_metadata(&path) {
@@ -315,19 +136,19 @@ impl Kernel for Sysfs {
             None => "\n".to_owned(),
         };
         self.write_attr(
-            &self.device_dir(dev).join("driver_override"),
+            &self.view.device_dir(dev).join("driver_override"),
             value.as_bytes(),
         )
     }
 
     fn unbind(&self, dev: PciAddress) -> Result<(), SysfsError> {
         // Through the device's own `driver` link, so no path is built from a driver name.
-        let path = self.device_dir(dev).join("driver/unbind");
+        let path = self.view.device_dir(dev).join("driver/unbind");
         self.write_attr(&path, dev.to_string().as_bytes())
     }
 
     fn probe(&self, dev: PciAddress) -> Result<(), SysfsError> {
-        let path = self.pci().join("drivers_probe");
+        let path = self.view.pci_dir().join("drivers_probe");
         self.write_attr(&path, dev.to_string().as_bytes())
     }
 
@@ -374,7 +195,6 @@ impl Kernel for Sysfs {
         chown(owner.uid, owner.gid)
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,7 +17,7 @@ use std::sync::{Condvar, Mutex, MutexGuard};
 
 use vfio_gate_protocol::PciAddress;
 
-use super::{DeviceFacts, DriverName, Kernel, NodeOwner, SysfsError};
+use super::{DeviceFacts, DriverName, Kernel, NodeOwner, PciView, SysfsError};
 
 /// One simulated PCI function.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -292,7 +292,7 @@ impl SimKernel {
     }
 }
 
-impl Kernel for SimKernel {
+impl PciView for SimKernel {
     fn devices(&self) -> Result<Vec<PciAddress>, SysfsError> {
         Ok(self.lock().devices.keys().copied().collect())
     }
@@ -345,7 +345,9 @@ impl Kernel for SimKernel {
     fn sriov_numvfs(&self, dev: PciAddress) -> Result<u32, SysfsError> {
         self.read(dev, |d| d.sriov_numvfs)
     }
+}
 
+impl Kernel for SimKernel {
     fn group_node(&self, group: u32) -> Result<Option<NodeOwner>, SysfsError> {
         Ok(self.node(group))
     }

@@ -6,7 +6,7 @@
 
 use vfio_gate_protocol::{Guard, MemberKind, PciAddress};
 
-use crate::sysfs::{Kernel, SysfsError};
+use crate::view::{PciView, SysfsError};
 
 /// Whether the host is using a device: mounted filesystems, swap, network interfaces with
 /// addresses or routes below it. One line per use, for the refusal.
@@ -35,7 +35,7 @@ pub enum GuardError {
 /// being moved to pci-stub: bridges are never moved anyway, so the endpoint check only matters
 /// for what the caller named.
 pub fn check(
-    k: &dyn Kernel,
+    k: &dyn PciView,
     host: &dyn HostUse,
     dev: PciAddress,
     kind: MemberKind,

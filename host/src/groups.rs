@@ -13,7 +13,7 @@ use std::fmt;
 
 use vfio_gate_protocol::{MemberKind, PciAddress};
 
-use crate::sysfs::DriverName;
+use crate::view::DriverName;
 
 /// The PCI base class of bridges (host, ISA/LPC, PCI-to-PCI, CardBus, …).
 const CLASS_BRIDGE: u32 = 0x06;

@@ -12,7 +12,7 @@ use vfio_gate_policy::{Decision, DeviceFacts};
 use vfio_gate_protocol::{Driver, MemberKind, PciAddress, Plan, PlanStep, RuleRef, StepAction};
 
 use crate::groups::{Member, ViabilityRule, viable};
-use crate::sysfs::DriverName;
+use crate::view::DriverName;
 
 /// One group member as read from sysfs before planning.
 #[derive(Debug, Clone, PartialEq, Eq)]
