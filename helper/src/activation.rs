@@ -118,10 +118,8 @@ fn check_listening_unix_socket(fd: &OwnedFd) -> Result<(), ActivationError> {
 
 fn bind_path(path: &Path) -> Result<UnixListener, ActivationError> {
     match std::fs::symlink_metadata(path) {
-        // A stale socket from an earlier run: replace it. Anything else is not ours to remove.
-        Ok(m) if m.file_type().is_socket() => {
-            let _ = std::fs::remove_file(path);
-        }
+        // A stale socket from an earlier run: it is replaced below. Anything else is not ours.
+        Ok(m) if m.file_type().is_socket() => {}
         Ok(_) => {
             return Err(ActivationError::NotASocket {
                 path: path.to_owned(),
@@ -133,9 +131,21 @@ fn bind_path(path: &Path) -> Result<UnixListener, ActivationError> {
         path: path.to_owned(),
         source,
     };
-    let listener = UnixListener::bind(path).map_err(bind_err)?;
+    // Bind and listen under a temporary name, then rename into place: a client never finds the
+    // path before the socket listens (bind and listen are two syscalls), nor finds it missing
+    // while a stale socket is replaced.
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".{}.tmp", std::process::id()));
+    let tmp = PathBuf::from(tmp);
+    let _ = std::fs::remove_file(&tmp);
+    let listener = UnixListener::bind(&tmp).map_err(bind_err)?;
     // Anyone may connect; the policy decides what they may do.
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666)).map_err(bind_err)?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o666))
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            bind_err(e)
+        })?;
     Ok(listener)
 }
 

@@ -327,7 +327,7 @@ fn audit_line(
                 line.field("dry_run", "yes");
             }
         }
-        Some(Request::Release { .. } | Request::List) | None => {}
+        Some(Request::Release { .. } | Request::List | Request::Explain { .. }) | None => {}
     }
     if !verdict.devices.is_empty() {
         let devices: Vec<String> = verdict.devices.iter().map(ToString::to_string).collect();

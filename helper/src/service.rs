@@ -19,9 +19,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use vfio_gate_policy::{Decision, DeviceFacts, Policy, Subject};
 use vfio_gate_protocol::{
-    BindReport, DeviceInfo, Driver, Holder, MAX_BIND_DEVICES, PciAddress, ReleaseReport,
-    ReleaseTarget, ReleasedGroup, Request, Response, RestoredDevice, RuleRef, StepAction,
-    WireError,
+    BindReport, DeviceInfo, Driver, DriverVerdict, ExplainReport, GuardFinding, Holder,
+    MAX_BIND_DEVICES, PciAddress, ReleaseReport, ReleaseTarget, ReleasedGroup, Request, Response,
+    RestoredDevice, RuleRef, StepAction, WireError,
 };
 
 use crate::audit;
@@ -186,6 +186,11 @@ impl Service {
                 hold,
             } => self.bind(peer, devices, *driver, *group, *dry_run, *hold),
             Request::Release { target } => self.release(peer, *target),
+            Request::Explain {
+                device,
+                driver,
+                uid,
+            } => self.explain(peer, *device, *driver, *uid),
         };
         match result {
             Ok(ok) => ok,
@@ -765,6 +770,142 @@ impl Service {
             );
         }
         Ok((Response::Released(ReleaseReport { groups }), verdict))
+    }
+
+    /// What a bind would meet, for the caller or (admins) another user: the policy's verdict
+    /// per driver with every rule that spoke, the guards, the group plan. Changes nothing.
+    fn explain(
+        &self,
+        peer: &Peer,
+        dev: PciAddress,
+        driver: Option<Driver>,
+        uid: Option<u32>,
+    ) -> Result<(Response, Verdict), (WireError, Verdict)> {
+        let mut verdict = Verdict {
+            devices: vec![dev],
+            ..Verdict::default()
+        };
+        let subject = match uid {
+            None => peer.subject(),
+            Some(u) if u == peer.uid => peer.subject(),
+            Some(u) => {
+                if !self.policy.is_admin(&peer.subject()) {
+                    verdict.allowed = Some(false);
+                    return Err((
+                        WireError::Denied {
+                            rule: None,
+                            reason: "only an admin (root, or [settings] admins in the policy) may ask about another user".into(),
+                        },
+                        verdict,
+                    ));
+                }
+                match vfio_gate_policy::account_of(std::path::Path::new("/"), u) {
+                    Ok(Some((_, s))) => s,
+                    Ok(None) => {
+                        return Err((
+                            WireError::BadRequest {
+                                reason: format!("no user with uid {u} in /etc/passwd"),
+                            },
+                            verdict,
+                        ));
+                    }
+                    Err(e) => return Err((internal(format!("reading /etc/passwd: {e}")), verdict)),
+                }
+            }
+        };
+        let m = self
+            .member_state(dev)
+            .map_err(|e| (sysfs_error(dev, e), verdict.clone()))?;
+        let drivers = driver.map_or_else(|| Driver::ALL.to_vec(), |d| vec![d]);
+        let verdicts: Vec<DriverVerdict> = drivers
+            .iter()
+            .map(|&d| {
+                let e = self.policy.explain(&subject, &m.facts, d);
+                DriverVerdict {
+                    driver: d,
+                    allowed: e.decision.is_allowed(),
+                    rule: e.decision.rule().cloned(),
+                    allows: e.allows,
+                    denies: e.denies,
+                }
+            })
+            .collect();
+        let guards = match guards::check(&self.kernel, &*self.host, dev, m.kind) {
+            Ok(None) => Vec::new(),
+            Ok(Some(r)) => vec![GuardFinding {
+                guard: r.guard,
+                reason: r.reason,
+            }],
+            Err(e) => return Err((internal(e), verdict)),
+        };
+        let group = self.kernel.iommu_group(dev).ok().flatten();
+        let vfio_allowed = verdicts
+            .iter()
+            .any(|v| v.driver == Driver::VfioPci && v.allowed);
+        let plan = match group {
+            Some(g) if vfio_allowed => Some(self.plan_for(&subject, g, &m, Driver::VfioPci)),
+            _ => None,
+        };
+        let holder = group
+            .and_then(|g| self.state.read(g).ok().flatten())
+            .map(|l| Holder {
+                uid: l.owner_uid,
+                driver: l.device(dev).map_or(Driver::VfioPci, |d| d.driver),
+                since: l.since,
+                group: Some(l.group),
+                tied: l.tied,
+            });
+        Ok((
+            Response::Explained(ExplainReport {
+                device: dev,
+                vendor: m.facts.vendor,
+                device_id: m.facts.device,
+                class: m.facts.class,
+                driver: m.driver.map(|d| d.to_string()),
+                iommu_group: group,
+                uid: subject.uid,
+                verdicts,
+                guards,
+                plan,
+                holder,
+                policy_sha256: self.policy.sha256(),
+            }),
+            verdict,
+        ))
+    }
+
+    /// The whole-group plan a bind of `m` to `driver` by `subject` would carry out.
+    fn plan_for(
+        &self,
+        subject: &vfio_gate_policy::Subject,
+        group: u32,
+        m: &MemberState,
+        driver: Driver,
+    ) -> Result<vfio_gate_protocol::Plan, String> {
+        let members = self
+            .kernel
+            .group_members(group)
+            .and_then(|ms| {
+                ms.into_iter()
+                    .map(|d| self.member_state(d))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .map_err(|e| e.to_string())?;
+        let asking = Asking {
+            policy: &self.policy,
+            subject,
+            primary: m.facts,
+            driver,
+        };
+        plan::plan(
+            group,
+            &members,
+            &[m.facts.address],
+            driver,
+            &asking,
+            self.tuning.viability,
+        )
+        .map_err(|e| e.to_string())
     }
 
     fn leases_of(&self, uid: u32) -> Vec<Lease> {
@@ -1829,5 +1970,52 @@ subjects = { users = ["bob"] }
             driver_of(&kernel, "00:1b.0").as_deref(),
             Some("snd_hda_intel")
         );
+    }
+
+    #[test]
+    fn explain_says_what_a_bind_would_meet_without_doing_it() {
+        let f = fixture();
+        let before = f.kernel.log();
+        let explain = |p: &Peer, dev: &str, uid| {
+            f.service
+                .handle(
+                    p,
+                    &Request::Explain {
+                        device: a(dev),
+                        driver: None,
+                        uid,
+                    },
+                )
+                .0
+        };
+        let Response::Explained(e) = explain(&alice(), "05:02.0", None) else {
+            panic!()
+        };
+        assert_eq!(e.uid, 1000);
+        let vfio = &e.verdicts[0];
+        assert!(vfio.allowed && vfio.rule.as_ref().unwrap().name == "group 11");
+        assert!(
+            !e.verdicts[1].allowed,
+            "pci-stub is not granted for 05:02.0"
+        );
+        let plan = e.plan.unwrap().unwrap();
+        assert_eq!(
+            summary(&plan),
+            ["04:00.0 keep", "05:01.0 -> pci-stub", "05:02.0 -> vfio-pci"]
+        );
+        assert!(e.guards.is_empty());
+        assert_eq!(e.policy_sha256, f.service.policy().sha256());
+
+        // The guard shows, and so does the deny rule that decides for bob.
+        let Response::Explained(e) = explain(&alice(), "03:00.0", None) else {
+            panic!()
+        };
+        assert_eq!(e.guards[0].guard, vfio_gate_protocol::Guard::HostInUse);
+        // Only admins ask about others.
+        assert!(matches!(
+            explain(&bob(), "01:00.0", Some(1000)),
+            Response::Error(WireError::Denied { .. })
+        ));
+        assert_eq!(f.kernel.log(), before, "explain writes nothing");
     }
 }

@@ -122,7 +122,7 @@ pub use matcher::{AddressPattern, ClassPattern, DeviceMatcher};
 pub use model::{
     Decision, DeviceFacts, DriverSet, Effect, Rule, Settings, SlotName, Subject, Subjects,
 };
-pub use names::{EtcFiles, NameResolver};
+pub use names::{EtcFiles, NameResolver, account_of, accounts};
 pub use parse::POLICY_VERSION;
 pub use policy::{Policy, PolicySource};
 

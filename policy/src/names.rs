@@ -132,6 +132,61 @@ fn parse_db(text: &str) -> HashMap<String, u32> {
     map
 }
 
+/// Every account in `ROOT/etc/passwd` with its primary group and the supplementary groups
+/// `ROOT/etc/group` lists it in: the subjects a report or an explanation is about. The first
+/// entry for a name wins; malformed lines are skipped. Unreadable files give an error.
+pub fn accounts(root: &Path) -> io::Result<Vec<(String, crate::Subject)>> {
+    let read = |name: &str| -> io::Result<String> {
+        let mut bytes = Vec::new();
+        File::open(root.join("etc").join(name))?
+            .take(MAX_DB_SIZE + 1)
+            .read_to_end(&mut bytes)?;
+        if bytes.len() as u64 > MAX_DB_SIZE {
+            return Err(io::Error::other(format!(
+                "{name} is larger than {MAX_DB_SIZE} bytes"
+            )));
+        }
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    };
+    let digits = |f: &str| !f.is_empty() && f.bytes().all(|b| b.is_ascii_digit());
+    let mut members: HashMap<String, Vec<u32>> = HashMap::new();
+    for line in read("group")?.lines() {
+        let f: Vec<&str> = line.split(':').collect();
+        if f.len() < 4 || line.starts_with(['#', '+', '-']) || !digits(f[2]) {
+            continue;
+        }
+        let Ok(gid) = f[2].parse::<u32>() else {
+            continue;
+        };
+        for user in f[3].split(',').filter(|u| !u.is_empty()) {
+            members.entry(user.to_owned()).or_default().push(gid);
+        }
+    }
+    let mut out: Vec<(String, crate::Subject)> = Vec::new();
+    for line in read("passwd")?.lines() {
+        let f: Vec<&str> = line.split(':').collect();
+        if f.len() < 4 || line.starts_with(['#', '+', '-']) || !digits(f[2]) || !digits(f[3]) {
+            continue;
+        }
+        let (Ok(uid), Ok(gid)) = (f[2].parse::<u32>(), f[3].parse::<u32>()) else {
+            continue;
+        };
+        if out.iter().any(|(n, _)| n == f[0]) {
+            continue;
+        }
+        let mut groups = members.get(f[0]).cloned().unwrap_or_default();
+        groups.sort_unstable();
+        groups.dedup();
+        out.push((f[0].to_owned(), crate::Subject { uid, gid, groups }));
+    }
+    Ok(out)
+}
+
+/// The account with `uid`, as [`accounts`] reads it.
+pub fn account_of(root: &Path, uid: u32) -> io::Result<Option<(String, crate::Subject)>> {
+    Ok(accounts(root)?.into_iter().find(|(_, s)| s.uid == uid))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,6 +215,18 @@ mod tests {
         )
         .unwrap();
         dir
+    }
+
+    #[test]
+    fn accounts_have_their_groups() {
+        let dir = fixture();
+        let all = accounts(dir.path()).unwrap();
+        let (name, alice) = account_of(dir.path(), 1000).unwrap().unwrap();
+        assert_eq!(name, "alice");
+        assert_eq!(alice.gid, 1000);
+        assert!(alice.groups.contains(&1100), "{alice:?}");
+        assert!(all.len() >= 2);
+        assert!(account_of(dir.path(), 4242).unwrap().is_none());
     }
 
     #[test]

@@ -28,6 +28,13 @@ pub enum Request {
     },
     /// Give groups back: every member vfio-gate moved returns to the driver it had before.
     Release { target: ReleaseTarget },
+    /// How the helper would decide a bind of `device` to `driver` (both drivers when `None`) for
+    /// the caller, or for user `uid` (admins only), and why. Changes nothing.
+    Explain {
+        device: PciAddress,
+        driver: Option<Driver>,
+        uid: Option<u32>,
+    },
 }
 
 /// Which groups a release gives back.
@@ -51,6 +58,7 @@ impl Request {
             Request::List => "list",
             Request::Bind { .. } => "bind",
             Request::Release { .. } => "release",
+            Request::Explain { .. } => "explain",
         }
     }
 }
@@ -61,7 +69,52 @@ pub enum Response {
     Devices(Vec<DeviceInfo>),
     Bound(BindReport),
     Released(ReleaseReport),
+    Explained(ExplainReport),
     Error(WireError),
+}
+
+/// The policy's answer for one driver, with every rule that spoke.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DriverVerdict {
+    pub driver: Driver,
+    pub allowed: bool,
+    /// The deciding rule: the first matching deny, else the first matching allow; `None` for
+    /// the default deny.
+    pub rule: Option<RuleRef>,
+    /// Every allow rule that matches, in order of consultation.
+    pub allows: Vec<RuleRef>,
+    /// Every deny rule that matches, in order of consultation.
+    pub denies: Vec<RuleRef>,
+}
+
+/// A built-in guard that refuses the device now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuardFinding {
+    pub guard: Guard,
+    pub reason: String,
+}
+
+/// Why a bind would or would not happen, without doing it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExplainReport {
+    pub device: PciAddress,
+    pub vendor: u16,
+    pub device_id: u16,
+    pub class: u32,
+    pub driver: Option<String>,
+    pub iommu_group: Option<u32>,
+    /// Whom the answer is for.
+    pub uid: u32,
+    pub verdicts: Vec<DriverVerdict>,
+    /// The guards that refuse this device now (empty: none).
+    pub guards: Vec<GuardFinding>,
+    /// For vfio-pci when the policy allows it: what a bind would do to the whole group (the
+    /// companions it needs), or why it cannot be done.
+    pub plan: Option<Result<Plan, String>>,
+    /// Who holds the device's group now, if anyone.
+    pub holder: Option<Holder>,
+    /// The SHA-256 of the policy text the answer comes from.
+    pub policy_sha256: String,
 }
 
 /// One PCI device as the helper sees it, and what the asking user may do with it.

@@ -3,8 +3,8 @@
 //! Built from the helper's own paths at start-up ([`Layout::grants`]) and applied once, before any
 //! thread exists, so every connection thread and every writer thread inherits it:
 //! - **read** the sysfs trees the helper reads (`bus/pci`, `devices`, `kernel/iommu_groups`,
-//!   `class/{block,net,nvme-subsystem}`, `fs/btrfs`) and `/proc/self`, `/proc/swaps` (the
-//!   in-use guards);
+//!   `class/{block,net,nvme-subsystem}`, `fs/btrfs`), `/proc/self`, `/proc/swaps` (the
+//!   in-use guards) and `/etc/passwd`, `/etc/group` (an admin's `explain --user`);
 //! - **write** only the sysfs files the helper writes: `bus/pci/drivers_probe`, each loaded
 //!   driver's `unbind`, each device's `driver_override` — found at start-up, so a driver loaded
 //!   later is not writable until the next start (the helper exits when idle);
@@ -98,6 +98,9 @@ impl Layout {
         }
         g.read.push(self.proc_root.join("self"));
         g.read.push(self.proc_root.join("swaps"));
+        // Accounts, for an admin's `explain --user`.
+        g.read.push("/etc/passwd".into());
+        g.read.push("/etc/group".into());
 
         let pci = sys.join("bus/pci");
         g.write_files.push(pci.join("drivers_probe"));
