@@ -69,6 +69,8 @@ pub const GUEST_BINARIES: &[&str] = &[
     "socket-activate",
     "activation-probe",
     "measure",
+    "vfio-probe",
+    "vfio-viability",
 ];
 
 const DIR: Meta = Meta::root(0o755);
