@@ -82,6 +82,41 @@ say "e1000e drives the card again and the override is cleared ((null)):"
 show_nic
 as alice vfio-gate list
 
+say "VFIO hands out whole IOMMU groups. 05:02.0 (an edu test device) sits behind a" \
+    "PCIe-to-PCI bridge with an e1000 NIC, 05:01.0, that the host's e1000 driver has: all" \
+    "three are IOMMU group 11. Binding 05:02.0 alone would leave the group unusable, so" \
+    "vfio-gate refuses (exit status 3) and shows the plan that would work:"
+as alice --expect 3 vfio-gate bind 05:02.0
+
+say "With --group, the e1000 goes to pci-stub (the policy lists pci-stub as a companion" \
+    "driver: it keeps the group usable without giving alice that NIC), 05:02.0 to vfio-pci," \
+    "and the bridge stays as it is. /dev/vfio/11 is handed to alice:"
+as alice vfio-gate bind 05:02.0 --group
+as root ls -l /dev/vfio/
+
+say "vfio-probe does what a VMM does: open the container and the group, check that the" \
+    "kernel says the group is viable, attach it, pick the IOMMU type, get a device fd." \
+    "It works for alice; bob cannot even open the group (EACCES):"
+as alice vfio-probe open 11 0000:05:02.0
+as bob --expect 1 vfio-probe status 11
+
+say "While alice's \"VM\" holds the group, a release would block in the kernel: vfio-gate" \
+    "refuses it at once instead (exit status 6)."
+runas alice vfio-probe hold 11 0000:05:02.0 > /tmp/demo-hold.out 2>&1 &
+holder=$!
+i=0
+while ! grep -q holding /tmp/demo-hold.out 2> /dev/null && [ $i -lt 100 ]; do
+    usleep 50000
+    i=$((i + 1))
+done
+as alice --expect 6 vfio-gate release 05:02.0
+
+say "The VM stops; now the release goes through and e1000 gets its NIC back:"
+kill "$holder"
+wait "$holder" 2> /dev/null
+as alice vfio-gate release 05:02.0
+as root readlink /sys/bus/pci/devices/0000:05:01.0/driver
+
 if [ "$surprises" -eq 0 ]; then
     say "End of the demo: every step behaved as described."
     exit 0

@@ -2,8 +2,9 @@
 # PID 1 of the vfio-gate test guest (busybox). `cargo xtask` installs this file as /init.
 #
 # Mounts the kernel filesystems, loads the modules listed in /etc/modules.load (resolved from the
-# kernel's modules.dep by the xtask), creates the users' homes and the helper's state directory,
-# starts socket activation of vfio-gated on /run/vfio-gate.sock, then either runs
+# kernel's modules.dep by the xtask), mounts an ext2 filesystem from the NVMe disk on /mnt/nvme,
+# brings the virtio-net interface up with 10.0.2.15/24 (its name in /run/virtio-net.if), creates
+# the users' homes and the helper's state directory, starts socket activation of vfio-gated on /run/vfio-gate.sock, then either runs
 # /test/script.sh as root (output on ttyS1, exit status on the console and through the
 # isa-debug-exit device) or gives an interactive root shell. Then powers off.
 
@@ -35,6 +36,31 @@ log "loaded $n modules at uptime $(cut -d' ' -f1 /proc/uptime) s"
 
 hostname vfio-gate-guest
 ip link set lo up
+
+# Give the guards something to protect, as on a real host: a mounted filesystem on the NVMe disk
+# (03:00.0) and the virtio-net interface (02:00.0) up with an address. The disk image is fresh
+# zeros on every boot, so it gets a new ext2 filesystem (mounted by the ext4 driver).
+i=0
+while [ ! -b /dev/nvme0n1 ] && [ $i -lt 200 ]; do
+    usleep 10000
+    i=$((i + 1))
+done
+mkdir -p /mnt/nvme
+if mke2fs -q /dev/nvme0n1 > /dev/null 2>&1 && mount -t ext2 /dev/nvme0n1 /mnt/nvme; then
+    echo "vfio-gate test guest: this filesystem is on the NVMe disk 03:00.0" > /mnt/nvme/README
+else
+    log "could not put a mounted filesystem on /dev/nvme0n1"
+fi
+# virtio-net's interface hangs below the virtio device (…/0000:02:00.0/virtio0/net/eth1).
+net_if=
+for n in /sys/bus/pci/devices/0000:02:00.0/net/* /sys/bus/pci/devices/0000:02:00.0/virtio*/net/*; do
+    [ -e "$n" ] && net_if=${n##*/} && break
+done
+if [ -n "$net_if" ] && ip addr add 10.0.2.15/24 dev "$net_if" && ip link set "$net_if" up; then
+    echo "$net_if" > /run/virtio-net.if
+else
+    log "could not bring up the virtio-net interface of 02:00.0 (${net_if:-not found})"
+fi
 
 # Home directories for the users of /etc/passwd.
 while IFS=: read -r _name _pw uid gid _gecos home _shell; do

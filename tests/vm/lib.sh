@@ -19,7 +19,8 @@
 #
 # Helpers: driver_of ADDR (driver name or "none"), override_of ADDR (driver_override), dev ADDR
 # (sysfs path), helper_pid (the running helper's pid, empty if none), uptime_s,
-# wait_for SECONDS CMD... (poll until CMD succeeds).
+# wait_for SECONDS CMD... (poll until CMD succeeds), now_ms (uptime in ms),
+# node_owner GROUP (`alice 600` for /dev/vfio/GROUP, or `gone`).
 
 _lib_n=0
 _lib_passed=0
@@ -163,3 +164,15 @@ wait_for() {
 }
 
 uptime_s() { cut -d' ' -f1 /proc/uptime; }
+
+# now_ms: guest uptime in milliseconds (10 ms resolution: /proc/uptime has centiseconds).
+now_ms() { awk '{ printf "%d\n", $1 * 1000 }' /proc/uptime; }
+
+# node_owner GROUP: "USER MODE" of /dev/vfio/GROUP (`alice 600`), or "gone" when it does not exist.
+node_owner() {
+    if [ -e "/dev/vfio/$1" ]; then
+        stat -c '%U %a' "/dev/vfio/$1"
+    else
+        echo gone
+    fi
+}

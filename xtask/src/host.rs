@@ -57,6 +57,21 @@ const NEEDS: &[Need] = &[
         package: "libc6-dev",
         check: Check::Package,
     },
+    Need {
+        what: "debootstrap, for the systemd guest's Debian root filesystem",
+        package: "debootstrap",
+        check: Check::Command("debootstrap"),
+    },
+    Need {
+        what: "mkfs.ext4, for the systemd guest's root disk image",
+        package: "e2fsprogs",
+        check: Check::Command("mkfs.ext4"),
+    },
+    Need {
+        what: "systemd-analyze, for the exposure score of dist/vfio-gated.service",
+        package: "systemd",
+        check: Check::Command("systemd-analyze"),
+    },
 ];
 
 /// apt, run at most one `apt-get update` per process.
@@ -130,4 +145,88 @@ fn require_root(what: &str) -> Result<()> {
         bail!("this needs root: run `sudo {what}` (or run the xtask as root, as CI does)");
     }
     Ok(())
+}
+
+/// The Debian archive this host's apt uses: (main archive, security archive), read from
+/// `/etc/apt/sources.list` and `/etc/apt/sources.list.d/*.{list,sources}`, falling back to
+/// deb.debian.org. The guest's other suites (trixie's kernel, the bookworm root filesystem) are
+/// fetched from the same place.
+pub fn debian_mirrors() -> (String, String) {
+    let mut texts = Vec::new();
+    if let Ok(t) = std::fs::read_to_string("/etc/apt/sources.list") {
+        texts.push(t);
+    }
+    if let Ok(dir) = std::fs::read_dir("/etc/apt/sources.list.d") {
+        let mut files: Vec<_> = dir.flatten().map(|e| e.path()).collect();
+        files.sort();
+        for f in files {
+            let name = f.to_string_lossy();
+            if name.ends_with(".list") || name.ends_with(".sources") {
+                if let Ok(t) = std::fs::read_to_string(&f) {
+                    texts.push(t);
+                }
+            }
+        }
+    }
+    let uris = texts
+        .iter()
+        .flat_map(|t| source_uris(t))
+        .collect::<Vec<_>>();
+    pick_mirrors(&uris)
+}
+
+/// The archive URIs of a one-line-style or deb822 sources file.
+fn source_uris(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for line in text.lines().map(str::trim) {
+        if let Some(rest) = line.strip_prefix("URIs:") {
+            out.extend(rest.split_whitespace().map(str::to_string));
+        } else if let Some(rest) = line.strip_prefix("deb ") {
+            // `deb [options] URI suite components…`
+            let rest = match rest.trim_start().strip_prefix('[') {
+                Some(r) => r.split_once(']').map_or("", |(_, r)| r),
+                None => rest,
+            };
+            out.extend(rest.split_whitespace().next().map(str::to_string));
+        }
+    }
+    out
+}
+
+fn pick_mirrors(uris: &[String]) -> (String, String) {
+    let clean = |u: &String| u.trim_end_matches('/').to_string();
+    let main = uris
+        .iter()
+        .find(|u| u.starts_with("http") && u.trim_end_matches('/').ends_with("/debian"))
+        .map(clean)
+        .unwrap_or_else(|| "http://deb.debian.org/debian".to_string());
+    let security = uris
+        .iter()
+        .find(|u| u.starts_with("http") && u.trim_end_matches('/').ends_with("/debian-security"))
+        .map(clean)
+        .unwrap_or_else(|| "http://deb.debian.org/debian-security".to_string());
+    (main, security)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mirrors_from_both_source_formats() {
+        let deb822 = "Types: deb\nURIs: http://mirror.example/debian/\nSuites: bookworm\n\n\
+                      Types: deb\nURIs: http://mirror.example/debian-security\n";
+        let uris = source_uris(deb822);
+        assert_eq!(
+            pick_mirrors(&uris),
+            (
+                "http://mirror.example/debian".to_string(),
+                "http://mirror.example/debian-security".to_string()
+            )
+        );
+        let list =
+            "# comment\ndeb [arch=amd64 signed-by=/k.gpg] http://m.example/debian bookworm main\n";
+        assert_eq!(source_uris(list), ["http://m.example/debian"]);
+        assert_eq!(pick_mirrors(&[]).0, "http://deb.debian.org/debian");
+    }
 }

@@ -21,39 +21,152 @@ use clap::ValueEnum;
 use crate::host::Apt;
 use crate::util::{Context, Result, bail, output, run, write_atomic};
 
-/// The kernels the guest can run. Issue 4 adds 6.12 (from Debian trixie, fetched through a
-/// private apt sources list); the rest of the harness only sees a [`Kernel`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+/// The kernels the guest can run. The rest of the harness only sees a [`Kernel`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
 pub enum KernelSeries {
-    /// Debian bookworm's 6.1 (landlock ABI 2).
+    /// Debian bookworm's 6.1 (landlock ABI 2), from the host's own apt sources.
     #[value(name = "6.1")]
     V6_1,
+    /// Debian trixie's 6.12 (landlock ABI 6), fetched through a private apt configuration for
+    /// the trixie suite (the host's apt state is neither read nor changed).
+    #[value(name = "6.12")]
+    V6_12,
 }
 
 impl KernelSeries {
+    pub const ALL: [KernelSeries; 2] = [KernelSeries::V6_1, KernelSeries::V6_12];
+
+    /// The name on the command line (`6.1`, `6.12`).
+    pub fn name(self) -> &'static str {
+        match self {
+            KernelSeries::V6_1 => "6.1",
+            KernelSeries::V6_12 => "6.12",
+        }
+    }
+
     /// The exact package the harness was written and measured against.
     fn package(self) -> &'static str {
         match self {
             KernelSeries::V6_1 => "linux-image-6.1.0-56-amd64",
+            KernelSeries::V6_12 => "linux-image-6.12.118+deb13-amd64",
         }
     }
 
     /// The metapackage whose dependency names the current package of the series, for when the
     /// archive no longer has the exact one.
     fn meta_package(self) -> &'static str {
+        "linux-image-amd64"
+    }
+
+    /// The Debian suite to fetch from through a private apt configuration; `None`: the host's.
+    fn private_suite(self) -> Option<&'static str> {
         match self {
-            KernelSeries::V6_1 => "linux-image-amd64",
+            KernelSeries::V6_1 => None,
+            KernelSeries::V6_12 => Some("trixie"),
         }
     }
 
     /// Does a package name belong to this series? Only the generic flavour does: the cloud
-    /// kernel lacks pci-stub, e1000/e1000e and sound.
+    /// kernel lacks pci-stub, e1000/e1000e and sound. Bookworm names its packages
+    /// `linux-image-6.1.0-<abi>-amd64`, trixie `linux-image-6.12.<n>+deb13-amd64`.
     fn owns(self, package: &str) -> bool {
-        let abi = match self {
-            KernelSeries::V6_1 => package.strip_prefix("linux-image-6.1.0-"),
+        let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        let rest = package.strip_prefix(match self {
+            KernelSeries::V6_1 => "linux-image-6.1.0-",
+            KernelSeries::V6_12 => "linux-image-6.12.",
+        });
+        let Some(n) = rest.and_then(|r| r.strip_suffix("-amd64")) else {
+            return false;
         };
-        abi.and_then(|a| a.strip_suffix("-amd64"))
-            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        match self {
+            KernelSeries::V6_1 => digits(n),
+            KernelSeries::V6_12 => match n.split_once("+deb") {
+                Some((n, deb)) => digits(n) && digits(deb),
+                None => digits(n),
+            },
+        }
+    }
+}
+
+/// Where packages come from: the host's apt, or apt pointed at one suite.
+trait Archive {
+    /// `apt-get` or `apt-cache`, configured for this archive.
+    fn command(&self, program: &str) -> Command;
+    fn update(&mut self) -> Result<()>;
+    fn updated(&self) -> bool;
+}
+
+impl Archive for Apt {
+    fn command(&self, program: &str) -> Command {
+        Command::new(program)
+    }
+    fn update(&mut self) -> Result<()> {
+        Apt::update(self)
+    }
+    fn updated(&self) -> bool {
+        Apt::updated(self)
+    }
+}
+
+/// apt for one Debian suite of the host's mirror, with its own sources list, package lists and
+/// caches under `<cache>/apt/<suite>/`: `-o Dir::Etc::sourcelist=… -o Dir::State::Lists=…`.
+/// Packages are only downloaded, never installed.
+#[derive(Debug)]
+struct SuiteApt {
+    dir: PathBuf,
+    updated: bool,
+}
+
+impl SuiteApt {
+    fn new(cache: &Path, suite: &str) -> Result<SuiteApt> {
+        let dir = cache.join("apt").join(suite);
+        for d in ["lists/partial", "cache/archives/partial"] {
+            fs::create_dir_all(dir.join(d))
+                .with_context(|| format!("creating {}", dir.join(d).display()))?;
+        }
+        let (main, security) = crate::host::debian_mirrors();
+        let key = "signed-by=/usr/share/keyrings/debian-archive-keyring.gpg";
+        let list = format!(
+            "# Written by cargo xtask: the guest kernel's suite, apart from the host's sources.\n\
+             deb [{key}] {main} {suite} main\n\
+             deb [{key}] {security} {suite}-security main\n"
+        );
+        write_atomic(&dir.join("sources.list"), list.as_bytes())?;
+        Ok(SuiteApt {
+            dir,
+            updated: false,
+        })
+    }
+}
+
+impl Archive for SuiteApt {
+    fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new(program);
+        let d = |sub: &str| self.dir.join(sub).display().to_string();
+        cmd.arg("-o")
+            .arg(format!("Dir::Etc::sourcelist={}", d("sources.list")))
+            .args(["-o", "Dir::Etc::sourceparts=/dev/null"])
+            .arg("-o")
+            .arg(format!("Dir::State::Lists={}", d("lists")))
+            .arg("-o")
+            .arg(format!("Dir::Cache={}", d("cache")))
+            .args(["-o", "Acquire::Languages=none"]);
+        cmd
+    }
+    fn update(&mut self) -> Result<()> {
+        if !self.updated {
+            eprintln!(
+                "xtask: apt-get update (private lists in {})",
+                self.dir.display()
+            );
+            run(self.command("apt-get").args(["update", "-q"]))
+                .context("apt-get update for the guest kernel's suite (is debian-archive-keyring recent enough?)")?;
+            self.updated = true;
+        }
+        Ok(())
+    }
+    fn updated(&self) -> bool {
+        self.updated
     }
 }
 
@@ -87,6 +200,16 @@ impl Kernel {
         if let Some(k) = Kernel::cached(cache, exact)? {
             return Ok(k);
         }
+        let mut suite;
+        let apt: &mut dyn Archive = match series.private_suite() {
+            None => apt,
+            Some(name) => {
+                suite = SuiteApt::new(cache, name)?;
+                // Lists kept from an earlier run may be stale; refreshing costs seconds.
+                suite.update()?;
+                &mut suite
+            }
+        };
         let deb = match fetch(cache, exact, apt) {
             Ok(deb) => deb,
             Err(e) => {
@@ -197,28 +320,32 @@ fn release_of(package: &str) -> Result<&str> {
 }
 
 /// `linux-image-6.1.0-56-amd64` → the `.deb` in `<cache>/debs`, downloading it if absent.
-fn fetch(cache: &Path, package: &str, apt: &mut Apt) -> Result<PathBuf> {
+fn fetch(cache: &Path, package: &str, apt: &mut dyn Archive) -> Result<PathBuf> {
     let debs = cache.join("debs");
     fs::create_dir_all(&debs).with_context(|| format!("creating {}", debs.display()))?;
     if let Some(deb) = find_deb(&debs, package)? {
         return Ok(deb);
     }
     eprintln!("xtask: apt-get download {package}");
-    let download = |apt_updated: bool| {
-        let st = Command::new("apt-get")
+    let download = |apt: &dyn Archive| {
+        let st = apt
+            .command("apt-get")
             .args(["download", "-q", package])
             .current_dir(&debs)
             .status();
         match st {
             Ok(s) if s.success() => Ok(()),
             Ok(s) => Err(format!("apt-get download {package} failed ({s})")),
-            Err(e) => Err(format!("cannot run apt-get: {e} (updated: {apt_updated})")),
+            Err(e) => Err(format!("cannot run apt-get: {e}")),
         }
     };
-    if download(apt.updated()).is_err() && !apt.updated() {
+    if let Err(e) = download(apt) {
+        if apt.updated() {
+            bail!("{e}");
+        }
         // An empty or stale package list is the usual reason on a fresh machine.
         apt.update()?;
-        download(true).map_err(crate::util::Error::msg)?;
+        download(apt).map_err(crate::util::Error::msg)?;
     }
     match find_deb(&debs, package)? {
         Some(deb) => Ok(deb),
@@ -246,14 +373,14 @@ fn find_deb(debs: &Path, package: &str) -> Result<Option<PathBuf>> {
 }
 
 /// The package the series' metapackage currently depends on.
-fn current_package(series: KernelSeries, apt: &mut Apt) -> Result<String> {
+fn current_package(series: KernelSeries, apt: &mut dyn Archive) -> Result<String> {
     let meta = series.meta_package();
-    let ask = || output(Command::new("apt-cache").args(["depends", meta]));
-    let text = match ask() {
+    let ask = |apt: &dyn Archive| output(apt.command("apt-cache").args(["depends", meta]));
+    let text = match ask(apt) {
         Ok(t) if t.contains("Depends:") => t,
         _ => {
             apt.update()?;
-            ask()?
+            ask(apt)?
         }
     };
     let pkg = text
@@ -421,5 +548,21 @@ kernel/net/core/failover.ko:
         assert!(KernelSeries::V6_1.owns("linux-image-6.1.0-57-amd64"));
         assert!(!KernelSeries::V6_1.owns("linux-image-6.12.57-amd64"));
         assert!(!KernelSeries::V6_1.owns("linux-image-6.1.0-57-cloud-amd64"));
+        assert!(KernelSeries::V6_12.owns("linux-image-6.12.118+deb13-amd64"));
+        assert!(KernelSeries::V6_12.owns("linux-image-6.12.57-amd64"));
+        assert!(!KernelSeries::V6_12.owns("linux-image-6.12.118+deb13-cloud-amd64"));
+        assert!(!KernelSeries::V6_12.owns("linux-image-6.1.0-57-amd64"));
+        for k in KernelSeries::ALL {
+            assert!(k.owns(k.package()), "{k:?}");
+            assert_eq!(
+                release_of(k.package())
+                    .unwrap()
+                    .split('.')
+                    .take(2)
+                    .collect::<Vec<_>>()
+                    .join("."),
+                k.name()
+            );
+        }
     }
 }

@@ -16,6 +16,7 @@ mod guest;
 mod host;
 mod kernel;
 mod qemu;
+mod systemd;
 mod test;
 mod util;
 
@@ -29,6 +30,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::guest::{Mode, RunSpec};
 use crate::host::Apt;
 use crate::kernel::{Kernel, KernelSeries};
+use crate::systemd::Init;
 use crate::util::{Context, Paths, Result, fmt_duration};
 
 #[derive(Debug, Parser)]
@@ -80,6 +82,10 @@ pub struct GuestArgs {
     /// The guest kernel.
     #[arg(long, value_enum, default_value = "6.1")]
     kernel: KernelSeries,
+    /// PID 1 of the guest: busybox (tests/vm/init.sh), or systemd on a Debian root filesystem
+    /// running the shipped dist/ units.
+    #[arg(long, value_enum, default_value = "busybox")]
+    init: Init,
     /// Stop the guest after this many seconds [default: 600, or 4 hours for the shell].
     #[arg(long)]
     timeout: Option<u64>,
@@ -143,21 +149,56 @@ pub fn own_policy(script: &Path) -> Option<PathBuf> {
     policy.is_file().then_some(policy)
 }
 
-/// What every boot needs and can share: host tools, binaries, the kernel and the base archive.
+/// What every boot needs and can share: host tools, binaries, the kernel and the base archive
+/// (and, for the systemd guest, its root disk).
 #[derive(Debug)]
 pub struct Prepared {
     pub kernel: Kernel,
+    pub init: Init,
     pub base: PathBuf,
+    pub root_disk: Option<PathBuf>,
     pub bins: PathBuf,
 }
 
-pub fn prepare(paths: &Paths, series: KernelSeries, apt: &mut Apt) -> Result<Prepared> {
+pub fn prepare(paths: &Paths, series: KernelSeries, init: Init, apt: &mut Apt) -> Result<Prepared> {
     apt.ensure_host_tools()?;
     let bins = guest::build_binaries(paths)?;
     let kernel =
         Kernel::prepare(series, &paths.cache, apt).context("preparing the guest kernel")?;
-    let base = guest::base_initramfs(&kernel).context("building the base initramfs")?;
-    Ok(Prepared { kernel, base, bins })
+    let (base, root_disk) = match init {
+        Init::Busybox => (
+            guest::base_initramfs(&kernel).context("building the base initramfs")?,
+            None,
+        ),
+        Init::Systemd => {
+            let tarball = systemd::rootfs(&paths.cache)?;
+            let disk = systemd::root_disk(&kernel, &tarball)?;
+            let shim = systemd::shim_initramfs(&kernel)
+                .context("building the systemd guest's first stage")?;
+            (shim, Some(disk))
+        }
+    };
+    Ok(Prepared {
+        kernel,
+        init,
+        base,
+        root_disk,
+        bins,
+    })
+}
+
+/// The run directory's name: `run`, `test-skeleton`… for the default guest (6.1, busybox), with
+/// the kernel and `systemd` appended otherwise (`run-6.12-systemd`), so that runs of different
+/// guests never share a directory.
+pub fn run_name(base: &str, series: KernelSeries, init: Init) -> String {
+    let mut name = base.to_string();
+    if series != KernelSeries::V6_1 {
+        name = format!("{name}-{}", series.name());
+    }
+    if init == Init::Systemd {
+        name.push_str("-systemd");
+    }
+    name
 }
 
 /// Builds the overlay for `spec` and the machine to boot it, in `<target>/vm/<run>`.
@@ -171,7 +212,10 @@ pub fn machine(
     let dir = paths.vm_dir(run);
     let initrd = dir.join("initramfs.cpio");
     let start = std::time::Instant::now();
-    let overlay = guest::overlay(paths, &prep.bins, spec)?;
+    let overlay = match prep.init {
+        Init::Busybox => guest::overlay(paths, &prep.bins, spec)?,
+        Init::Systemd => systemd::overlay(paths, &prep.bins, spec)?,
+    };
     guest::write_initramfs(&prep.base, &overlay, &initrd)?;
     eprintln!(
         "xtask: {} written in {} ms (overlay {} KiB)",
@@ -184,6 +228,7 @@ pub fn machine(
         initrd,
         dir,
         memory_mib: 512,
+        root_disk: prep.root_disk.clone(),
         interactive: matches!(spec.mode, Mode::Shell),
         timeout,
     })
@@ -195,11 +240,13 @@ fn run_script(paths: &Paths, args: &GuestArgs, spec: RunSpec, run: &str) -> Resu
     }
     check_file(&spec.policy, "policy")?;
     let mut apt = Apt::default();
-    let prep = prepare(paths, args.kernel, &mut apt)?;
-    let m = machine(paths, &prep, &spec, run, args.timeout(600))?;
+    let prep = prepare(paths, args.kernel, args.init, &mut apt)?;
+    let run = run_name(run, args.kernel, args.init);
+    let m = machine(paths, &prep, &spec, &run, args.timeout(600))?;
     eprintln!(
-        "xtask: booting {} ({}, policy {}, files in {})",
+        "xtask: booting {} with {:?} as PID 1 ({}, policy {}, files in {})",
         prep.kernel.release,
+        prep.init,
         qemu::accel(),
         spec.policy.display(),
         m.dir.display()
@@ -231,9 +278,10 @@ fn shell(paths: &Paths, args: &GuestArgs) -> Result<ExitCode> {
     };
     check_file(&spec.policy, "policy")?;
     let mut apt = Apt::default();
-    let prep = prepare(paths, args.kernel, &mut apt)?;
+    let prep = prepare(paths, args.kernel, args.init, &mut apt)?;
     // An interactive session may last long, but never forever.
-    let m = machine(paths, &prep, &spec, "shell", args.timeout(4 * 3600))?;
+    let run = run_name("shell", args.kernel, args.init);
+    let m = machine(paths, &prep, &spec, &run, args.timeout(4 * 3600))?;
     let st = m.run_interactive()?;
     Ok(if st.success() {
         ExitCode::SUCCESS

@@ -31,6 +31,9 @@ pub struct Machine {
     /// Working directory for the disk image and logs.
     pub dir: PathBuf,
     pub memory_mib: u32,
+    /// The systemd guest's root disk: an ext4 image on q35's built-in AHCI (00:1f.2, so the PCI
+    /// layout is unchanged), opened with `snapshot=on` so the cached image is never written.
+    pub root_disk: Option<PathBuf>,
     pub interactive: bool,
     pub timeout: Duration,
 }
@@ -159,6 +162,14 @@ impl Machine {
             "pci-testdev,bus=pcie.0,addr=0x6.1",
         ] {
             cmd.args(["-device", d]);
+        }
+        if let Some(disk) = &self.root_disk {
+            cmd.arg("-drive")
+                .arg(format!(
+                    "if=none,id=root,file={},format=raw,snapshot=on",
+                    disk.display()
+                ))
+                .args(["-device", "ide-hd,bus=ide.0,drive=root"]);
         }
         cmd.args(["-audiodev", "none,id=snd0"])
             .args(["-device", "ich9-intel-hda,bus=pcie.0,addr=0x1b.0"])

@@ -14,7 +14,7 @@
 //! as it arrives and then reports per file: checks, metrics and the boot-to-result wall time.
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -23,6 +23,7 @@ use clap::Args;
 use crate::guest::{Mode, RunSpec};
 use crate::host::Apt;
 use crate::kernel::KernelSeries;
+use crate::systemd::Init;
 use crate::util::{Context, Paths, Result, display, fmt_duration};
 
 #[derive(Debug, Clone, Args)]
@@ -33,9 +34,10 @@ pub struct TestArgs {
     /// Skip the VM tests.
     #[arg(long, conflicts_with = "vm_only")]
     no_vm: bool,
-    /// The guest kernel for the VM tests.
-    #[arg(long, value_enum, default_value = "6.1")]
-    kernel: KernelSeries,
+    /// The guest kernels for the VM tests: every file runs on each (repeat the option or
+    /// separate with commas).
+    #[arg(long = "kernel", value_enum, value_delimiter = ',', default_values = ["6.1", "6.12"])]
+    kernels: Vec<KernelSeries>,
     /// Stop a guest after this many seconds.
     #[arg(long, default_value_t = 600)]
     timeout: u64,
@@ -101,6 +103,7 @@ pub fn run(paths: &Paths, args: &TestArgs) -> Result<std::process::ExitCode> {
             ],
         )?);
         stages.push(cargo_test(paths)?);
+        stages.push(unit_exposure(paths));
     }
     if !args.no_vm {
         stages.extend(vm_tests(paths, args, &mut apt)?);
@@ -224,114 +227,232 @@ fn vm_test_files(paths: &Paths, filters: &[String]) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+/// The guest a VM test file runs in: `systemd*.test.sh` boot the systemd flavour, the others
+/// busybox.
+fn init_of(file: &Path) -> Init {
+    let name = file.file_name().unwrap_or_default().to_string_lossy();
+    if name.starts_with("systemd") {
+        Init::Systemd
+    } else {
+        Init::Busybox
+    }
+}
+
 fn vm_tests(paths: &Paths, args: &TestArgs, apt: &mut Apt) -> Result<Vec<Stage>> {
     let files = vm_test_files(paths, &args.filters)?;
-    println!("== VM tests: {} file(s) ==", files.len());
+    let mut kernels = args.kernels.clone();
+    kernels.sort();
+    kernels.dedup();
+    let names: Vec<&str> = kernels.iter().map(|k| k.name()).collect();
+    println!(
+        "== VM tests: {} file(s) on kernel {} ==",
+        files.len(),
+        names.join(" and ")
+    );
     if files.is_empty() {
         let mut s = Stage::new("vm");
         s.failed = 1;
         s.notes.push("no tests/vm/*.test.sh matched".into());
         return Ok(vec![s]);
     }
-    let prep = match crate::prepare(paths, args.kernel, apt) {
-        Ok(p) => p,
-        Err(e) => {
-            println!("xtask: cannot prepare the guest: {e}");
-            let mut s = Stage::new("vm (guest preparation)");
-            s.failed = 1;
-            s.notes.push(e.to_string());
-            return Ok(vec![s]);
-        }
-    };
-    println!(
-        "guest: kernel {} ({}), accel {}",
-        prep.kernel.release,
-        prep.kernel.image.display(),
-        crate::qemu::accel()
-    );
-    let default_policy = paths.vm_sources().join("policy.toml");
     let mut stages = Vec::new();
-    for file in files {
-        let name = file
-            .file_name()
-            .unwrap_or_default()
-            .to_string_lossy()
-            .into_owned();
-        let run = format!("test-{}", name.trim_end_matches(".test.sh"));
-        // NAME.test.sh runs under NAME.policy.toml when there is one.
-        let policy = crate::own_policy(&file).unwrap_or_else(|| default_policy.clone());
-        println!("-- {name} (policy {}) --", policy.display());
-        let spec = RunSpec {
-            mode: Mode::Script(file.clone()),
-            policy,
-        };
-        let m = crate::machine(paths, &prep, &spec, &run, Duration::from_secs(args.timeout))?;
-        let mut report = FileReport::default();
-        let mut stdout = std::io::stdout();
-        let outcome = m.run(&mut |bytes| {
-            let _ = stdout.write_all(bytes);
-            let _ = stdout.flush();
-            report.feed(bytes);
-        })?;
-        report.finish();
-        let mut stage = Stage::new(format!("vm {name}"));
-        stage.passed = report.passed;
-        stage.failed = report.failed;
-        stage
-            .notes
-            .push(format!("boot-to-result {}", fmt_duration(outcome.wall)));
-        for (k, v) in &report.metrics {
-            stage.notes.push(format!("# metric {k}={v}"));
-        }
-        match outcome.script_status {
-            Some(0) if report.summary.is_some() => {}
-            Some(0) => {
-                stage.failed += 1;
-                stage
-                    .notes
-                    .push("the script ended without its `N passed, M failed` line".into());
+    for series in kernels {
+        for init in [Init::Busybox, Init::Systemd] {
+            let mine: Vec<&PathBuf> = files.iter().filter(|f| init_of(f) == init).collect();
+            if mine.is_empty() {
+                continue;
             }
-            Some(rc) => {
-                if stage.failed == 0 {
-                    stage.failed = 1;
+            let start = Instant::now();
+            let prep = match crate::prepare(paths, series, init, apt) {
+                Ok(p) => p,
+                Err(e) => {
+                    println!(
+                        "xtask: cannot prepare the {init:?} guest on {}: {e}",
+                        series.name()
+                    );
+                    let mut s =
+                        Stage::new(format!("vm {} {init:?} (guest preparation)", series.name()));
+                    s.failed = 1;
+                    s.notes.push(e.to_string());
+                    stages.push(s);
+                    continue;
                 }
-                stage.notes.push(format!("script exit status {rc}"));
-            }
-            None => {
-                stage.failed += 1;
-                stage
-                    .notes
-                    .push(outcome.failure().unwrap_or_default().to_string());
-            }
-        }
-        if let Some((p, f)) = report
-            .summary
-            .filter(|&c| c != (report.passed, report.failed))
-        {
-            stage.notes.push(format!(
-                "note: the script counted {p} passed, {f} failed; the runner saw {} and {}",
-                report.passed, report.failed
-            ));
-        }
-        if !stage.ok() {
-            stage
-                .notes
-                .push(format!("guest console log: {}", outcome.console.display()));
+            };
             println!(
-                "--- {name}: last lines of {} ---\n{}",
-                outcome.console.display(),
-                crate::qemu::console_tail(&outcome.console, 30)
+                "guest: kernel {} ({}), {init:?} as PID 1, accel {}, prepared in {}",
+                prep.kernel.release,
+                prep.kernel.image.display(),
+                crate::qemu::accel(),
+                fmt_duration(start.elapsed())
             );
+            for file in mine {
+                stages.push(vm_test_file(paths, args, &prep, series, file)?);
+            }
         }
-        println!(
-            "-- {name}: {} passed, {} failed, boot-to-result {} --",
-            stage.passed,
-            stage.failed,
-            fmt_duration(outcome.wall)
-        );
-        stages.push(stage);
     }
     Ok(stages)
+}
+
+/// One VM test file in its own guest boot.
+fn vm_test_file(
+    paths: &Paths,
+    args: &TestArgs,
+    prep: &crate::Prepared,
+    series: KernelSeries,
+    file: &Path,
+) -> Result<Stage> {
+    let default_policy = paths.vm_sources().join("policy.toml");
+    let name = file
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned();
+    let run = crate::run_name(
+        &format!("test-{}", name.trim_end_matches(".test.sh")),
+        series,
+        prep.init,
+    );
+    // NAME.test.sh runs under NAME.policy.toml when there is one.
+    let policy = crate::own_policy(file).unwrap_or_else(|| default_policy.clone());
+    let label = format!(
+        "{name} [{}{}]",
+        series.name(),
+        match prep.init {
+            Init::Busybox => "",
+            Init::Systemd => ", systemd",
+        }
+    );
+    println!("-- {label} (policy {}) --", policy.display());
+    let spec = RunSpec {
+        mode: Mode::Script(file.to_path_buf()),
+        policy,
+    };
+    let m = crate::machine(paths, prep, &spec, &run, Duration::from_secs(args.timeout))?;
+    let mut report = FileReport::default();
+    let mut stdout = std::io::stdout();
+    let outcome = m.run(&mut |bytes| {
+        let _ = stdout.write_all(bytes);
+        let _ = stdout.flush();
+        report.feed(bytes);
+    })?;
+    report.finish();
+    let mut stage = Stage::new(format!("vm {label}"));
+    stage.passed = report.passed;
+    stage.failed = report.failed;
+    stage
+        .notes
+        .push(format!("boot-to-result {}", fmt_duration(outcome.wall)));
+    for (k, v) in &report.metrics {
+        stage.notes.push(format!("# metric {k}={v}"));
+    }
+    match outcome.script_status {
+        Some(0) if report.summary.is_some() => {}
+        Some(0) => {
+            stage.failed += 1;
+            stage
+                .notes
+                .push("the script ended without its `N passed, M failed` line".into());
+        }
+        Some(rc) => {
+            if stage.failed == 0 {
+                stage.failed = 1;
+            }
+            stage.notes.push(format!("script exit status {rc}"));
+        }
+        None => {
+            stage.failed += 1;
+            stage
+                .notes
+                .push(outcome.failure().unwrap_or_default().to_string());
+        }
+    }
+    if let Some((p, f)) = report
+        .summary
+        .filter(|&c| c != (report.passed, report.failed))
+    {
+        stage.notes.push(format!(
+            "note: the script counted {p} passed, {f} failed; the runner saw {} and {}",
+            report.passed, report.failed
+        ));
+    }
+    if !stage.ok() {
+        stage
+            .notes
+            .push(format!("guest console log: {}", outcome.console.display()));
+        println!(
+            "--- {label}: last lines of {} ---\n{}",
+            outcome.console.display(),
+            crate::qemu::console_tail(&outcome.console, 30)
+        );
+    }
+    println!(
+        "-- {label}: {} passed, {} failed, boot-to-result {} --",
+        stage.passed,
+        stage.failed,
+        fmt_duration(outcome.wall)
+    );
+    Ok(stage)
+}
+
+/// The exposure bar of the shipped service unit.
+pub const MAX_EXPOSURE: f64 = 1.5;
+
+/// `systemd-analyze security --offline=true dist/vfio-gated.service`: one check, failed above
+/// [`MAX_EXPOSURE`] (or if the score cannot be read).
+fn unit_exposure(paths: &Paths) -> Stage {
+    let unit = paths.workspace.join("dist/vfio-gated.service");
+    let mut cmd = Command::new("systemd-analyze");
+    cmd.args(["security", "--offline=true", "--no-pager"])
+        .arg(&unit);
+    println!("== unit exposure: {} ==", display(&cmd));
+    let mut stage = Stage::new("unit exposure");
+    let out = match cmd.output() {
+        Ok(o) => o,
+        Err(e) => {
+            stage.failed = 1;
+            stage.notes.push(format!("cannot run systemd-analyze: {e}"));
+            return stage;
+        }
+    };
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    for line in text.lines().filter(|l| l.starts_with('✗')) {
+        println!("{}", line.trim_end());
+    }
+    match exposure(&text) {
+        Some(score) => {
+            println!("exposure of vfio-gated.service: {score:.1} (bar: {MAX_EXPOSURE:.1})");
+            stage
+                .notes
+                .push(format!("# metric unit_exposure={score:.1}"));
+            if score <= MAX_EXPOSURE {
+                stage.passed = 1;
+            } else {
+                stage.failed = 1;
+                stage.notes.push(format!(
+                    "exposure {score:.1} is above {MAX_EXPOSURE:.1}: harden dist/vfio-gated.service"
+                ));
+            }
+        }
+        None => {
+            stage.failed = 1;
+            stage.notes.push(format!(
+                "no exposure level in the output of `{}` ({}): {}",
+                display(&cmd),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+    }
+    stage
+}
+
+/// `→ Overall exposure level for x.service: 1.4 OK 🙂` → 1.4.
+fn exposure(text: &str) -> Option<f64> {
+    let line = text
+        .lines()
+        .find(|l| l.contains("Overall exposure level for"))?;
+    let (_, rest) = line.rsplit_once(": ")?;
+    rest.split_whitespace().next()?.parse().ok()
 }
 
 /// What a VM test file's output says, parsed line by line as it streams.
@@ -411,5 +532,25 @@ mod tests {
         assert_eq!((r.passed, r.failed), (1, 1));
         assert_eq!(r.metrics, [("list_ms".to_string(), "12.5".to_string())]);
         assert_eq!(r.summary, Some((1, 1)));
+    }
+
+    #[test]
+    fn exposure_line() {
+        let text = "✗ PrivateNetwork=  Service has access to the host's network   0.5\n\n\
+                    → Overall exposure level for vfio-gated.service: 1.4 OK 🙂\n";
+        assert_eq!(exposure(text), Some(1.4));
+        assert_eq!(exposure("nothing"), None);
+    }
+
+    #[test]
+    fn systemd_files_boot_systemd() {
+        assert_eq!(
+            init_of(Path::new("tests/vm/systemd.test.sh")),
+            Init::Systemd
+        );
+        assert_eq!(
+            init_of(Path::new("tests/vm/sandbox.test.sh")),
+            Init::Busybox
+        );
     }
 }
