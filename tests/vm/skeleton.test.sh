@@ -39,7 +39,7 @@ check_equals "$TESTDEV's driver_override is cleared" "(null)" override_of $TESTD
 check_status 3 "bob's bind of $NIC is denied (exit status 3)" \
     runas bob vfio-gate bind $NIC --to vfio-pci
 check_output_contains "the denial says no rule allows it (deny by default)" \
-    "no policy rule allows it" runas bob vfio-gate bind $NIC --to vfio-pci
+    "no policy rule lets you bind" runas bob vfio-gate bind $NIC --to vfio-pci
 check_output_contains "on the wire: Denied, decided by no rule" "Denied { rule: None" \
     runas bob rawframe --request bind $NIC vfio-pci
 check_equals "after bob's attempts $NIC is still on e1000e" e1000e driver_of $NIC

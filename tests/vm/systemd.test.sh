@@ -81,7 +81,7 @@ check_equals "$TESTDEV's driver_override is cleared" "(null)" override_of $TESTD
 
 check_status 3 "bob's bind of $NIC is denied (exit status 3)" \
     runas bob vfio-gate bind $NIC --to vfio-pci
-check_output_contains "by default: no rule allows it" "no policy rule allows it" \
+check_output_contains "by default: no rule allows it" "no policy rule lets you bind" \
     runas bob vfio-gate bind $NIC --to vfio-pci
 check_status 3 "alice's bind of $NVME is denied (exit status 3)" \
     runas alice vfio-gate bind $NVME --to vfio-pci

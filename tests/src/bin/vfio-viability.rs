@@ -15,7 +15,7 @@ mod vfio;
 use std::process::ExitCode;
 
 use vfio_gated::groups::{Member, ViabilityRule, classify, viable};
-use vfio_gated::sysfs::{Kernel, Sysfs};
+use vfio_gated::sysfs::{PciView, Sysfs};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
