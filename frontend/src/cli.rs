@@ -8,7 +8,7 @@ use clap::error::ErrorKind;
 use clap::{ArgGroup, Args, CommandFactory, Parser, Subcommand};
 use vfio_gate_protocol::{Driver, MAX_BIND_DEVICES, PciAddress, ReleaseTarget};
 
-use crate::error::EXIT_STATUS_HELP;
+use crate::error::{DEFAULT_POLICY, EXIT_STATUS_HELP};
 use crate::users::{self, PASSWD};
 
 /// Where the helper listens unless told otherwise (`vfio-gate.socket`'s `ListenStream=`).
@@ -67,12 +67,28 @@ pub enum Command {
     Bind(BindArgs),
     Release(ReleaseArgs),
     Run(RunArgs),
+    Explain(ExplainArgs),
+    /// Check a policy file, or report the permissions it grants on this host (offline).
+    #[command(subcommand)]
+    Policy(PolicyCommand),
 }
 
 impl Cli {
     /// What clap cannot check on its own: `--json` with `run`, and how many devices `run` names.
     /// The error is a usage error (exit status 2), reported like clap's own.
     pub fn validate(&self) -> Result<(), clap::Error> {
+        if let Command::Explain(args) = &self.command {
+            if args.policy.is_none()
+                && (args.host.sysfs_root.is_some() || args.host.etc_root.is_some())
+            {
+                return Err(subcommand_usage_error(
+                    "explain",
+                    ErrorKind::MissingRequiredArgument,
+                    "--sysfs-root and --etc-root need --policy: without it the helper answers, \
+                     from the host it runs on",
+                ));
+            }
+        }
         let Command::Run(args) = &self.command else {
             return Ok(());
         };
@@ -95,10 +111,15 @@ impl Cli {
 
 /// A usage error about `vfio-gate run`, with that subcommand's usage line.
 fn run_usage_error(kind: ErrorKind, message: &str) -> clap::Error {
+    subcommand_usage_error("run", kind, message)
+}
+
+/// A usage error about one subcommand, with its usage line.
+fn subcommand_usage_error(name: &str, kind: ErrorKind, message: &str) -> clap::Error {
     let mut cli = Cli::command();
     cli.build();
-    match cli.find_subcommand_mut("run") {
-        Some(run) => run.error(kind, message),
+    match cli.find_subcommand_mut(name) {
+        Some(sub) => sub.error(kind, message),
         None => cli.error(kind, message),
     }
 }
@@ -317,6 +338,125 @@ impl RunArgs {
         }
         line
     }
+}
+
+/// Where the offline commands read the host. Hidden: for tests (fixture trees) and for looking
+/// at a copy of another host's sysfs; an auditor on the host itself never needs them.
+#[derive(Debug, Clone, Default, Args)]
+pub struct HostArgs {
+    /// Read PCI devices from this sysfs tree instead of /sys.
+    #[arg(long, value_name = "DIR", hide = true)]
+    pub sysfs_root: Option<PathBuf>,
+
+    /// Read users and groups from DIR/etc/passwd and DIR/etc/group instead of /etc.
+    #[arg(long, value_name = "DIR", hide = true)]
+    pub etc_root: Option<PathBuf>,
+}
+
+impl HostArgs {
+    /// The sysfs tree: `--sysfs-root`, else `/sys`.
+    pub fn sysfs(&self) -> PathBuf {
+        self.sysfs_root.clone().unwrap_or_else(|| "/sys".into())
+    }
+
+    /// The root whose `etc/passwd` and `etc/group` are read: `--etc-root`, else `/`.
+    pub fn etc(&self) -> PathBuf {
+        self.etc_root.clone().unwrap_or_else(|| "/".into())
+    }
+}
+
+/// Explain how a bind of a device would be decided, and why. Changes nothing.
+///
+/// For each driver (or the one given with --to): ALLOWED or DENIED, the rule that decides it
+/// with its file and line (or "no rule matches: denied by default"), and the other rules that
+/// match; then the built-in guards that refuse the device now whatever the policy says, the
+/// plan for its IOMMU group (the companions a bind would move) or why no plan works, who holds
+/// it, and the SHA-256 of the policy the answer comes from.
+///
+/// Without --policy the helper answers, about you; with --user, about someone else (admins
+/// only, as the policy names them). With --policy PATH vfio-gate answers itself, offline: it
+/// loads that policy and its policy.d drop-ins (refused as the helper would refuse them) and
+/// reads this host's /sys, with the helper's own code, so an auditor can ask without the
+/// helper; --user then works for anyone in /etc/passwd. Offline, who holds a device is not
+/// known (the helper keeps its leases).
+///
+/// Exit status 0 whenever the answer was produced, whatever it says; 9 when the --policy file
+/// is refused.
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// The device, as lspci prints it (05:02.0) or in full (0000:05:02.0).
+    #[arg(value_name = "ADDR")]
+    pub device: PciAddress,
+
+    /// Only this driver (default: every driver vfio-gate binds to).
+    #[arg(long = "to", value_name = "DRIVER", value_parser = driver_parser())]
+    pub driver: Option<Driver>,
+
+    /// Whom to ask about: a name from /etc/passwd, or a uid (default: you).
+    #[arg(long, value_name = "NAME|UID")]
+    pub user: Option<String>,
+
+    /// Answer offline from this policy file (and its policy.d drop-ins) and this host's
+    /// sysfs, without the helper.
+    #[arg(long, value_name = "PATH")]
+    pub policy: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub host: HostArgs,
+}
+
+/// Check and report on a policy file, offline.
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    Check(PolicyCheckArgs),
+    Report(PolicyReportArgs),
+}
+
+/// Check a policy: load it as the helper would, then lint it against this host's devices.
+///
+/// Loads PATH and its policy.d drop-ins with every check the helper makes (ownership and mode,
+/// syntax, schema, names); a refusal is an error, with its file and line. A policy that loads
+/// is then linted: unknown users and groups, rules that match no device on this host, allow
+/// rules that match by address alone, allows shadowed by denies, grants of storage, network
+/// or display controllers, grants to everyone. Prints one `file:line: severity: message` line
+/// per finding, then a summary. For CI machines without the hardware, --no-host skips the
+/// checks against this host's devices.
+///
+/// Exit status: 0 clean (notes at most), 8 warnings, 9 errors (the policy is refused: the
+/// helper would serve nothing), 1 when the check itself could not run (this host's devices
+/// could not be read; --no-host lints without them), 2 bad usage.
+#[derive(Debug, Args)]
+pub struct PolicyCheckArgs {
+    /// The policy file; its drop-ins are read from policy.d beside it.
+    #[arg(value_name = "PATH", default_value = DEFAULT_POLICY)]
+    pub path: PathBuf,
+
+    /// Do not read this host's devices: skip the checks that need them (for CI machines).
+    #[arg(long)]
+    pub no_host: bool,
+
+    #[command(flatten)]
+    pub host: HostArgs,
+}
+
+/// Report the effective permissions on this host: who may bind which device, to which
+/// driver, through which rule.
+///
+/// For every account in /etc/passwd (with its groups from /etc/group) and every uid a rule
+/// names directly, each device of this host the policy lets them bind, to each driver, with
+/// the rule that grants it (file:line); sorted by user, then device. GUARD names a built-in
+/// guard that refuses the device now whatever the policy says (the boot display, a disk the
+/// host has mounted, ...). Offline: reads the policy and /sys, not the helper.
+///
+/// Exit status 0 (an empty report too), 9 when the policy is refused.
+#[derive(Debug, Args)]
+pub struct PolicyReportArgs {
+    /// The policy file; its drop-ins are read from policy.d beside it.
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_POLICY)]
+    pub policy: PathBuf,
+
+    #[command(flatten)]
+    pub host: HostArgs,
 }
 
 /// `word` as a shell would need it: as it is when it holds only safe characters, else in single

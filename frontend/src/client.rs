@@ -201,6 +201,7 @@ pub fn response_name(r: &Response) -> &'static str {
         Response::Devices(_) => "a device list",
         Response::Bound(_) => "a bind report",
         Response::Released(_) => "a release report",
+        Response::Explained(_) => "an explanation",
         Response::Error(_) => "an error",
     }
 }

@@ -4,13 +4,19 @@ use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::Path;
 
+use vfio_gate_policy::{Finding, Severity};
 use vfio_gate_protocol::{PciAddress, ReleaseTarget, Request, Response, WireError};
 
-use crate::cli::{BindArgs, ListArgs, ReleaseArgs, RunArgs};
+use crate::audit::{self, CheckJson, ReportJson, Source};
+use crate::cli::{
+    BindArgs, ExplainArgs, ListArgs, PolicyCheckArgs, PolicyReportArgs, ReleaseArgs, RunArgs,
+    UserArg,
+};
 use crate::client::{Client, response_name};
 use crate::error::{Error, GroupNeeded, Status};
 use crate::localtime;
 use crate::messages;
+use crate::offline::{self, Evaluator, Host};
 use crate::output::{self, NodeOwner, ReleaseJson};
 use crate::pci_ids::PciNames;
 use crate::supervise::{self, Outcome, Supervisor};
@@ -34,7 +40,7 @@ fn unexpected(request: &Request, got: &Response) -> Error {
 
 /// Adds what only this side knows to a helper's refusal: the holder's name and the time in
 /// words.
-fn explain(err: Error) -> Error {
+fn add_context(err: Error) -> Error {
     match err {
         Error::Helper(WireError::Held { group, uid, since }) => {
             let users = UserNames::load(Path::new(PASSWD), &BTreeSet::from([uid]));
@@ -75,7 +81,7 @@ pub fn list(ctx: &Context<'_>, _args: &ListArgs, out: &mut impl Write) -> Result
 /// A refusal for want of `--group`, with the plan rendered and `rerun`, the command that carries
 /// it out.
 fn explain_bind(ctx: &Context<'_>, rerun: String, named: &[PciAddress], err: Error) -> Error {
-    match explain(err) {
+    match add_context(err) {
         Error::Helper(WireError::NeedsGroup {
             group,
             plan,
@@ -170,7 +176,7 @@ pub fn release(
     let request = Request::Release {
         target: args.target(),
     };
-    let report = match ctx.client.call(&request).map_err(explain)? {
+    let report = match ctx.client.call(&request).map_err(add_context)? {
         Response::Released(report) => report,
         other => return Err(unexpected(&request, &other)),
     };
@@ -265,7 +271,7 @@ pub fn run(ctx: &Context<'_>, args: &RunArgs) -> Result<u8, Error> {
     let release = Request::Release {
         target: ReleaseTarget::Device(primary),
     };
-    match conn.call(&release).map_err(explain) {
+    match conn.call(&release).map_err(add_context) {
         Ok(Response::Released(report)) => {
             for d in output::released_devices(&report) {
                 if let Some(warning) = output::release_warning(d) {
@@ -288,4 +294,192 @@ pub fn run(ctx: &Context<'_>, args: &RunArgs) -> Result<u8, Error> {
     drop(conn);
     drop(supervisor);
     Ok(code)
+}
+
+/// `vfio-gate explain ADDR [--to DRIVER] [--user NAME|UID] [--policy PATH]`: the helper's answer,
+/// or with `--policy` the same answer computed here. Status 0 whenever an answer was produced.
+pub fn explain(
+    ctx: &Context<'_>,
+    args: &ExplainArgs,
+    out: &mut impl Write,
+) -> Result<Status, Error> {
+    let (report, source) = match &args.policy {
+        None => (explain_online(ctx, args)?, Source::Helper),
+        Some(path) => {
+            let host = Host {
+                sysfs: args.host.sysfs(),
+                etc: args.host.etc(),
+            };
+            let policy = host
+                .load_policy(&offline::absolute(path))
+                .map_err(Error::Policy)?;
+            let subject = match &args.user {
+                Some(value) => host.user(value)?.1,
+                None => offline::caller(),
+            };
+            let view = host.view();
+            let host_use = host.host_use();
+            let evaluator = Evaluator {
+                policy: &policy,
+                view: &view,
+                host_use: &host_use,
+                rule: offline::viability(),
+                sysfs: &host.sysfs,
+            };
+            let report = evaluator.explain(&subject, args.device, args.driver)?;
+            (report, Source::Offline(policy.sources().to_vec()))
+        }
+    };
+    if ctx.json {
+        output::write_json(out, &report).map_err(Error::Output)?;
+    } else {
+        let names = PciNames::load(ctx.pci_ids, &audit::explain_names(&report));
+        let passwd = match &args.policy {
+            Some(_) => args.host.etc().join("etc/passwd"),
+            None => PASSWD.into(),
+        };
+        let users = UserNames::load(&passwd, &audit::explain_uids(&report));
+        let text = audit::explain_text(&report, &names, &users, &source);
+        out.write_all(text.as_bytes()).map_err(Error::Output)?;
+    }
+    out.flush().map_err(Error::Output)?;
+    Ok(Status::Ok)
+}
+
+fn explain_online(
+    ctx: &Context<'_>,
+    args: &ExplainArgs,
+) -> Result<vfio_gate_protocol::ExplainReport, Error> {
+    let uid = match &args.user {
+        None => None,
+        Some(value) => Some(
+            UserArg::resolve(value, Path::new(PASSWD))
+                .map_err(|_| Error::UnknownUser {
+                    value: value.clone(),
+                    passwd: PASSWD.into(),
+                })?
+                .uid,
+        ),
+    };
+    let request = Request::Explain {
+        device: args.device,
+        driver: args.driver,
+        uid,
+    };
+    match ctx.client.call(&request) {
+        Ok(Response::Explained(report)) => Ok(report),
+        Ok(other) => Err(unexpected(&request, &other)),
+        // The one denial explain knows: asking about someone else without being an admin.
+        Err(Error::Helper(WireError::Denied { rule: None, reason })) if uid.is_some() => {
+            Err(Error::NotAdmin { reason })
+        }
+        Err(e) => Err(add_context(e)),
+    }
+}
+
+/// `vfio-gate policy check [PATH] [--no-host]`: load as the helper would, lint against this
+/// host. Status 0 clean (notes at most), 8 warnings, 9 errors (refused).
+pub fn policy_check(
+    ctx: &Context<'_>,
+    args: &PolicyCheckArgs,
+    out: &mut impl Write,
+) -> Result<Status, Error> {
+    let host = Host {
+        sysfs: args.host.sysfs(),
+        etc: args.host.etc(),
+    };
+    let policy_path = offline::absolute(&args.path);
+    let path = policy_path.display().to_string();
+    let (findings, policy) = match host.load_policy(&policy_path) {
+        Err(e) => (vec![Finding::from_error(&e)], None),
+        Ok(policy) => {
+            let devices = if args.no_host {
+                Vec::new()
+            } else {
+                host.devices()?
+            };
+            (policy.lint(&devices), Some(policy))
+        }
+    };
+    let status = check_status(&findings);
+    let sha = policy.as_ref().map(|p| p.sha256());
+    let files = policy.as_ref().map_or(&[][..], |p| p.sources());
+    if ctx.json {
+        let (errors, warnings, notes) = audit::tally(&findings);
+        let doc = CheckJson {
+            policy: &path,
+            loaded: policy.is_some(),
+            sha256: sha.as_deref(),
+            files,
+            findings: &findings,
+            errors,
+            warnings,
+            notes,
+            exit_code: status.code(),
+        };
+        output::write_json(out, &doc).map_err(Error::Output)?;
+    } else {
+        let loaded = sha.as_deref().map(|sha| (files, sha));
+        let text = audit::check_text(&path, &findings, loaded);
+        out.write_all(text.as_bytes()).map_err(Error::Output)?;
+    }
+    out.flush().map_err(Error::Output)?;
+    Ok(status)
+}
+
+/// The exit status of `policy check`: the most serious finding.
+pub fn check_status(findings: &[Finding]) -> Status {
+    match findings.iter().map(|f| f.severity).min() {
+        Some(Severity::Error) => Status::PolicyRefused,
+        Some(Severity::Warning) => Status::PolicyWarnings,
+        Some(Severity::Info) | None => Status::Ok,
+    }
+}
+
+/// `vfio-gate policy report [--policy PATH]`: every permission the policy grants on this host.
+pub fn policy_report(
+    ctx: &Context<'_>,
+    args: &PolicyReportArgs,
+    out: &mut impl Write,
+) -> Result<Status, Error> {
+    let host = Host {
+        sysfs: args.host.sysfs(),
+        etc: args.host.etc(),
+    };
+    let policy_path = offline::absolute(&args.policy);
+    let policy = host.load_policy(&policy_path).map_err(Error::Policy)?;
+    let subjects = offline::report_subjects(&policy, host.accounts()?);
+    let devices = host.devices()?;
+    let view = host.view();
+    let host_use = host.host_use();
+    let evaluator = Evaluator {
+        policy: &policy,
+        view: &view,
+        host_use: &host_use,
+        rule: offline::viability(),
+        sysfs: &host.sysfs,
+    };
+    let rows = evaluator.report(&subjects, &devices);
+    let sha = policy.sha256();
+    if ctx.json {
+        let path = policy_path.display().to_string();
+        let doc = ReportJson {
+            policy: &path,
+            sha256: &sha,
+            files: policy.sources(),
+            rows: &rows,
+        };
+        output::write_json(out, &doc).map_err(Error::Output)?;
+    } else {
+        if !rows.is_empty() {
+            let names = PciNames::load(ctx.pci_ids, &audit::report_names(&rows));
+            audit::report_table(&rows, &names)
+                .write_to(out)
+                .map_err(Error::Output)?;
+        }
+        let summary = audit::report_summary(&rows, policy.sources(), &sha);
+        out.write_all(summary.as_bytes()).map_err(Error::Output)?;
+    }
+    out.flush().map_err(Error::Output)?;
+    Ok(Status::Ok)
 }

@@ -12,12 +12,17 @@
 //! | 5 | the helper is unreachable: socket missing, connection refused, or not permitted |
 //! | 6 | busy: try again |
 //! | 7 | protocol version mismatch: the frontend and the helper come from different releases |
+//! | 8 | `policy check`: the policy loads, with warnings a reviewer should look at |
+//! | 9 | the policy is refused (`policy check`, `policy report`, `explain --policy`): the helper would serve nothing with it |
 
 use std::io;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use vfio_gate_host::SysfsError;
+use vfio_gate_host::guards::GuardError;
+use vfio_gate_policy::PolicyError;
 use vfio_gate_protocol::{
     DecodeError, EncodeError, FrameError, Guard, PciAddress, Plan, RuleRef, WireError,
 };
@@ -33,7 +38,10 @@ Exit status:
   4  no such device
   5  the helper is unreachable: socket missing, connection refused, or not permitted
   6  busy: try again
-  7  protocol version mismatch: vfio-gate and vfio-gated come from different releases";
+  7  protocol version mismatch: vfio-gate and vfio-gated come from different releases
+  8  policy check: the policy loads, with warnings to review
+  9  the policy is refused (policy check, policy report, explain --policy): the helper
+     would serve nothing with it";
 
 /// The policy file the helper reads unless its admin passed `--policy`.
 pub const DEFAULT_POLICY: &str = "/etc/vfio-gate/policy.toml";
@@ -50,10 +58,12 @@ pub enum Status {
     Unreachable = 5,
     Busy = 6,
     VersionMismatch = 7,
+    PolicyWarnings = 8,
+    PolicyRefused = 9,
 }
 
 impl Status {
-    pub const ALL: [Status; 8] = [
+    pub const ALL: [Status; 10] = [
         Status::Ok,
         Status::Failure,
         Status::Usage,
@@ -62,6 +72,8 @@ impl Status {
         Status::Unreachable,
         Status::Busy,
         Status::VersionMismatch,
+        Status::PolicyWarnings,
+        Status::PolicyRefused,
     ];
 
     pub fn code(self) -> u8 {
@@ -141,6 +153,39 @@ pub enum Error {
     /// `vfio-gate run` could not set up its signal handling (the command is not run).
     #[error("setting up signal handling for the command")]
     Signals(#[source] io::Error),
+    /// A policy read offline (`policy report`, `explain --policy`) does not load.
+    #[error("the policy is refused")]
+    Policy(#[source] PolicyError),
+    /// Offline: the device is not in this host's sysfs.
+    #[error("no PCI device {} in {}", device.short(), sysfs.display())]
+    NoDevice { device: PciAddress, sysfs: PathBuf },
+    /// Offline: this host's sysfs could not be read.
+    #[error("reading the PCI devices under {}", sysfs.display())]
+    Sysfs {
+        sysfs: PathBuf,
+        #[source]
+        source: SysfsError,
+    },
+    /// Offline: a built-in guard could not tell whether it applies (the helper would refuse).
+    #[error("checking the built-in guards for {}", device.short())]
+    Guard {
+        device: PciAddress,
+        #[source]
+        source: GuardError,
+    },
+    /// Offline: `etc/passwd` or `etc/group` could not be read.
+    #[error("reading the accounts in {}", passwd.display())]
+    Accounts {
+        passwd: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// `--user` names nobody in the passwd file.
+    #[error("no user {value:?} in {}", passwd.display())]
+    UnknownUser { value: String, passwd: PathBuf },
+    /// The helper answers questions about other users to admins only.
+    #[error("denied: {reason}")]
+    NotAdmin { reason: String },
 }
 
 /// A bind refused because the named devices alone would leave their group unusable: the helper's
@@ -231,7 +276,14 @@ impl Error {
             | Error::Encode(_)
             | Error::UnexpectedResponse { .. }
             | Error::Output(_)
-            | Error::Signals(_) => Status::Failure,
+            | Error::Signals(_)
+            | Error::Sysfs { .. }
+            | Error::Guard { .. }
+            | Error::Accounts { .. } => Status::Failure,
+            Error::Policy(_) => Status::PolicyRefused,
+            Error::NoDevice { .. } => Status::NotFound,
+            Error::UnknownUser { .. } => Status::Usage,
+            Error::NotAdmin { .. } => Status::Denied,
         }
     }
 
@@ -251,6 +303,13 @@ impl Error {
             Error::Output(_) => "output",
             Error::NeedsGroup(_) => "needs_group",
             Error::Held { .. } => "held",
+            Error::Policy(_) => "policy",
+            Error::NoDevice { .. } => "not_found",
+            Error::Sysfs { .. } => "sysfs",
+            Error::Guard { .. } => "guard",
+            Error::Accounts { .. } => "accounts",
+            Error::UnknownUser { .. } => "usage",
+            Error::NotAdmin { .. } => "denied",
             Error::Helper(w) => match w {
                 WireError::Denied { .. } => "denied",
                 WireError::Refused { .. } => "refused",
@@ -314,6 +373,32 @@ impl Error {
             Error::Held { user, .. } => format!(
                 "A group belongs to one user at a time: ask {user} to release it when they are \
                  done (vfio-gate list shows who holds each device)"
+            ),
+            Error::Policy(e) => format!(
+                "Fix {} (vfio-gate policy check lists every problem); the helper serves nothing \
+                 while its policy is refused",
+                e.file()
+            ),
+            Error::NoDevice { .. } => {
+                "lspci -D lists this host's PCI devices with their addresses".to_owned()
+            }
+            Error::Sysfs { sysfs, .. } => format!(
+                "Check that {} is a sysfs mount (ls {}/bus/pci/devices); vfio-gate policy check \
+                 --no-host lints a policy without this host's devices",
+                sysfs.display(),
+                sysfs.display()
+            ),
+            Error::Guard { .. } => "The helper refuses a device whose guards it cannot check; \
+                see the cause above (reading /proc/self/mountinfo, /proc/swaps or sysfs)"
+                .to_owned(),
+            Error::Accounts { .. } => "Check that the file exists and is readable".to_owned(),
+            Error::UnknownUser { .. } => {
+                "Give a uid instead, or check the spelling (getent passwd NAME)".to_owned()
+            }
+            Error::NotAdmin { .. } => format!(
+                "Leave out --user to ask about yourself, or ask an admin (root, or [settings] \
+                 admins in the policy). Whoever can read the policy can also ask offline: \
+                 vfio-gate explain ADDR --user NAME --policy {DEFAULT_POLICY}"
             ),
             Error::Helper(w) => match w {
                 WireError::Refused { device, guard, .. } => guard_advice(*guard, *device),
@@ -423,9 +508,8 @@ impl Error {
     /// The device the helper could not find.
     pub fn device(&self) -> Option<PciAddress> {
         match self {
-            Error::Helper(WireError::NotFound { device } | WireError::Refused { device, .. }) => {
-                Some(*device)
-            }
+            Error::Helper(WireError::NotFound { device } | WireError::Refused { device, .. })
+            | Error::NoDevice { device, .. } => Some(*device),
             _ => None,
         }
     }

@@ -16,29 +16,38 @@
 //!
 //! Invariants worth keeping:
 //! - The frontend never writes sysfs and never asks for privilege. The one program it starts is
-//!   the command of `vfio-gate run`, as the calling user, with the caller's environment. The only
-//!   files it reads are the PCI ID database (for names) and `/etc/passwd` (for user names, and
-//!   for the uid of `release --user NAME`), and neither is required: when they are missing, ids
-//!   and uids are shown instead. After a bind it `stat`s the `/dev/vfio/N` the helper reports,
-//!   to say truthfully whose it is.
+//!   the command of `vfio-gate run`, as the calling user, with the caller's environment. The
+//!   commands that ask the helper read only the PCI ID database (for names) and `/etc/passwd`
+//!   (for user names, and for the uid of `--user NAME`), and neither is required: when they are
+//!   missing, ids and uids are shown instead. After a bind it `stat`s the `/dev/vfio/N` the
+//!   helper reports, to say truthfully whose it is.
+//! - The offline audit commands (`explain --policy`, `policy check`, `policy report`) read the
+//!   policy files, `/sys`, `/proc` (for the in-use guard), `/etc/passwd` and `/etc/group`, and
+//!   evaluate them with the helper's own crates (`vfio-gate-policy`, `vfio-gate-host`), so their
+//!   answers are the helper's. They load the policy with the helper's checks (root-owned, not
+//!   group/world-writable, no symlinks), so a policy they accept is one the helper accepts.
 //! - Identity is not part of any request; the helper takes it from the kernel.
 //! - Every failure maps to one [`Status`](error::Status) (the exit code) and, where there is one,
 //!   a next step the user can take. The table lives in [`error`] and in `--help`.
 //!
 //! Map: [`cli`] (clap argument structs; their doc comments are the help text), [`client`]
 //! (requests and responses over the socket, retries at the helper's connection limit),
-//! [`commands`] (what each subcommand does), [`supervise`] (the command of `vfio-gate run`:
-//! signals, waiting, watching the connection), [`output`] (tables, sentences, JSON), [`pci_ids`]
-//! (vendor, device and class names), [`users`] (uids and names), [`localtime`] ("since 17:02"),
-//! [`error`] (errors, next steps, exit codes), [`messages`] (how errors, warnings and notes reach
-//! stderr, and stdout under `--json`).
+//! [`commands`] (what each subcommand does), [`offline`] (the audit commands' own evaluation of
+//! a policy on this host), [`audit`] (explanations, lint findings and reports, as text and
+//! JSON), [`supervise`] (the command of `vfio-gate run`: signals, waiting, watching the
+//! connection), [`output`] (tables, sentences, JSON), [`pci_ids`] (vendor, device and class
+//! names), [`users`] (uids and names), [`localtime`] ("since 17:02"), [`error`] (errors, next
+//! steps, exit codes), [`messages`] (how errors, warnings and notes reach stderr, and stdout
+//! under `--json`).
 
+pub mod audit;
 pub mod cli;
 pub mod client;
 pub mod commands;
 pub mod error;
 pub mod localtime;
 pub mod messages;
+pub mod offline;
 pub mod output;
 pub mod pci_ids;
 pub mod supervise;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use vfio_gate::cli::{Cli, Command};
+use vfio_gate::cli::{Cli, Command, PolicyCommand};
 use vfio_gate::client::Client;
 use vfio_gate::commands::{self, Context};
 use vfio_gate::error::Error;
@@ -34,6 +34,13 @@ fn run(cli: &Cli) -> Result<ExitCode, Error> {
         Command::List(args) => commands::list(&ctx, args, &mut out)?,
         Command::Bind(args) => commands::bind(&ctx, args, &mut out)?,
         Command::Release(args) => commands::release(&ctx, args, &mut out)?,
+        Command::Explain(args) => commands::explain(&ctx, args, &mut out)?,
+        Command::Policy(PolicyCommand::Check(args)) => {
+            commands::policy_check(&ctx, args, &mut out)?
+        }
+        Command::Policy(PolicyCommand::Report(args)) => {
+            commands::policy_report(&ctx, args, &mut out)?
+        }
         Command::Run(args) => {
             drop(out);
             return commands::run(&ctx, args).map(ExitCode::from);

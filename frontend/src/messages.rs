@@ -18,7 +18,8 @@ use crate::output::write_json;
 #[derive(Debug, Default, Serialize)]
 pub struct JsonError<'a> {
     /// A stable name: unreachable, timeout, connection, protocol, version_mismatch, denied,
-    /// refused, needs_group, held, not_found, busy, bad_request, failed, internal, output, usage.
+    /// refused, needs_group, held, not_found, busy, bad_request, failed, internal, output, usage,
+    /// and from the offline commands policy (a refused policy), sysfs, guard, accounts.
     pub kind: &'a str,
     pub exit_code: u8,
     /// The message and its causes, as printed on stderr.

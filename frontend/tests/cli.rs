@@ -6,11 +6,14 @@ use std::collections::BTreeSet;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use util::{FakeHelper, Reply, against, pci_ids_fixture, run, vfio_gate};
+use util::{
+    FakeHelper, HostFixture, Reply, against, header_line, needs_root, pci_ids_fixture, run,
+    vfio_gate,
+};
 use vfio_gate_protocol::{
-    BindReport, DeviceInfo, Driver, Guard, Holder, MemberKind, PROTOCOL_VERSION, PciAddress, Plan,
-    PlanStep, ReleaseReport, ReleaseTarget, ReleasedGroup, Request, Response, RestoredDevice,
-    RuleRef, StepAction, WireError,
+    BindReport, DeviceInfo, Driver, DriverVerdict, ExplainReport, Guard, GuardFinding, Holder,
+    MemberKind, PROTOCOL_VERSION, PciAddress, Plan, PlanStep, ReleaseReport, ReleaseTarget,
+    ReleasedGroup, Request, Response, RestoredDevice, RuleRef, StepAction, WireError,
 };
 
 fn addr(s: &str) -> PciAddress {
@@ -1858,5 +1861,1004 @@ mod run_cmd {
         assert!(closed, "{:?}", fake.events());
         assert!(still_running);
         assert_eq!(fake.requests(), vec![hold_bind_plain()]);
+    }
+}
+
+/// `vfio-gate explain` against the fake helper: what it asks, what it prints.
+mod explain_online {
+    use super::*;
+
+    fn storage_rule() -> RuleRef {
+        RuleRef {
+            name: "never storage".into(),
+            file: "/etc/vfio-gate/policy.toml".into(),
+            line: 30,
+        }
+    }
+
+    fn nvme_rule() -> RuleRef {
+        RuleRef {
+            name: "alice: the NVMe".into(),
+            file: "/etc/vfio-gate/policy.d/50-alice.toml".into(),
+            line: 2,
+        }
+    }
+
+    /// The edu device, allowed to vfio-pci with the e1000 as companion, pci-stub by default
+    /// denied.
+    fn allowed() -> ExplainReport {
+        ExplainReport {
+            device: addr("05:02.0"),
+            vendor: 0x1234,
+            device_id: 0x11e8,
+            class: 0x00ff00,
+            driver: None,
+            iommu_group: Some(11),
+            uid: 0,
+            verdicts: vec![
+                DriverVerdict {
+                    driver: Driver::VfioPci,
+                    allowed: true,
+                    rule: Some(rule()),
+                    allows: vec![rule(), companion_rule()],
+                    denies: vec![],
+                },
+                DriverVerdict {
+                    driver: Driver::PciStub,
+                    allowed: false,
+                    rule: None,
+                    allows: vec![],
+                    denies: vec![],
+                },
+            ],
+            guards: vec![],
+            plan: Some(Ok(group_11_plan())),
+            holder: None,
+            policy_sha256: "5e".repeat(32),
+        }
+    }
+
+    fn denied() -> ExplainReport {
+        ExplainReport {
+            device: addr("03:00.0"),
+            vendor: 0x1b36,
+            device_id: 0x0010,
+            class: 0x010802,
+            driver: Some("nvme".into()),
+            iommu_group: Some(10),
+            uid: 0,
+            verdicts: vec![DriverVerdict {
+                driver: Driver::VfioPci,
+                allowed: false,
+                rule: Some(storage_rule()),
+                allows: vec![nvme_rule()],
+                denies: vec![storage_rule()],
+            }],
+            guards: vec![],
+            plan: None,
+            holder: Some(Holder {
+                uid: 0,
+                driver: Driver::PciStub,
+                since: 1_700_000_000,
+                group: Some(10),
+                tied: false,
+            }),
+            policy_sha256: "5e".repeat(32),
+        }
+    }
+
+    #[test]
+    fn an_allowed_device_shows_the_rule_the_other_allows_and_the_group_plan() {
+        let fake = FakeHelper::answering(Response::Explained(allowed()));
+        let mut cmd = against(&fake, &["explain", "05:02.0"]);
+        cmd.arg("--pci-ids").arg(pci_ids_fixture());
+        let r = run(cmd);
+        r.code(0).stderr_empty();
+        let expected = format!(
+            "\
+05:02.0  1234:11e8  Technical Corp. QEMU edu device
+  class    00ff00 (Unclassified device)
+  driver   none
+  group    IOMMU group 11
+  held by  nobody
+For root (uid 0):
+  vfio-pci  ALLOWED  by rule 'lab NIC for vm-users' (/etc/vfio-gate/policy.toml:12)
+                     also allowed by 'lab companions' (/etc/vfio-gate/policy.toml:20)
+  pci-stub  DENIED   no rule matches: denied by default
+Guards: none refuses 05:02.0 now
+With vfio-pci, IOMMU group 11 would be:
+{GROUP_11_TABLE}  The bind moves other members too, so it needs --group: vfio-gate bind 05:02.0 --group
+Policy sha256 {} (the helper's)
+",
+            "5e".repeat(32)
+        );
+        if r.stdout != expected {
+            r.fail(&format!("expected\n{expected}"));
+        }
+        assert_eq!(
+            fake.requests(),
+            vec![Request::Explain {
+                device: addr("05:02.0"),
+                driver: None,
+                uid: None,
+            }]
+        );
+    }
+
+    #[test]
+    fn a_deny_rule_is_named_with_the_allow_it_overrides_and_the_holder() {
+        let fake = FakeHelper::answering(Response::Explained(denied()));
+        let mut cmd = against(&fake, &["explain", "0000:03:00.0", "--to", "vfio-pci"]);
+        cmd.env("TZ", "UTC");
+        let r = run(cmd);
+        r.code(0)
+            .stderr_empty()
+            .stdout_has("  held by  root since 2023-11-14 22:13 (on pci-stub)\n")
+            .stdout_has(
+                "  vfio-pci  DENIED   by rule 'never storage' (/etc/vfio-gate/policy.toml:30)\n\
+                 \x20                    overrides the allow 'alice: the NVMe' \
+                 (/etc/vfio-gate/policy.d/50-alice.toml:2) (deny wins)\n",
+            )
+            .stdout_has("No group plan: the policy does not allow vfio-pci\n");
+        if r.stdout.contains("pci-stub  ") {
+            r.fail("only the driver asked about is shown");
+        }
+        assert_eq!(
+            fake.requests(),
+            vec![Request::Explain {
+                device: addr("03:00.0"),
+                driver: Some(Driver::VfioPci),
+                uid: None,
+            }]
+        );
+    }
+
+    #[test]
+    fn a_guard_that_refuses_the_device_now_is_shown_with_its_reason() {
+        let mut report = allowed();
+        report.guards = vec![GuardFinding {
+            guard: Guard::HostInUse,
+            reason: "the host is using 05:02.0: nvme0n1p2 is mounted on /home".into(),
+        }];
+        let fake = FakeHelper::answering(Response::Explained(report));
+        let r = run(against(&fake, &["explain", "05:02.0"]));
+        r.code(0)
+            .stdout_has(
+                "Refused now by a built-in guard, whatever the policy says:\n  \
+                 in use by the host: the host is using 05:02.0: nvme0n1p2 is mounted on /home\n",
+            )
+            .stdout_has("With vfio-pci, IOMMU group 11 would be:");
+        if r.stdout.contains("Guards: none") || r.stdout.contains("vfio-gate bind") {
+            r.fail("a refused device gets no bind command");
+        }
+        fake.requests();
+    }
+
+    #[test]
+    fn no_plan_says_why() {
+        let mut report = allowed();
+        report.plan = Some(Err(
+            "group 11 also holds 05:01.0 on the host driver e1000, which must leave it".into(),
+        ));
+        let fake = FakeHelper::answering(Response::Explained(report));
+        run(against(&fake, &["explain", "05:02.0"])).code(0).stdout_has(
+            "No plan works for IOMMU group 11 with vfio-pci: group 11 also holds 05:01.0 on the \
+             host driver e1000, which must leave it\n",
+        );
+        fake.requests();
+    }
+
+    #[test]
+    fn json_is_the_explain_report() {
+        let fake = FakeHelper::answering(Response::Explained(allowed()));
+        let r = run(against(&fake, &["explain", "05:02.0", "--json"]));
+        r.code(0).stderr_empty();
+        let v = r.json();
+        assert_eq!(v, serde_json::to_value(allowed()).unwrap());
+        assert_eq!(v["verdicts"][0]["driver"], "vfio-pci");
+        assert_eq!(v["verdicts"][0]["rule"]["line"], 12);
+        assert_eq!(
+            v["plan"]["Ok"]["steps"][1]["action"]["Bind"]["driver"],
+            "pci-stub"
+        );
+        assert_eq!(v["policy_sha256"], "5e".repeat(32));
+        fake.requests();
+    }
+
+    #[test]
+    fn user_is_sent_as_a_uid_and_non_admins_are_told_how_else_to_ask() {
+        let not_admin = || {
+            Reply::Answer(Response::Error(WireError::Denied {
+                rule: None,
+                reason: "only an admin (root, or [settings] admins in the policy) may ask about \
+                         another user"
+                    .into(),
+            }))
+        };
+        let fake = FakeHelper::start(vec![
+            Reply::Answer(Response::Explained(denied())),
+            not_admin(),
+            not_admin(),
+        ]);
+        run(against(&fake, &["explain", "03:00.0", "--user", "root"])).code(0);
+        let r = run(against(&fake, &["explain", "03:00.0", "--user", "4242"]));
+        r.code(3)
+            .stdout_empty()
+            .stderr_has("vfio-gate: denied: only an admin")
+            .stderr_has("Leave out --user to ask about yourself")
+            .stderr_has("vfio-gate explain ADDR --user NAME --policy /etc/vfio-gate/policy.toml");
+        let r = run(against(
+            &fake,
+            &["explain", "03:00.0", "--user", "4242", "--json"],
+        ));
+        r.code(3).json_error("denied");
+        let uid = |uid| Request::Explain {
+            device: addr("03:00.0"),
+            driver: None,
+            uid: Some(uid),
+        };
+        assert_eq!(fake.requests(), vec![uid(0), uid(4242), uid(4242)]);
+    }
+
+    #[test]
+    fn an_unknown_user_or_host_options_without_policy_are_bad_usage() {
+        let fake = FakeHelper::start(vec![]);
+        let r = run(against(
+            &fake,
+            &["explain", "03:00.0", "--user", "no-such-user-here"],
+        ));
+        r.code(2)
+            .stderr_has("no user \"no-such-user-here\" in /etc/passwd");
+        let r = run(against(
+            &fake,
+            &[
+                "explain",
+                "03:00.0",
+                "--user",
+                "no-such-user-here",
+                "--json",
+            ],
+        ));
+        r.code(2).json_error("usage");
+        run(against(
+            &fake,
+            &["explain", "03:00.0", "--sysfs-root", "/tmp"],
+        ))
+        .code(2)
+        .stderr_has("need --policy");
+        run(against(&fake, &["explain", "3:00.0"])).code(2);
+        assert_eq!(fake.requests(), vec![]);
+    }
+}
+
+/// The policy of the offline tests: what the test guest's lab could run.
+const LAB_POLICY: &str = r#"version = 1
+
+[settings]
+admins = { users = ["secops"] }
+
+[[rule]]
+name       = "vm-users: the edu device"
+subjects   = { groups = ["vm-users"] }
+devices    = [{ vendor = "1234", device = "11e8" }]
+drivers    = ["vfio-pci"]
+companions = ["pci-stub"]
+
+[[rule]]
+name     = "vm-users: the test NIC"
+subjects = { groups = ["vm-users"] }
+devices  = [{ address = "01:00.0", vendor = "8086", device = "10d3" }]
+drivers  = ["vfio-pci", "pci-stub"]
+
+[[rule]]
+name     = "alice: the display"
+subjects = { users = ["alice"] }
+devices  = [{ vendor = "1234", device = "1111" }]
+drivers  = ["vfio-pci"]
+
+[[rule]]
+name     = "alice: the NVMe"
+subjects = { users = ["alice"] }
+devices  = [{ vendor = "1b36", device = "0010" }]
+drivers  = ["vfio-pci"]
+
+[[rule]]
+name     = "dave: by uid, he is in LDAP only"
+subjects = { uids = [5003] }
+devices  = [{ vendor = "1234", device = "11e8" }]
+drivers  = ["vfio-pci"]
+
+[[deny]]
+name    = "never storage"
+devices = [{ class = "01" }]
+"#;
+
+const BOB_DROP_IN: &str = r#"# bob's VMs must not park devices
+[[deny]]
+name     = "bob never parks devices on pci-stub"
+subjects = { users = ["bob"] }
+devices  = [{ address = "*:*:*.*" }]
+drivers  = ["pci-stub"]
+"#;
+
+fn lab() -> HostFixture {
+    HostFixture::new(LAB_POLICY, &[("50-bob.toml", BOB_DROP_IN)])
+}
+
+/// "'NAME' (FILE:LINE)" for a rule of the lab policy (or, with `drop_in`, of its drop-in).
+fn lab_rule(fx: &HostFixture, name: &str) -> String {
+    let line = header_line(LAB_POLICY, name);
+    format!("'{name}' ({}:{line})", fx.policy().display())
+}
+
+/// `vfio-gate explain ADDR --policy <fixture> ...` against the fixture host, offline.
+mod explain_offline {
+    use super::*;
+
+    fn explain(fx: &HostFixture, args: &[&str]) -> util::Run {
+        let mut cmd = fx.command(&["explain"]);
+        cmd.args(args).arg("--policy").arg(fx.policy());
+        run(cmd)
+    }
+
+    #[test]
+    fn an_allowed_device_with_its_companion_plan() {
+        if !needs_root("explain_offline::an_allowed_device_with_its_companion_plan") {
+            return;
+        }
+        let fx = lab();
+        let r = explain(&fx, &["05:02.0", "--user", "alice"]);
+        r.code(0).stderr_empty();
+        let edu = lab_rule(&fx, "vm-users: the edu device");
+        let expected_head = format!(
+            "\
+05:02.0  1234:11e8  Technical Corp. QEMU edu device
+  class    00ff00 (Unclassified device)
+  driver   none
+  group    IOMMU group 11
+  held by  not known offline (the helper keeps the leases: vfio-gate list shows them)
+For alice (uid 1000):
+  vfio-pci  ALLOWED  by rule {edu}
+  pci-stub  DENIED   no rule matches: denied by default
+Guards: none refuses 05:02.0 now
+With vfio-pci, IOMMU group 11 would be:
+  MEMBER   IDS        NAME                                 KIND      DRIVER    ACTION
+  04:00.0  1b36:000e  QEMU PCIe-to-PCI bridge              bridge    pcieport  stays on pcieport: bridge: pcieport keeps the group viable
+  05:01.0  8086:100e  82540EM Gigabit Ethernet Controller  endpoint  e1000     → pci-stub (rule 'vm-users: the edu device', {policy}:{line})
+  05:02.0  1234:11e8  QEMU edu device                      endpoint  -         → vfio-pci (rule 'vm-users: the edu device', {policy}:{line})
+  The bind moves other members too, so it needs --group: vfio-gate bind 05:02.0 --group
+Policy sha256 ",
+            policy = fx.policy().display(),
+            line = header_line(LAB_POLICY, "vm-users: the edu device"),
+        );
+        if !r.stdout.starts_with(&expected_head) {
+            r.fail(&format!("expected\n{expected_head}"));
+        }
+        r.stdout_has(&format!(
+            "({} and 1 drop-in, read offline)\n",
+            fx.policy().display()
+        ));
+    }
+
+    #[test]
+    fn a_deny_in_a_drop_in_leaves_no_plan_and_says_which_rule() {
+        if !needs_root("explain_offline::a_deny_in_a_drop_in_leaves_no_plan_and_says_which_rule") {
+            return;
+        }
+        let fx = lab();
+        let r = explain(&fx, &["05:02.0", "--user", "bob"]);
+        r.code(0).stdout_has(&format!(
+            "No plan works for IOMMU group 11 with vfio-pci: group 11 also holds 05:01.0 on the \
+             host driver e1000, which must leave it for the group to be usable; rule 'bob never \
+             parks devices on pci-stub' ({}:2) denies putting it on pci-stub\n",
+            fx.drop_in_dir().join("50-bob.toml").display()
+        ));
+        r.stdout_has(&format!(
+            "  pci-stub  DENIED   by rule 'bob never parks devices on pci-stub' ({}:2)\n",
+            fx.drop_in_dir().join("50-bob.toml").display()
+        ));
+    }
+
+    #[test]
+    fn deny_wins_over_an_allow_and_the_guard_is_named() {
+        if !needs_root("explain_offline::deny_wins_over_an_allow_and_the_guard_is_named") {
+            return;
+        }
+        let fx = lab();
+        let r = explain(&fx, &["03:00.0", "--user", "1000", "--to", "vfio-pci"]);
+        r.code(0)
+            .stdout_has(&format!(
+                "  vfio-pci  DENIED   by rule {}\n                     overrides the allow {} \
+                 (deny wins)\n",
+                lab_rule(&fx, "never storage"),
+                lab_rule(&fx, "alice: the NVMe")
+            ))
+            .stdout_has("No group plan: the policy does not allow vfio-pci\n");
+        let r = explain(&fx, &["00:02.0", "--user", "alice"]);
+        r.code(0)
+            .stdout_has(&format!(
+                "  vfio-pci  ALLOWED  by rule {}\n",
+                lab_rule(&fx, "alice: the display")
+            ))
+            .stdout_has(
+                "Refused now by a built-in guard, whatever the policy says:\n  boot VGA: 00:02.0 \
+                 is the boot VGA device",
+            );
+        // Nobody's rule: the default.
+        let r = explain(&fx, &["05:02.0", "--user", "carol"]);
+        r.code(0)
+            .stdout_has("For carol (uid 1002):\n")
+            .stdout_has("  vfio-pci  DENIED   no rule matches: denied by default\n");
+        // No --user: the caller (these tests run as root, whom nothing is granted).
+        let r = explain(&fx, &["01:00.0"]);
+        r.code(0)
+            .stdout_has("For root (uid 0):\n")
+            .stdout_has("  pci-stub  DENIED   no rule matches: denied by default\n");
+    }
+
+    #[test]
+    fn json_is_the_report_the_helper_would_send_with_the_documented_hash() {
+        if !needs_root("explain_offline::json_is_the_report_the_helper_would_send") {
+            return;
+        }
+        let fx = lab();
+        let r = explain(&fx, &["05:02.0", "--user", "alice", "--json"]);
+        r.code(0).stderr_empty();
+        let report: ExplainReport = serde_json::from_str(&r.stdout)
+            .unwrap_or_else(|e| r.fail(&format!("not an ExplainReport: {e}")));
+        assert_eq!(report.uid, 1000);
+        assert_eq!(report.iommu_group, Some(11));
+        assert_eq!(report.holder, None);
+        assert_eq!(report.verdicts.len(), 2);
+        assert!(report.verdicts[0].allowed);
+        let plan = report.plan.clone().unwrap().unwrap();
+        let actions: Vec<String> = plan
+            .steps
+            .iter()
+            .map(|s| match &s.action {
+                StepAction::Bind { driver, rule } => {
+                    format!(
+                        "{} -> {driver} ({}:{})",
+                        s.device.short(),
+                        rule.name,
+                        rule.line
+                    )
+                }
+                StepAction::Keep { .. } => format!("{} keep", s.device.short()),
+            })
+            .collect();
+        let line = header_line(LAB_POLICY, "vm-users: the edu device");
+        assert_eq!(
+            actions,
+            [
+                "04:00.0 keep".to_owned(),
+                format!("05:01.0 -> pci-stub (vm-users: the edu device:{line})"),
+                format!("05:02.0 -> vfio-pci (vm-users: the edu device:{line})"),
+            ]
+        );
+        // The hash as docs/policy.md says to compute it by hand.
+        let script = format!(
+            "export LC_ALL=C; for f in {main} {dir}/*.toml; do [ -f \"$f\" ] || continue; \
+             printf '%s\\0%s\\0' \"$f\" \"$(wc -c < \"$f\" | tr -d ' ')\"; cat \"$f\"; done | \
+             sha256sum",
+            main = fx.policy().display(),
+            dir = fx.drop_in_dir().display()
+        );
+        let out = std::process::Command::new("sh")
+            .args(["-c", &script])
+            .output()
+            .unwrap();
+        let by_hand = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            Some(report.policy_sha256.as_str()),
+            by_hand.split_whitespace().next()
+        );
+    }
+
+    #[test]
+    fn a_missing_device_an_unknown_user_and_a_refused_policy() {
+        if !needs_root("explain_offline::a_missing_device_an_unknown_user_and_a_refused_policy") {
+            return;
+        }
+        let fx = lab();
+        explain(&fx, &["09:00.0"])
+            .code(4)
+            .stderr_has("vfio-gate: no PCI device 09:00.0 in ")
+            .stderr_has("lspci -D");
+        explain(&fx, &["05:02.0", "--user", "dave"])
+            .code(2)
+            .stderr_has("no user \"dave\" in ");
+        explain(&fx, &["05:02.0", "--user", "5003"]).code(2);
+        // A world-writable drop-in refuses the whole policy, as in the helper.
+        use std::os::unix::fs::PermissionsExt;
+        let drop_in = fx.drop_in_dir().join("50-bob.toml");
+        std::fs::set_permissions(&drop_in, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let r = explain(&fx, &["05:02.0"]);
+        r.code(9)
+            .stdout_empty()
+            .stderr_has("vfio-gate: the policy is refused: the policy file ")
+            .stderr_has(&format!("chmod go-w {}", drop_in.display()));
+        let r = explain(&fx, &["05:02.0", "--json"]);
+        r.code(9).json_error("policy");
+    }
+}
+
+/// `vfio-gate policy check`: findings with file:line, exit 0 / 8 / 9.
+mod policy_check {
+    use super::*;
+
+    const CLEAN: &str = r#"version = 1
+
+[[rule]]
+name       = "vm-users: the edu device"
+subjects   = { groups = ["vm-users"] }
+devices    = [{ vendor = "1234", device = "11e8" }]
+drivers    = ["vfio-pci"]
+companions = ["pci-stub"]
+
+[[deny]]
+name    = "never storage"
+devices = [{ class = "01" }]
+"#;
+
+    fn check(fx: &HostFixture, extra: &[&str]) -> util::Run {
+        let mut cmd = fx.command(&["policy", "check"]);
+        cmd.arg(fx.policy()).args(extra);
+        run(cmd)
+    }
+
+    #[test]
+    fn a_clean_policy_exits_0() {
+        if !needs_root("policy_check::a_clean_policy_exits_0") {
+            return;
+        }
+        let fx = HostFixture::new(CLEAN, &[]);
+        let r = check(&fx, &[]);
+        r.code(0).stderr_empty();
+        let expected = format!(
+            "policy check: {} clean: 0 warnings, 0 notes; sha256 ",
+            fx.policy().display()
+        );
+        if !r.stdout.starts_with(&expected) || r.stdout.lines().count() != 1 {
+            r.fail(&format!("expected one line: {expected}..."));
+        }
+        // Without the host: a note that the host checks were skipped, still status 0.
+        let r = check(&fx, &["--no-host"]);
+        r.code(0).stdout_has(&format!(
+            "{}: info: no host devices were given",
+            fx.policy().display()
+        ));
+        r.stdout_has("clean: 0 warnings, 1 note;");
+    }
+
+    #[test]
+    fn warnings_exit_8_with_file_line_and_rule() {
+        if !needs_root("policy_check::warnings_exit_8_with_file_line_and_rule") {
+            return;
+        }
+        let fx = lab();
+        let r = check(&fx, &[]);
+        r.code(8).stderr_empty();
+        let at = |name| {
+            format!(
+                "{}:{}: warning: ",
+                fx.policy().display(),
+                header_line(LAB_POLICY, name)
+            )
+        };
+        r.stdout_has(&format!(
+            "{}rule \"vm-users: the test NIC\" grants network controllers (class 02): \
+             0000:01:00.0 [8086:10d3]",
+            at("vm-users: the test NIC")
+        ))
+        .stdout_has(&format!(
+            "{}rule \"alice: the display\" grants display controllers (class 03)",
+            at("alice: the display")
+        ))
+        .stdout_has(&format!(
+            "{}rule \"alice: the NVMe\" can never grant anything on this host",
+            at("alice: the NVMe")
+        ))
+        .stdout_has(&format!(
+            "{} and 1 drop-in loads: 3 warnings, 0 notes",
+            fx.policy().display()
+        ));
+        // Lines come sorted by file and line.
+        let lines: Vec<u32> = r
+            .stdout
+            .lines()
+            .filter_map(|l| l.split(':').nth(1)?.parse().ok())
+            .collect();
+        let mut sorted = lines.clone();
+        sorted.sort();
+        assert_eq!(lines, sorted, "{}", r.stdout);
+
+        let r = check(&fx, &["--json"]);
+        r.code(8);
+        let v = r.json();
+        assert_eq!(v["exit_code"], 8);
+        assert_eq!(v["loaded"], true);
+        assert_eq!(v["warnings"], 3);
+        assert_eq!(v["errors"], 0);
+        assert_eq!(v["files"].as_array().map(Vec::len), Some(2));
+        let nic = v["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["rule"] == "vm-users: the test NIC")
+            .unwrap_or_else(|| r.fail("no finding for the NIC rule"));
+        assert_eq!(nic["severity"], "warning");
+        assert_eq!(
+            nic["line"],
+            header_line(LAB_POLICY, "vm-users: the test NIC")
+        );
+        assert_eq!(nic["file"], fx.policy().display().to_string());
+    }
+
+    #[test]
+    fn refused_policies_exit_9_naming_the_file_and_line() {
+        if !needs_root("policy_check::refused_policies_exit_9_naming_the_file_and_line") {
+            return;
+        }
+        let rule = |body: &str| {
+            format!("[[rule]]\nname = \"r\"\nsubjects = {{ users = [\"alice\"] }}\n{body}")
+        };
+        /// The main file, the drop-ins, the file the error is in, its line, part of the message.
+        type Case = (
+            String,
+            Vec<(&'static str, String)>,
+            &'static str,
+            u32,
+            &'static str,
+        );
+        let cases: Vec<Case> = vec![
+            (
+                rule("devices = [{ vendor = \"8086\" }]\ndriver = [\"vfio-pci\"]\n"),
+                vec![],
+                "policy.toml",
+                5,
+                "unknown field `driver`",
+            ),
+            (
+                rule("devices = [{}]\ndrivers = [\"vfio-pci\"]\n"),
+                vec![],
+                "policy.toml",
+                4,
+                "empty device matcher",
+            ),
+            (
+                rule("devices = [{ vendor = \"8086\" }]\ndrivers = [\"vfio\"]\n"),
+                vec![],
+                "policy.toml",
+                5,
+                "\"vfio\" is not a driver vfio-gate binds to",
+            ),
+            (
+                rule("devices = [{ vendor = \"8086\" }]\ndrivers = [\"vfio-pci\"]\n"),
+                vec![(
+                    "20-dup.toml",
+                    "\n[[deny]]\nname = \"r\"\ndevices = [{ class = \"01\" }]\n".to_owned(),
+                )],
+                "policy.d/20-dup.toml",
+                3,
+                "the rule name \"r\" is already used at",
+            ),
+            (
+                "version = 1\n".to_owned(),
+                vec![("30-broken.toml", "[[deny]\nname = \"x\"\n".to_owned())],
+                "policy.d/30-broken.toml",
+                1,
+                "TOML syntax error",
+            ),
+        ];
+        for (main, drop_ins, file, line, message) in cases {
+            let drop_ins: Vec<(&str, &str)> =
+                drop_ins.iter().map(|(n, t)| (*n, t.as_str())).collect();
+            let fx = HostFixture::new(&main, &drop_ins);
+            let r = check(&fx, &[]);
+            let path = fx.root().join("etc/vfio-gate").join(file);
+            r.code(9)
+                .stdout_has(&format!("{}:{line}: error: ", path.display()))
+                .stdout_has(message)
+                .stdout_has("is refused (1 error): the helper would serve nothing with it");
+            let v = run({
+                let mut c = fx.command(&["policy", "check", "--json"]);
+                c.arg(fx.policy());
+                c
+            })
+            .code(9)
+            .json();
+            assert_eq!(
+                (v["loaded"].clone(), v["errors"].clone()),
+                (false.into(), 1.into())
+            );
+            assert_eq!(v["findings"][0]["line"], line);
+            assert_eq!(v["findings"][0]["severity"], "error");
+        }
+    }
+
+    #[test]
+    fn unsafe_files_are_refused_with_the_command_that_fixes_them() {
+        if !needs_root("policy_check::unsafe_files_are_refused_with_the_command_that_fixes_them") {
+            return;
+        }
+        use std::os::unix::fs::PermissionsExt;
+        // A world-writable drop-in.
+        let fx = lab();
+        let drop_in = fx.drop_in_dir().join("50-bob.toml");
+        std::fs::set_permissions(&drop_in, std::fs::Permissions::from_mode(0o646)).unwrap();
+        check(&fx, &[])
+            .code(9)
+            .stdout_has(&format!("{}: error: ", drop_in.display()))
+            .stdout_has(&format!("run `chmod go-w {}`", drop_in.display()));
+        // A drop-in that is a symlink to a file outside.
+        let fx = lab();
+        let outside = fx.root().join("elsewhere.toml");
+        fx.write(&outside, BOB_DROP_IN);
+        std::fs::remove_file(drop_in_of(&fx)).unwrap();
+        std::os::unix::fs::symlink(&outside, drop_in_of(&fx)).unwrap();
+        check(&fx, &[])
+            .code(9)
+            .stdout_has(&format!("{}: error: ", drop_in_of(&fx).display()))
+            .stdout_has("is a symbolic link, which is not followed");
+        // A main file owned by someone else.
+        let fx = lab();
+        std::os::unix::fs::chown(fx.policy(), Some(1000), Some(1000)).unwrap();
+        check(&fx, &[])
+            .code(9)
+            .stdout_has("is owned by uid 1000, not root")
+            .stdout_has(&format!("chown root:root {}", fx.policy().display()));
+    }
+
+    fn drop_in_of(fx: &HostFixture) -> std::path::PathBuf {
+        fx.drop_in_dir().join("50-bob.toml")
+    }
+
+    #[test]
+    fn a_policy_owned_by_an_ordinary_user_is_refused() {
+        // Runs as anyone: as root the file is handed to uid 1000 first, otherwise it is ours.
+        let fx = HostFixture::new(CLEAN, &[]);
+        if util::is_root() {
+            std::os::unix::fs::chown(fx.policy(), Some(1000), None).unwrap();
+        }
+        check(&fx, &["--no-host"])
+            .code(9)
+            .stdout_has(&format!("{}: error: ", fx.policy().display()))
+            .stdout_has(", not root, so that user could grant themselves any device");
+    }
+
+    #[test]
+    fn a_missing_file_is_an_error_and_an_unreadable_host_is_status_1() {
+        let mut cmd = vfio_gate();
+        cmd.args(["policy", "check", "/nonexistent/policy.toml"]);
+        run(cmd)
+            .code(9)
+            .stdout_has("/nonexistent/policy.toml: error: cannot open the policy file");
+        if !needs_root("policy_check::an_unreadable_host_is_status_1") {
+            return;
+        }
+        let fx = HostFixture::new(CLEAN, &[]);
+        let mut cmd = vfio_gate();
+        cmd.args(["policy", "check"])
+            .arg(fx.policy())
+            .args(["--sysfs-root", "/nonexistent/sys", "--etc-root"])
+            .arg(fx.root());
+        run(cmd)
+            .code(1)
+            .stdout_empty()
+            .stderr_has("vfio-gate: reading the PCI devices under /nonexistent/sys")
+            .stderr_has("--no-host");
+    }
+
+    #[test]
+    fn help_documents_the_exit_statuses() {
+        let mut cmd = vfio_gate();
+        cmd.args(["policy", "check", "--help"]);
+        run(cmd)
+            .code(0)
+            .stdout_has("Exit status: 0 clean (notes at most), 8 warnings, 9 errors");
+        let mut cmd = vfio_gate();
+        cmd.arg("--help");
+        run(cmd)
+            .code(0)
+            .stdout_has("  8  policy check: the policy loads, with warnings")
+            .stdout_has("  9  the policy is refused");
+    }
+}
+
+/// `vfio-gate policy report`: who may bind what, through which rule.
+mod policy_report {
+    use super::*;
+
+    fn report(fx: &HostFixture, extra: &[&str]) -> util::Run {
+        let mut cmd = fx.command(&["policy", "report"]);
+        cmd.arg("--policy").arg(fx.policy()).args(extra);
+        run(cmd)
+    }
+
+    #[test]
+    fn every_grant_by_user_then_device_with_its_rule_and_guard() {
+        if !needs_root("policy_report::every_grant_by_user_then_device_with_its_rule_and_guard") {
+            return;
+        }
+        let fx = lab();
+        let r = report(&fx, &[]);
+        r.code(0).stderr_empty();
+        let p = fx.policy().display().to_string();
+        let at = |name| format!("{p}:{}", header_line(LAB_POLICY, name));
+        let rows: Vec<Vec<String>> = r
+            .stdout
+            .lines()
+            .skip(1)
+            .take_while(|l| !l.is_empty() && !l.contains("sha256"))
+            .map(|l| {
+                l.split("  ")
+                    .map(str::trim)
+                    .filter(|c| !c.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .collect();
+        let row = |cells: &[&str]| cells.iter().map(|c| (*c).to_owned()).collect::<Vec<_>>();
+        let expected = vec![
+            row(&[
+                "alice",
+                "1000",
+                "00:02.0",
+                "1234:1111",
+                "Technical Corp. device 1111",
+                "vfio-pci",
+                "alice: the display",
+                &at("alice: the display"),
+                "refused: boot VGA",
+            ]),
+            row(&[
+                "alice",
+                "1000",
+                "01:00.0",
+                "8086:10d3",
+                "82574L Gigabit Network Connection",
+                "vfio-pci",
+                "vm-users: the test NIC",
+                &at("vm-users: the test NIC"),
+                "-",
+            ]),
+            row(&[
+                "alice",
+                "1000",
+                "01:00.0",
+                "8086:10d3",
+                "82574L Gigabit Network Connection",
+                "pci-stub",
+                "vm-users: the test NIC",
+                &at("vm-users: the test NIC"),
+                "-",
+            ]),
+            row(&[
+                "alice",
+                "1000",
+                "05:02.0",
+                "1234:11e8",
+                "QEMU edu device",
+                "vfio-pci",
+                "vm-users: the edu device",
+                &at("vm-users: the edu device"),
+                "-",
+            ]),
+            row(&[
+                "bob",
+                "1001",
+                "01:00.0",
+                "8086:10d3",
+                "82574L Gigabit Network Connection",
+                "vfio-pci",
+                "vm-users: the test NIC",
+                &at("vm-users: the test NIC"),
+                "-",
+            ]),
+            row(&[
+                "bob",
+                "1001",
+                "05:02.0",
+                "1234:11e8",
+                "QEMU edu device",
+                "vfio-pci",
+                "vm-users: the edu device",
+                &at("vm-users: the edu device"),
+                "-",
+            ]),
+            row(&[
+                "uid 5003",
+                "5003",
+                "05:02.0",
+                "1234:11e8",
+                "QEMU edu device",
+                "vfio-pci",
+                "dave: by uid, he is in LDAP only",
+                &at("dave: by uid, he is in LDAP only"),
+                "-",
+            ]),
+        ];
+        if rows != expected {
+            r.fail(&format!("expected rows\n{expected:#?}\ngot\n{rows:#?}"));
+        }
+        r.stdout_has(
+            "7 permissions for 3 users (1 refused now by a built-in guard: vfio-gate explain ADDR \
+             --policy PATH says why);",
+        );
+        let header = r.stdout.lines().next().unwrap_or_default();
+        for h in [
+            "USER", "UID", "DEVICE", "IDS", "NAME", "DRIVER", "RULE", "WHERE", "GUARD",
+        ] {
+            if !header.contains(h) {
+                r.fail(&format!("the header lacks {h}"));
+            }
+        }
+    }
+
+    #[test]
+    fn json_rows_carry_the_ids_the_rule_and_the_guard() {
+        if !needs_root("policy_report::json_rows_carry_the_ids_the_rule_and_the_guard") {
+            return;
+        }
+        let fx = lab();
+        let r = report(&fx, &["--json"]);
+        r.code(0).stderr_empty();
+        let v = r.json();
+        let rows = v["rows"].as_array().unwrap_or_else(|| r.fail("no rows"));
+        assert_eq!(rows.len(), 7);
+        let display = &rows[0];
+        assert_eq!(display["user"], "alice");
+        assert_eq!(display["uid"], 1000);
+        assert_eq!(display["device"], "0000:00:02.0");
+        assert_eq!(display["vendor"], 0x1234);
+        assert_eq!(display["device_id"], 0x1111);
+        assert_eq!(display["class"], 0x030000);
+        assert_eq!(display["driver"], "vfio-pci");
+        assert_eq!(display["rule"]["name"], "alice: the display");
+        assert_eq!(display["rule"]["file"], fx.policy().display().to_string());
+        assert_eq!(
+            display["rule"]["line"],
+            header_line(LAB_POLICY, "alice: the display")
+        );
+        assert_eq!(display["guard"]["guard"], "BootVga");
+        assert!(rows[1]["guard"].is_null());
+        // Nobody is granted storage: the deny wins over alice's NVMe rule.
+        assert!(rows.iter().all(|r| r["device"] != "0000:03:00.0"));
+        // bob's drop-in fences pci-stub off for him only.
+        assert!(
+            rows.iter()
+                .any(|r| r["user"] == "alice" && r["driver"] == "pci-stub")
+        );
+        assert!(
+            rows.iter()
+                .all(|r| !(r["user"] == "bob" && r["driver"] == "pci-stub"))
+        );
+        assert_eq!(v["sha256"].as_str().map(str::len), Some(64));
+        assert_eq!(
+            v["files"][1]["path"],
+            fx.drop_in_dir().join("50-bob.toml").display().to_string()
+        );
+    }
+
+    #[test]
+    fn a_policy_that_grants_nothing_says_so_and_a_refused_one_is_status_9() {
+        if !needs_root("policy_report::a_policy_that_grants_nothing_says_so") {
+            return;
+        }
+        let fx = HostFixture::new("version = 1\n", &[]);
+        let r = report(&fx, &[]);
+        r.code(0).stderr_empty();
+        if !r
+            .stdout
+            .starts_with("The policy grants nothing to anyone on this host; ")
+        {
+            r.fail("expected the empty report");
+        }
+        let fx = HostFixture::new("version = 2\n", &[]);
+        report(&fx, &[]).code(9).stdout_empty().stderr_has(&format!(
+            "vfio-gate: the policy is refused: {}:1: policy version 2 is not supported",
+            fx.policy().display()
+        ));
     }
 }

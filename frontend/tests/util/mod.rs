@@ -344,3 +344,236 @@ impl Run {
         e.clone()
     }
 }
+
+/// A host for the offline commands, in a temp dir: a sysfs tree (`sys/`), the account files
+/// (`etc/passwd`, `etc/group`) and a policy (`etc/vfio-gate/policy.toml`, drop-ins in
+/// `policy.d`), with the modes the policy loader insists on. Files are owned by whoever runs the
+/// tests: the loader wants root, so the tests that load the policy need root (see [`is_root`]).
+///
+/// The devices are the test guest's: group 2 the boot display, 8 an 82574L NIC, 10 an NVMe
+/// controller, 11 a PCIe-to-PCI bridge with an e1000 and the QEMU edu device behind it.
+#[derive(Debug)]
+pub struct HostFixture {
+    pub dir: TempDir,
+}
+
+/// One device of the fixture: address, vendor, device, class, driver, IOMMU group, header type.
+type FixtureDevice = (&'static str, u16, u16, u32, Option<&'static str>, u32, u8);
+
+pub const FIXTURE_DEVICES: [FixtureDevice; 6] = [
+    (
+        "0000:00:02.0",
+        0x1234,
+        0x1111,
+        0x030000,
+        Some("bochs-drm"),
+        2,
+        0,
+    ),
+    (
+        "0000:01:00.0",
+        0x8086,
+        0x10d3,
+        0x020000,
+        Some("e1000e"),
+        8,
+        0,
+    ),
+    (
+        "0000:03:00.0",
+        0x1b36,
+        0x0010,
+        0x010802,
+        Some("nvme"),
+        10,
+        0,
+    ),
+    (
+        "0000:04:00.0",
+        0x1b36,
+        0x000e,
+        0x060400,
+        Some("pcieport"),
+        11,
+        1,
+    ),
+    (
+        "0000:05:01.0",
+        0x8086,
+        0x100e,
+        0x020000,
+        Some("e1000"),
+        11,
+        0,
+    ),
+    ("0000:05:02.0", 0x1234, 0x11e8, 0x00ff00, None, 11, 0),
+];
+
+pub const FIXTURE_PASSWD: &str = "\
+root:x:0:0:root:/root:/bin/sh
+alice:x:1000:1000:Alice:/home/alice:/bin/sh
+bob:x:1001:1001:Bob:/home/bob:/bin/sh
+carol:x:1002:1002:Carol:/home/carol:/bin/sh
+secops:x:1003:1003::/home/secops:/bin/sh
+";
+
+pub const FIXTURE_GROUP: &str = "\
+root:x:0:
+alice:x:1000:
+bob:x:1001:
+carol:x:1002:
+secops:x:1003:
+vm-users:x:1100:alice,bob
+";
+
+impl HostFixture {
+    /// The host, with `policy` as the main file and `drop_ins` (name, text) in `policy.d`
+    /// (created only when there are drop-ins).
+    pub fn new(policy: &str, drop_ins: &[(&str, &str)]) -> Self {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let root = dir.path();
+        let sys = root.join("sys");
+        std::fs::create_dir_all(sys.join("bus/pci/devices")).unwrap();
+        for (addr, vendor, device, class, driver, group, header) in FIXTURE_DEVICES {
+            fixture_device(
+                &sys,
+                addr,
+                [vendor, device, vendor, 0],
+                class,
+                driver,
+                group,
+                header,
+            );
+        }
+        // The boot display.
+        std::fs::write(sys.join("devices/pci0000:00/0000:00:02.0/boot_vga"), "1\n").unwrap();
+        let etc = root.join("etc");
+        std::fs::create_dir_all(&etc).unwrap();
+        std::fs::write(etc.join("passwd"), FIXTURE_PASSWD).unwrap();
+        std::fs::write(etc.join("group"), FIXTURE_GROUP).unwrap();
+        let policy_dir = etc.join("vfio-gate");
+        std::fs::create_dir_all(&policy_dir).unwrap();
+        std::fs::set_permissions(&policy_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let fixture = Self { dir };
+        fixture.write(&fixture.policy(), policy);
+        if !drop_ins.is_empty() {
+            let d = fixture.drop_in_dir();
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
+            for (name, text) in drop_ins {
+                fixture.write(&d.join(name), text);
+            }
+        }
+        fixture
+    }
+
+    /// Writes a policy file with mode 0644.
+    pub fn write(&self, path: &Path, text: &str) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::write(path, text).unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn sysfs(&self) -> PathBuf {
+        self.root().join("sys")
+    }
+
+    pub fn policy(&self) -> PathBuf {
+        self.root().join("etc/vfio-gate/policy.toml")
+    }
+
+    pub fn drop_in_dir(&self) -> PathBuf {
+        self.root().join("etc/vfio-gate/policy.d")
+    }
+
+    /// `vfio-gate <args> --sysfs-root <fixture> --etc-root <fixture>`, with the fixture PCI
+    /// ID database and a socket nobody listens on (the offline commands must not need it).
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = vfio_gate();
+        cmd.args(args)
+            .arg("--sysfs-root")
+            .arg(self.sysfs())
+            .arg("--etc-root")
+            .arg(self.root())
+            .arg("--pci-ids")
+            .arg(pci_ids_fixture())
+            .args(["--socket", "/nonexistent/vfio-gate.sock"]);
+        cmd
+    }
+}
+
+/// One PCI function in a sysfs tree, linked as the kernel links it.
+fn fixture_device(
+    sys: &Path,
+    addr: &str,
+    ids: [u16; 4],
+    class: u32,
+    driver: Option<&str>,
+    group: u32,
+    header: u8,
+) {
+    use std::os::unix::fs::symlink;
+    let real = sys.join("devices/pci0000:00").join(addr);
+    std::fs::create_dir_all(&real).unwrap();
+    for (attr, v) in ["vendor", "device", "subsystem_vendor", "subsystem_device"]
+        .iter()
+        .zip(ids)
+    {
+        std::fs::write(real.join(attr), format!("0x{v:04x}\n")).unwrap();
+    }
+    std::fs::write(real.join("class"), format!("0x{class:06x}\n")).unwrap();
+    std::fs::write(real.join("driver_override"), "(null)\n").unwrap();
+    let mut config = vec![0u8; 64];
+    config[0x0e] = header;
+    std::fs::write(real.join("config"), config).unwrap();
+    symlink(&real, sys.join("bus/pci/devices").join(addr)).unwrap();
+    let g = sys.join("kernel/iommu_groups").join(group.to_string());
+    std::fs::create_dir_all(g.join("devices")).unwrap();
+    symlink(&g, real.join("iommu_group")).unwrap();
+    symlink(&real, g.join("devices").join(addr)).unwrap();
+    if let Some(d) = driver {
+        let dd = sys.join("bus/pci/drivers").join(d);
+        std::fs::create_dir_all(&dd).unwrap();
+        symlink(&dd, real.join("driver")).unwrap();
+    }
+}
+
+/// Whether the tests run as root. The policy loader accepts only root-owned files, so the tests
+/// that load a fixture policy need root (as in CI); as anyone else they say so and skip.
+pub fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::metadata(dir.path()).expect("stat").uid() == 0
+}
+
+/// [`is_root`], printing why a test is skipped when not.
+pub fn needs_root(test: &str) -> bool {
+    let root = is_root();
+    if !root {
+        eprintln!(
+            "SKIPPED {test}: loading a policy needs root-owned files, and these tests do not run \
+             as root"
+        );
+    }
+    root
+}
+
+/// The line of the `[[rule]]`/`[[deny]]` header of the rule called `name` in `text` (what
+/// decisions cite).
+pub fn header_line(text: &str, name: &str) -> u32 {
+    let lines: Vec<&str> = text.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| l.trim_start().starts_with("name") && l.contains(&format!("\"{name}\"")))
+        .unwrap_or_else(|| panic!("no rule {name:?}"));
+    let header = lines[..at]
+        .iter()
+        .rposition(|l| l.trim() == "[[rule]]" || l.trim() == "[[deny]]")
+        .unwrap_or_else(|| panic!("no header above {name:?}"));
+    u32::try_from(header + 1).unwrap()
+}

@@ -1,0 +1,409 @@
+//! The offline audit: the policy file, this host's sysfs and its accounts, read directly, and
+//! evaluated with the helper's own code (`vfio-gate-policy` for the rules, `vfio-gate-host` for
+//! the host: IOMMU groups, guards, plans), so that `explain --policy`, `policy check` and
+//! `policy report` give the answers the helper would give.
+//!
+//! Nothing here needs privilege or writes anything: the policy files are root-owned and
+//! world-readable (the helper insists on the first, the usual mode gives the second), and sysfs,
+//! `/etc/passwd` and `/etc/group` are readable by everyone.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use vfio_gate_host::groups::{ViabilityRule, classify};
+use vfio_gate_host::guards::{self, HostUse};
+use vfio_gate_host::plan::{self, MemberState, Permissions};
+use vfio_gate_host::{PciView, SysfsError, SysfsView};
+use vfio_gate_policy::{
+    Decision, DeviceFacts, EtcFiles, Policy, PolicyError, Subject, Subjects, accounts,
+};
+use vfio_gate_protocol::{
+    Driver, DriverVerdict, ExplainReport, GuardFinding, PciAddress, Plan, RuleRef,
+};
+
+use crate::error::Error;
+
+/// Where the offline commands read the host.
+#[derive(Debug, Clone)]
+pub struct Host {
+    /// The sysfs tree (`/sys`).
+    pub sysfs: PathBuf,
+    /// The root whose `etc/passwd` and `etc/group` name users and groups (`/`).
+    pub etc: PathBuf,
+}
+
+impl Host {
+    pub fn view(&self) -> SysfsView {
+        SysfsView::new(&self.sysfs)
+    }
+
+    /// What the guards ask about the host's own use of a device (mounts, swap, addresses),
+    /// from this sysfs tree and `/proc`, as the helper reads them.
+    pub fn host_use(&self) -> vfio_gate_host::usage::HostView {
+        vfio_gate_host::usage::HostView::new(&self.sysfs, "/proc")
+    }
+
+    pub fn passwd(&self) -> PathBuf {
+        self.etc.join("etc/passwd")
+    }
+
+    /// Loads the policy at `path` and its drop-ins as the helper does: every ownership, mode
+    /// and syntax check, names resolved from this host's `etc/passwd` and `etc/group`. Give an
+    /// [`absolute`] path: the files' paths are part of the policy hash, and the helper's is
+    /// absolute.
+    pub fn load_policy(&self, path: &Path) -> Result<Policy, PolicyError> {
+        Policy::load(path, &EtcFiles::new(&self.etc))
+    }
+
+    /// Every PCI device of the host, in address order.
+    pub fn devices(&self) -> Result<Vec<DeviceFacts>, Error> {
+        let view = self.view();
+        let fail = |source| Error::Sysfs {
+            sysfs: self.sysfs.clone(),
+            source,
+        };
+        let mut out = Vec::new();
+        for dev in view.devices().map_err(fail)? {
+            match view.facts(dev) {
+                Ok(f) => out.push(f),
+                // Unplugged since the listing: not a device of this host any more.
+                Err(SysfsError::NoDevice(_)) => {}
+                Err(e) => return Err(fail(e)),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every account of `etc/passwd`, with its groups from `etc/group`.
+    pub fn accounts(&self) -> Result<Vec<(String, Subject)>, Error> {
+        accounts(&self.etc).map_err(|source| Error::Accounts {
+            passwd: self.passwd(),
+            source,
+        })
+    }
+
+    /// `--user`: a name or a uid from `etc/passwd`, with the account's groups. A uid without
+    /// an entry is refused, as the helper refuses it.
+    pub fn user(&self, value: &str) -> Result<(String, Subject), Error> {
+        let all = self.accounts()?;
+        let by_uid = value.parse::<u32>().ok().filter(|_| is_digits(value));
+        all.into_iter()
+            .find(|(name, s)| match by_uid {
+                Some(uid) => s.uid == uid,
+                None => name == value,
+            })
+            .ok_or_else(|| Error::UnknownUser {
+                value: value.to_owned(),
+                passwd: self.passwd(),
+            })
+    }
+}
+
+/// `path` made absolute against the working directory, without resolving symlinks (the policy
+/// loader refuses those itself): what the helper, started with an absolute path, would hash and
+/// cite.
+pub fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_owned())
+}
+
+fn is_digits(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// The caller as the kernel would present them to the helper: effective uid and gid, and the
+/// supplementary groups (`SO_PEERCRED`, `SO_PEERGROUPS`).
+pub fn caller() -> Subject {
+    // SAFETY: geteuid and getegid have no preconditions, cannot fail and touch no memory of ours.
+    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    Subject {
+        uid,
+        gid,
+        groups: supplementary_groups(),
+    }
+}
+
+fn supplementary_groups() -> Vec<u32> {
+    // SAFETY: with a size of 0, getgroups only returns the number of groups and writes nothing.
+    let n = unsafe { libc::getgroups(0, std::ptr::null_mut()) };
+    let Ok(len) = usize::try_from(n) else {
+        return Vec::new();
+    };
+    let mut groups: Vec<libc::gid_t> = vec![0; len];
+    // SAFETY: `groups` has room for `n` gids, and getgroups writes at most that many.
+    let got = unsafe { libc::getgroups(n, groups.as_mut_ptr()) };
+    match usize::try_from(got) {
+        Ok(got) => {
+            groups.truncate(got);
+            groups
+        }
+        Err(_) => Vec::new(),
+    }
+}
+
+/// The viability rule of the running kernel, as the helper picks it.
+pub fn viability() -> ViabilityRule {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    ViabilityRule::for_release(release.trim())
+}
+
+/// One device as a plan sees it: facts, kind (endpoint or bridge) and driver.
+fn member_state(view: &dyn PciView, dev: PciAddress) -> Result<MemberState, SysfsError> {
+    let facts = view.facts(dev)?;
+    Ok(MemberState {
+        kind: classify(facts.class, view.header_type(dev)?),
+        driver: view.driver(dev)?,
+        facts,
+    })
+}
+
+/// The policy asked on behalf of one subject about one primary device (the helper's own
+/// answers to a plan's questions).
+struct Asking<'a> {
+    policy: &'a Policy,
+    subject: &'a Subject,
+    primary: DeviceFacts,
+    driver: Driver,
+}
+
+impl Permissions for Asking<'_> {
+    fn decide(&self, device: &DeviceFacts, driver: Driver) -> Decision {
+        self.policy.decide(self.subject, device, driver)
+    }
+    fn companion(&self, member: &DeviceFacts, driver: Driver) -> Decision {
+        self.policy
+            .decide_companion(self.subject, &self.primary, self.driver, member, driver)
+    }
+}
+
+/// The helper's questions, asked of one policy and one host.
+pub struct Evaluator<'a> {
+    pub policy: &'a Policy,
+    pub view: &'a dyn PciView,
+    pub host_use: &'a dyn HostUse,
+    /// The kernel's definition of a usable group ([`viability`]).
+    pub rule: ViabilityRule,
+    /// The sysfs tree, for messages.
+    pub sysfs: &'a Path,
+}
+
+impl std::fmt::Debug for Evaluator<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Evaluator")
+            .field("sysfs", &self.sysfs)
+            .field("rule", &self.rule)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Evaluator<'_> {
+    /// What the helper answers to `Request::Explain` (for `subject`, about `dev`, for `driver`
+    /// or every driver), computed here: the same verdicts, guards and plan, from the same code.
+    /// The holder is `None`: only the helper knows its leases.
+    pub fn explain(
+        &self,
+        subject: &Subject,
+        dev: PciAddress,
+        driver: Option<Driver>,
+    ) -> Result<ExplainReport, Error> {
+        let (policy, view) = (self.policy, self.view);
+        let m = member_state(view, dev).map_err(|source| match source {
+            SysfsError::NoDevice(device) => Error::NoDevice {
+                device,
+                sysfs: self.sysfs.to_owned(),
+            },
+            source => Error::Sysfs {
+                sysfs: self.sysfs.to_owned(),
+                source,
+            },
+        })?;
+        let drivers = driver.map_or_else(|| Driver::ALL.to_vec(), |d| vec![d]);
+        let verdicts: Vec<DriverVerdict> = drivers
+            .iter()
+            .map(|&d| {
+                let e = policy.explain(subject, &m.facts, d);
+                DriverVerdict {
+                    driver: d,
+                    allowed: e.decision.is_allowed(),
+                    rule: e.decision.rule().cloned(),
+                    allows: e.allows,
+                    denies: e.denies,
+                }
+            })
+            .collect();
+        let guards = match guards::check(view, self.host_use, dev, m.kind) {
+            Ok(None) => Vec::new(),
+            Ok(Some(r)) => vec![GuardFinding {
+                guard: r.guard,
+                reason: r.reason,
+            }],
+            Err(source) => {
+                return Err(Error::Guard {
+                    device: dev,
+                    source,
+                });
+            }
+        };
+        let group = view.iommu_group(dev).ok().flatten();
+        let vfio_allowed = verdicts
+            .iter()
+            .any(|v| v.driver == Driver::VfioPci && v.allowed);
+        let plan = match group {
+            Some(g) if vfio_allowed => Some(plan_for(policy, view, subject, g, &m, self.rule)),
+            _ => None,
+        };
+        Ok(ExplainReport {
+            device: dev,
+            vendor: m.facts.vendor,
+            device_id: m.facts.device,
+            class: m.facts.class,
+            driver: m.driver.map(|d| d.to_string()),
+            iommu_group: group,
+            uid: subject.uid,
+            verdicts,
+            guards,
+            plan,
+            holder: None,
+            policy_sha256: policy.sha256(),
+        })
+    }
+
+    /// The effective permissions: [`Policy::report`] over `subjects` and `devices`, with each
+    /// device's ids and the guard that refuses it now.
+    pub fn report(
+        &self,
+        subjects: &[(String, Subject)],
+        devices: &[DeviceFacts],
+    ) -> Vec<PermissionRow> {
+        let facts: BTreeMap<PciAddress, &DeviceFacts> =
+            devices.iter().map(|d| (d.address, d)).collect();
+        let uid_of: HashMap<&str, u32> =
+            subjects.iter().map(|(n, s)| (n.as_str(), s.uid)).collect();
+        let mut guard_of = BTreeMap::new();
+        let mut out = Vec::new();
+        for row in self.policy.report(subjects, devices) {
+            let (Some(f), Some(&uid)) = (facts.get(&row.device), uid_of.get(row.subject.as_str()))
+            else {
+                continue; // the report is made of these lists: cannot happen
+            };
+            let (guard, guard_error) = guard_of
+                .entry(row.device)
+                .or_insert_with(|| self.guard_now(row.device))
+                .clone();
+            out.push(PermissionRow {
+                user: row.subject,
+                uid,
+                device: row.device,
+                vendor: f.vendor,
+                device_id: f.device,
+                class: f.class,
+                driver: row.driver,
+                rule: row.rule,
+                guard,
+                guard_error,
+            });
+        }
+        out
+    }
+
+    /// The guard that refuses `dev` now, or why that could not be checked.
+    fn guard_now(&self, dev: PciAddress) -> (Option<GuardFinding>, Option<String>) {
+        let m = match member_state(self.view, dev) {
+            Ok(m) => m,
+            Err(e) => return (None, Some(e.to_string())),
+        };
+        match guards::check(self.view, self.host_use, dev, m.kind) {
+            Ok(None) => (None, None),
+            Ok(Some(r)) => (
+                Some(GuardFinding {
+                    guard: r.guard,
+                    reason: r.reason,
+                }),
+                None,
+            ),
+            Err(e) => (None, Some(e.to_string())),
+        }
+    }
+}
+
+/// The whole-group plan a bind of `m` to vfio-pci by `subject` would carry out.
+fn plan_for(
+    policy: &Policy,
+    view: &dyn PciView,
+    subject: &Subject,
+    group: u32,
+    m: &MemberState,
+    rule: ViabilityRule,
+) -> Result<Plan, String> {
+    let members = view
+        .group_members(group)
+        .and_then(|ms| {
+            ms.into_iter()
+                .map(|d| member_state(view, d))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .map_err(|e| e.to_string())?;
+    let asking = Asking {
+        policy,
+        subject,
+        primary: m.facts,
+        driver: Driver::VfioPci,
+    };
+    plan::plan(
+        group,
+        &members,
+        &[m.facts.address],
+        Driver::VfioPci,
+        &asking,
+        rule,
+    )
+    .map_err(|e| e.to_string())
+}
+
+/// One row of `policy report`: `user` may bind `device` to `driver`, as `rule` grants.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PermissionRow {
+    /// The account's name, or `uid N` for a uid a rule names that `/etc/passwd` does not.
+    pub user: String,
+    pub uid: u32,
+    pub device: PciAddress,
+    pub vendor: u16,
+    pub device_id: u16,
+    pub class: u32,
+    pub driver: Driver,
+    /// The allow rule the helper would cite.
+    pub rule: RuleRef,
+    /// A built-in guard that refuses the device now, whatever the policy says; `null` when none.
+    /// `guard_error` says why it could not be checked, if it could not.
+    pub guard: Option<GuardFinding>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub guard_error: Option<String>,
+}
+
+/// The subjects a report is about: every account of `etc/passwd` (its name), then every uid an
+/// allow rule names that no account has (`uid N`, with no groups: a directory-only user).
+pub fn report_subjects(
+    policy: &Policy,
+    accounts: Vec<(String, Subject)>,
+) -> Vec<(String, Subject)> {
+    let known: BTreeSet<u32> = accounts.iter().map(|(_, s)| s.uid).collect();
+    let mut extra = BTreeSet::new();
+    for rule in policy.rules() {
+        if let Subjects::Listed { uids, .. } = rule.subjects() {
+            extra.extend(uids.iter().copied().filter(|u| !known.contains(u)));
+        }
+    }
+    let mut out = accounts;
+    out.extend(extra.into_iter().map(|uid| {
+        (
+            format!("uid {uid}"),
+            Subject {
+                uid,
+                // No group is known: u32::MAX is (gid_t)-1, which is nobody's gid.
+                gid: u32::MAX,
+                groups: Vec::new(),
+            },
+        )
+    }));
+    out
+}
