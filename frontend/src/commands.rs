@@ -245,7 +245,7 @@ pub fn run(ctx: &Context<'_>, args: &RunArgs) -> Result<u8, Error> {
         messages::warn(&format!(
             "the helper closed the connection while {program} runs: the lease on {} has ended \
              and the helper is giving the devices back. See the helper's log (journalctl -u \
-             vfio-gate.service)",
+             vfio-gated.service)",
             primary.short()
         ));
     });

@@ -248,7 +248,7 @@ fn describe_wire(e: &WireError) -> String {
     }
 }
 
-const HELPER_LOG: &str = "the helper's log (journalctl -u vfio-gate.service)";
+const HELPER_LOG: &str = "the helper's log (journalctl -u vfio-gated.service)";
 const ONE_RELEASE: &str = "Install vfio-gate and vfio-gated from one release, then restart the helper \
      (systemctl restart vfio-gate.socket)";
 
@@ -267,6 +267,7 @@ impl Error {
                 WireError::NotFound { .. } => Status::NotFound,
                 WireError::Busy { .. } => Status::Busy,
                 WireError::VersionMismatch { .. } => Status::VersionMismatch,
+                WireError::Unavailable { .. } => Status::Unreachable,
                 _ => Status::Failure,
             },
             Error::Send { .. }
@@ -321,6 +322,7 @@ impl Error {
                 WireError::VersionMismatch { .. } => "version_mismatch",
                 WireError::Failed { .. } => "failed",
                 WireError::Internal { .. } => "internal",
+                WireError::Unavailable { .. } => "unavailable",
                 _ => "other",
             },
         }
@@ -435,6 +437,10 @@ impl Error {
                 WireError::Internal { .. } => {
                     format!("See {HELPER_LOG}, and please report the bug")
                 }
+                WireError::Unavailable { .. } => "Ask an admin to fix it (vfio-gate policy check \
+                     shows what is wrong with the policy); the next request starts the helper \
+                     again"
+                    .to_owned(),
                 _ => format!(
                     "See {HELPER_LOG}; this vfio-gate may be older than the helper ({ONE_RELEASE})"
                 ),

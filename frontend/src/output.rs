@@ -333,11 +333,11 @@ pub fn node_warning(path: &str, node: &io::Result<NodeOwner>, me: u32) -> Option
     match node {
         Err(e) => Some(format!(
             "cannot check {path}: {e}. If your VM cannot open it, see ls -l /dev/vfio and the \
-             helper's log (journalctl -u vfio-gate.service)"
+             helper's log (journalctl -u vfio-gated.service)"
         )),
         Ok(o) if o.uid != me => Some(format!(
             "{path} is owned by uid {}, not by you (uid {me}): the helper should have handed it to \
-             you; see its log (journalctl -u vfio-gate.service)",
+             you; see its log (journalctl -u vfio-gated.service)",
             o.uid
         )),
         Ok(o) if o.mode & 0o077 != 0 => Some(format!(

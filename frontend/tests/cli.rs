@@ -846,7 +846,7 @@ mod errors {
                 "internal",
                 vec![
                     "state directory unwritable",
-                    "journalctl -u vfio-gate.service",
+                    "journalctl -u vfio-gated.service",
                 ],
             ),
         ]

@@ -37,6 +37,7 @@ pub use vfio_gate_host::{groups, guards, plan, usage};
 
 use std::os::unix::net::UnixListener;
 use std::sync::Arc;
+use std::time::Duration;
 
 use vfio_gate_policy::{EtcFiles, Policy, PolicyError};
 
@@ -70,6 +71,19 @@ pub enum StartupError {
 /// Start-up, in order; nothing from a client is read before the last step.
 pub fn run(opts: &Options) -> Result<(), StartupError> {
     let listener = take_socket(opts)?;
+    match set_up(opts) {
+        Ok((policy, state, sandbox)) => serve(opts, listener, policy, state, &sandbox),
+        Err(e) => {
+            // Clients already queued on the socket would otherwise wait for an answer until
+            // they time out: tell them why nothing is served, then exit.
+            server::refuse_all(&listener, &e.to_string(), Duration::from_secs(1));
+            Err(e)
+        }
+    }
+}
+
+/// Steps 2 to 5: policy, state directory, capabilities, landlock.
+fn set_up(opts: &Options) -> Result<(Policy, StateDir, sandbox::landlock::Report), StartupError> {
     let policy = load_policy(opts)?;
     let state = StateDir::open(&opts.state_dir)?;
     fault::arm(&opts.state_dir);
@@ -78,7 +92,7 @@ pub fn run(opts: &Options) -> Result<(), StartupError> {
     let settings = policy.settings().clone();
     let sandbox =
         sandbox::landlock::enforce(&grants, settings.sandbox_floor, settings.allow_unsandboxed)?;
-    serve(opts, listener, policy, state, &sandbox)
+    Ok((policy, state, sandbox))
 }
 
 /// Step 1: the listening socket, and nothing else inherited.

@@ -147,6 +147,34 @@ pub fn serve(
     }
 }
 
+/// The helper cannot serve (its policy is refused…): answer every client that connects within
+/// `window` with the reason instead of leaving them to time out, reading nothing from them.
+pub fn refuse_all(listener: &UnixListener, reason: &str, window: Duration) {
+    let Ok(frame) = encode_response(&Response::Error(WireError::Unavailable {
+        reason: reason.to_owned(),
+    })) else {
+        return;
+    };
+    let until = Instant::now() + window;
+    while let Some(left) = until.checked_duration_since(Instant::now()) {
+        let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
+        let timeout = PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX);
+        match poll(&mut fds, timeout) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return,
+        }
+        if let Ok((mut stream, _)) = listener.accept() {
+            let _ = stream.set_write_timeout(Some(Duration::from_millis(200)));
+            let _ = write_frame(&mut stream, &frame);
+            audit::Line::new("refused-to-serve")
+                .field("reason", reason)
+                .emit();
+        }
+    }
+}
+
 fn refuse_busy(mut stream: UnixStream, limits: &Limits) {
     let _ = stream.set_write_timeout(Some(limits.io_timeout.min(Duration::from_secs(1))));
     let resp = Response::Error(WireError::Busy {
@@ -296,6 +324,7 @@ fn error_kind(e: &WireError) -> &'static str {
         WireError::Refused { .. } => "refused",
         WireError::NeedsGroup { .. } => "needs-group",
         WireError::Held { .. } => "held",
+        WireError::Unavailable { .. } => "unavailable",
         _ => "internal",
     }
 }

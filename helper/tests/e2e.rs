@@ -357,3 +357,48 @@ fn over_the_connection_limit_gets_busy_not_a_hang() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn a_bad_policy_is_explained_to_waiting_clients_and_nothing_is_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    write_policy(&policy, &policy_for_me(30));
+    let dropins = dir.path().join("policy.d");
+    std::fs::create_dir(&dropins).unwrap();
+    // A drop-in that does not parse refuses the whole policy.
+    write_policy(&dropins.join("50-broken.toml"), "[[rule]\nname = \"x\"\n");
+    let socket = dir.path().join("s");
+    let mut child = Command::new(HELPER)
+        .arg("--listen")
+        .arg(&socket)
+        .arg("--policy")
+        .arg(&policy)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !socket.exists() {
+        assert!(Instant::now() < deadline, "no socket");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut s = UnixStream::connect(&socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let resp = answer(&mut s);
+    let Response::Error(WireError::Unavailable { reason }) = resp else {
+        panic!("{resp:?}")
+    };
+    assert!(reason.contains("50-broken.toml:1"), "{reason}");
+    let status = child.wait().unwrap();
+    assert!(!status.success());
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(err.contains("refusing to start"), "{err}");
+    assert!(!err.contains("event=start"), "nothing was served: {err}");
+}

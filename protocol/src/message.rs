@@ -316,4 +316,8 @@ pub enum WireError {
     Failed { reason: String },
     #[error("internal error in the helper: {reason}")]
     Internal { reason: String },
+    /// The helper refuses to start (its policy is refused, its state directory is unsafe…) and
+    /// serves nothing until an admin fixes that; `reason` says what.
+    #[error("the helper is not serving: {reason}")]
+    Unavailable { reason: String },
 }
