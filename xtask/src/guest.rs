@@ -72,6 +72,7 @@ pub const GUEST_BINARIES: &[&str] = &[
     "sandbox-probe",
     "vfio-probe",
     "vfio-viability",
+    "vfio-load",
 ];
 
 pub(crate) const DIR: Meta = Meta::root(0o755);
@@ -81,6 +82,8 @@ pub(crate) const EXEC: Meta = Meta::root(0o755);
 /// Builds the guest binaries statically, in release mode, into the normal target directory.
 /// Returns the directory holding them.
 pub fn build_binaries(paths: &Paths) -> Result<PathBuf> {
+    // First, so that the release build below puts the release helper back in place.
+    crate::extra::build_fault_helper(paths)?;
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(&paths.workspace)
@@ -110,6 +113,7 @@ pub fn build_binaries(paths: &Paths) -> Result<PathBuf> {
             );
         }
     }
+    crate::extra::check_helpers(&dir)?;
     Ok(dir)
 }
 
@@ -262,6 +266,7 @@ pub fn overlay(paths: &Paths, bins: &Path, spec: &RunSpec) -> Result<Vec<u8>> {
     for name in GUEST_BINARIES {
         a.file(&format!("usr/bin/{name}"), EXEC, &read(&bins.join(name))?);
     }
+    crate::extra::overlay(&mut a, bins)?;
     a.file("test/lib.sh", FILE, &read(&vm.join("lib.sh"))?);
     let conf = match &spec.mode {
         Mode::Script(script) => {

@@ -12,6 +12,7 @@
 //! (`docs/guest.md`). Nothing here touches the host's `/sys` or its kernel modules.
 
 mod cpio;
+mod extra;
 mod guest;
 mod host;
 mod kernel;
@@ -229,6 +230,8 @@ pub fn machine(
         dir,
         memory_mib: 512,
         root_disk: prep.root_disk.clone(),
+        // Opt-in extra devices (`# vm: extra-devices=N` in the script): xtask/src/extra.rs.
+        extra_devices: extra::extra_devices(spec)?,
         interactive: matches!(spec.mode, Mode::Shell),
         timeout,
     })

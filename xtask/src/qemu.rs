@@ -34,6 +34,8 @@ pub struct Machine {
     /// The systemd guest's root disk: an ext4 image on q35's built-in AHCI (00:1f.2, so the PCI
     /// layout is unchanged), opened with `snapshot=on` so the cached image is never written.
     pub root_disk: Option<PathBuf>,
+    /// More `-device` arguments, after the documented layout (`xtask/src/extra.rs`).
+    pub extra_devices: Vec<String>,
     pub interactive: bool,
     pub timeout: Duration,
 }
@@ -161,6 +163,9 @@ impl Machine {
             "edu,bus=pcie.0,addr=0x6.0,multifunction=on",
             "pci-testdev,bus=pcie.0,addr=0x6.1",
         ] {
+            cmd.args(["-device", d]);
+        }
+        for d in &self.extra_devices {
             cmd.args(["-device", d]);
         }
         if let Some(disk) = &self.root_disk {
