@@ -53,9 +53,10 @@ const DISK_FORMAT: u32 = 1;
 /// Bump when the first stage's base archive changes.
 const SHIM_FORMAT: u32 = 1;
 
-/// What the first stage loads to mount the root disk: AHCI, SCSI disks, ext4, and the crc32c
-/// ext4 asks the crypto API for at mount time (no modules.dep entry names it).
-pub const ROOT_DRIVERS: &[&str] = &["ahci", "sd_mod", "crc32c_generic", "ext4"];
+/// What the first stage loads to mount the root: AHCI, SCSI disks, ext4 (with the crc32c it asks
+/// the crypto API for at mount time: no modules.dep entry names it), and overlayfs (the disk is
+/// mounted read-only under a tmpfs).
+pub const ROOT_DRIVERS: &[&str] = &["ahci", "sd_mod", "crc32c_generic", "ext4", "overlay"];
 
 /// Directories of the debootstrap tree emptied before caching: nothing a test guest reads.
 const STRIP: &[&str] = &[
