@@ -153,6 +153,7 @@ prop ProtectHome yes
 prop RestrictNamespaces yes
 prop MemoryDenyWriteExecute yes
 prop RuntimeDirectoryPreserve yes
+prop StartLimitBurst 20
 check_output_contains "SystemCallFilter allows landlock" landlock_restrict_self \
     unit_prop vfio-gated.service SystemCallFilter
 check_output_lacks "and not setuid" " setuid " unit_prop vfio-gated.service SystemCallFilter
