@@ -10,11 +10,12 @@
 //!   `<cache>/kernels/<release>/`. QEMU opens it with `snapshot=on` on q35's built-in AHCI
 //!   (00:1f.2), so the IOMMU-group layout stays the busybox guest's and the cached image is never
 //!   written;
-//! - **the initramfs**: a cached busybox base that loads the AHCI/SCSI-disk/ext4 modules, plus a
-//!   per-run overlay — `/init` (`tests/vm/systemd/init.sh`), and under `/root-overlay` this run's
-//!   files, which `/init` copies into the mounted root before `switch_root` to systemd: the
-//!   binaries, `dist/` installed as a package installs it, the policy, the test runner unit and
-//!   the masks of `tests/vm/systemd/masked`.
+//! - **the initramfs**: a cached busybox base that loads the AHCI/SCSI-disk/ext4/overlay modules,
+//!   plus a per-run overlay — `/init` (`tests/vm/systemd/init.sh`), and under `/root-overlay`
+//!   this run's files. `/init` mounts the disk read-only under a tmpfs (overlayfs: QEMU's AHCI
+//!   under TCG now and then loses a write, so the disk is only ever read), copies those files into
+//!   the root and `switch_root`s to systemd: the binaries, `dist/` installed as a package installs
+//!   it, the policy, the test runner unit and the masks of `tests/vm/systemd/masked`.
 
 use std::collections::hash_map::DefaultHasher;
 use std::fs;
