@@ -1012,7 +1012,15 @@ mod errors {
     fn broken_answers_are_status_1() {
         for (reply, kind, words) in [
             (
-                Reply::Raw(vec![3, 0, 0, 0, vfio_gate_protocol::PROTOCOL_VERSION as u8, 0xff, 0xff]),
+                Reply::Raw(vec![
+                    3,
+                    0,
+                    0,
+                    0,
+                    vfio_gate_protocol::PROTOCOL_VERSION as u8,
+                    0xff,
+                    0xff,
+                ]),
                 "protocol",
                 "cannot be decoded",
             ),

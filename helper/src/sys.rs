@@ -78,21 +78,33 @@ pub fn securebits() -> io::Result<u32> {
 pub fn set_securebits(bits: u32) -> io::Result<()> {
     // SAFETY: PR_SET_SECUREBITS takes the bits by value; no memory is shared with the kernel.
     let rc = unsafe { libc::prctl(libc::PR_SET_SECUREBITS, libc::c_ulong::from(bits), 0, 0, 0) };
-    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
 }
 
 /// Whether `no_new_privs` is set (`PR_GET_NO_NEW_PRIVS`).
 pub fn no_new_privs() -> io::Result<bool> {
     // SAFETY: PR_GET_NO_NEW_PRIVS takes no pointer arguments and only returns a value.
     let rc = unsafe { libc::prctl(libc::PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) };
-    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(rc == 1) }
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc == 1)
+    }
 }
 
 /// Sets `no_new_privs`: nothing this process runs can gain privileges (irrevocable).
 pub fn set_no_new_privs() -> io::Result<()> {
     // SAFETY: PR_SET_NO_NEW_PRIVS takes its flag by value; no memory is shared with the kernel.
     let rc = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
-    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
 }
 
 /// Closes every file descriptor from `first` to `last` inclusive (`close_range(2)`, Linux 5.9).
@@ -110,5 +122,9 @@ pub fn close_range(first: RawFd, last: RawFd) -> io::Result<()> {
             0 as libc::c_uint,
         )
     };
-    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
 }

@@ -62,7 +62,11 @@ pub enum SandboxError {
     #[error(
         "this kernel's landlock ABI is {abi}, below the policy's sandbox_floor of {floor}; missing: {missing}"
     )]
-    BelowFloor { abi: i32, floor: u8, missing: String },
+    BelowFloor {
+        abi: i32,
+        floor: u8,
+        missing: String,
+    },
 }
 
 /// How the sandbox ended up, for the start log line.
@@ -97,7 +101,8 @@ impl Layout {
 
         let pci = sys.join("bus/pci");
         g.write_files.push(pci.join("drivers_probe"));
-        g.write_files.extend(children(&pci.join("drivers")).map(|d| d.join("unbind")));
+        g.write_files
+            .extend(children(&pci.join("drivers")).map(|d| d.join("unbind")));
         g.write_files
             .extend(children(&pci.join("devices")).map(|d| d.join("driver_override")));
         g.write_files.retain(|p| p.exists());
@@ -134,10 +139,7 @@ pub fn ruleset(grants: &Grants) -> Result<RulesetCreated, SandboxError> {
     let abi = TARGET_ABI;
     let read = AccessFs::ReadFile | AccessFs::ReadDir;
     let write_file = AccessFs::WriteFile | AccessFs::Truncate;
-    let read_write = read
-        | write_file
-        | AccessFs::MakeReg
-        | AccessFs::RemoveFile;
+    let read_write = read | write_file | AccessFs::MakeReg | AccessFs::RemoveFile;
     let device = AccessFs::ReadFile | AccessFs::WriteFile | AccessFs::ReadDir;
     let created = Ruleset::default()
         .handle_access(AccessFs::from_all(abi))?
@@ -169,7 +171,11 @@ pub fn missing_features(abi: i32) -> Vec<&'static str> {
 }
 
 /// Enforces the helper's ruleset on the calling thread (and every thread it creates later).
-pub fn enforce(grants: &Grants, floor: u8, allow_unsandboxed: bool) -> Result<Report, SandboxError> {
+pub fn enforce(
+    grants: &Grants,
+    floor: u8,
+    allow_unsandboxed: bool,
+) -> Result<Report, SandboxError> {
     let status = ruleset(grants)?.restrict_self()?;
     let abi = match status.landlock {
         LandlockStatus::Available { effective_abi, .. } => effective_abi as i32,
@@ -183,7 +189,9 @@ pub fn enforce(grants: &Grants, floor: u8, allow_unsandboxed: bool) -> Result<Re
     };
     match status.ruleset {
         RulesetStatus::NotEnforced if allow_unsandboxed => Ok(report("none")),
-        RulesetStatus::NotEnforced => Err(SandboxError::Unavailable(format!("{:?}", status.landlock))),
+        RulesetStatus::NotEnforced => {
+            Err(SandboxError::Unavailable(format!("{:?}", status.landlock)))
+        }
         _ if abi < i32::from(floor) => Err(SandboxError::BelowFloor {
             abi,
             floor,

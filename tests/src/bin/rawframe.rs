@@ -18,8 +18,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use vfio_gate_protocol::{
-    Driver, FrameError, MAX_RESPONSE_FRAME, PROTOCOL_VERSION, PciAddress, Request,
-    decode_response, encode_request, read_frame,
+    Driver, FrameError, MAX_RESPONSE_FRAME, PROTOCOL_VERSION, PciAddress, Request, decode_response,
+    encode_request, read_frame,
 };
 
 const USAGE: &str = "usage: rawframe [--socket PATH] [--timeout SECS] \
