@@ -1,10 +1,11 @@
 //! `cargo xtask`: the real-kernel test bed of vfio-gate, the demo and the full test run.
 //!
 //! ```text
-//! cargo xtask vm run --script FILE [--policy FILE] [--kernel 6.1]   run FILE as root in the guest
-//! cargo xtask vm shell [--policy FILE] [--kernel 6.1]               an interactive guest
-//! cargo xtask demo                                                  the narrated tour
-//! cargo xtask test                                                  every test, unit and VM
+//! cargo xtask vm run --script FILE [--policy FILE] [--kernel 6.1|6.12] [--init busybox|systemd]
+//!                                                     run FILE as root in the guest
+//! cargo xtask vm shell [--policy FILE] [--kernel …] [--init …]   an interactive guest
+//! cargo xtask demo                                    the narrated tour
+//! cargo xtask test [--kernel 6.1,6.12]                every test, unit and VM, on both kernels
 //! ```
 //!
 //! Each guest boot builds the release binaries statically, fetches and caches a stock Debian
@@ -196,7 +197,7 @@ pub fn run_name(base: &str, series: KernelSeries, init: Init) -> String {
     if series != KernelSeries::V6_1 {
         name = format!("{name}-{}", series.name());
     }
-    if init == Init::Systemd {
+    if init == Init::Systemd && !base.contains("systemd") {
         name.push_str("-systemd");
     }
     name

@@ -171,7 +171,7 @@ impl Machine {
         if let Some(disk) = &self.root_disk {
             cmd.arg("-drive")
                 .arg(format!(
-                    "if=none,id=root,file={},format=raw,snapshot=on",
+                    "if=none,id=root,file={},format=raw,snapshot=on,cache=unsafe",
                     disk.display()
                 ))
                 .args(["-device", "ide-hd,bus=ide.0,drive=root"]);

@@ -10,11 +10,12 @@
 //!   `<cache>/kernels/<release>/`. QEMU opens it with `snapshot=on` on q35's built-in AHCI
 //!   (00:1f.2), so the IOMMU-group layout stays the busybox guest's and the cached image is never
 //!   written;
-//! - **the initramfs**: a cached busybox base that loads the AHCI/SCSI-disk/ext4 modules, plus a
-//!   per-run overlay — `/init` (`tests/vm/systemd/init.sh`), and under `/root-overlay` this run's
-//!   files, which `/init` copies into the mounted root before `switch_root` to systemd: the
-//!   binaries, `dist/` installed as a package installs it, the policy, the test runner unit and
-//!   the masks of `tests/vm/systemd/masked`.
+//! - **the initramfs**: a cached busybox base that loads the AHCI/SCSI-disk/ext4/overlay modules,
+//!   plus a per-run overlay — `/init` (`tests/vm/systemd/init.sh`), and under `/root-overlay`
+//!   this run's files. `/init` mounts the disk read-only under a tmpfs (overlayfs: QEMU's AHCI
+//!   under TCG now and then loses a write, so the disk is only ever read), copies those files into
+//!   the root and `switch_root`s to systemd: the binaries, `dist/` installed as a package installs
+//!   it, the policy, the test runner unit and the masks of `tests/vm/systemd/masked`.
 
 use std::collections::hash_map::DefaultHasher;
 use std::fs;
@@ -53,9 +54,10 @@ const DISK_FORMAT: u32 = 1;
 /// Bump when the first stage's base archive changes.
 const SHIM_FORMAT: u32 = 1;
 
-/// What the first stage loads to mount the root disk: AHCI, SCSI disks, ext4, and the crc32c
-/// ext4 asks the crypto API for at mount time (no modules.dep entry names it).
-pub const ROOT_DRIVERS: &[&str] = &["ahci", "sd_mod", "crc32c_generic", "ext4"];
+/// What the first stage loads to mount the root: AHCI, SCSI disks, ext4 (with the crc32c it asks
+/// the crypto API for at mount time: no modules.dep entry names it), and overlayfs (the disk is
+/// mounted read-only under a tmpfs).
+pub const ROOT_DRIVERS: &[&str] = &["ahci", "sd_mod", "crc32c_generic", "ext4", "overlay"];
 
 /// Directories of the debootstrap tree emptied before caching: nothing a test guest reads.
 const STRIP: &[&str] = &[

@@ -3,8 +3,12 @@
 //! 0. the host tools the VM tests need, installed with apt if missing
 //! 1. `cargo fmt --all -- --check`
 //! 2. `cargo clippy --workspace --all-targets -- -D warnings`
-//! 3. `cargo test --workspace`
-//! 4. each `tests/vm/*.test.sh` in its own guest boot
+//! 3. `cargo test --workspace` (`VFIO_GATE_TEST_LANDLOCK_ABI`, if set, passes through: the
+//!    host-side landlock tests then require that ABI of this machine's kernel)
+//! 4. the exposure score of `dist/vfio-gated.service` (`systemd-analyze security --offline`),
+//!    failed above [`MAX_EXPOSURE`]
+//! 5. each `tests/vm/*.test.sh` in its own guest boot, on each kernel (`--kernel`, default 6.1
+//!    and 6.12); `systemd*.test.sh` boot the systemd guest, the others the busybox one
 //!
 //! Every stage runs even if an earlier one failed, so one run shows everything that is wrong.
 //! A VM test `NAME.test.sh` runs under `NAME.policy.toml` if that file exists, else under
@@ -165,6 +169,12 @@ fn cargo_test(paths: &Paths) -> Result<Stage> {
     let mut cmd = cargo(paths);
     cmd.args(["test", "--workspace"]).stdout(Stdio::piped());
     println!("== cargo test: cargo test --workspace ==");
+    match std::env::var("VFIO_GATE_TEST_LANDLOCK_ABI") {
+        Ok(abi) => println!("(the host kernel must offer landlock ABI {abi} or newer)"),
+        Err(_) => println!(
+            "(VFIO_GATE_TEST_LANDLOCK_ABI unset: host-side landlock checks adapt to this kernel)"
+        ),
+    }
     let mut child = cmd
         .spawn()
         .with_context(|| format!("running `{}`", display(&cmd)))?;

@@ -12,18 +12,22 @@ use caps::{CapSet, Capability, CapsHashSet};
 /// The one capability the helper keeps.
 pub const KEPT: Capability = Capability::CAP_CHOWN;
 
-/// The securebits the helper requires, all locked: uid 0 gets no capabilities from exec or
-/// setuid, and keep-caps stays off. systemd's `SecureBits=` can set exactly these.
-pub const SECUREBITS: u32 = (1 << 0) // SECBIT_NOROOT
-    | (1 << 1) // SECBIT_NOROOT_LOCKED
-    | (1 << 2) // SECBIT_NO_SETUID_FIXUP
+/// The securebits the helper requires, locked: no capability fix-up on setuid, and keep-caps
+/// off for good. systemd's `SecureBits=` can set these.
+///
+/// `noroot` (exec as uid 0 gains nothing) is not required: it would make systemd hand CAP_CHOWN
+/// over as an ambient capability, which is worse, and it protects only an exec — which the
+/// helper never does, landlock forbids, and which could gain no more than the bounding set the
+/// helper checks is CAP_CHOWN alone, under `no_new_privs`.
+pub const SECUREBITS: u32 = (1 << 2) // SECBIT_NO_SETUID_FIXUP
     | (1 << 3) // SECBIT_NO_SETUID_FIXUP_LOCKED
     | (1 << 5); // SECBIT_KEEP_CAPS_LOCKED (with KEEP_CAPS off)
 
-/// Also set when the helper can (it holds CAP_SETPCAP): no ambient capabilities, ever. systemd
-/// cannot set these; without them an ambient raise would still need an exec, which landlock
-/// forbids the helper.
-pub const SECUREBITS_AMBIENT: u32 = (1 << 6) // SECBIT_NO_CAP_AMBIENT_RAISE
+/// Also set when the helper can (it holds CAP_SETPCAP, as when started by hand or by a plain
+/// activator): `noroot` and no ambient capabilities, ever, both locked.
+pub const SECUREBITS_EXTRA: u32 = (1 << 0) // SECBIT_NOROOT
+    | (1 << 1) // SECBIT_NOROOT_LOCKED
+    | (1 << 6) // SECBIT_NO_CAP_AMBIENT_RAISE
     | (1 << 7); // SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED
 
 /// Dropping privileges failed; the helper refuses to serve.
@@ -42,7 +46,7 @@ pub enum CapsError {
         source: caps::errors::CapsError,
     },
     #[error(
-        "the securebits are {have:#x} and locking them needs CAP_SETPCAP, which the helper does not have; under systemd set SecureBits=keep-caps-locked no-setuid-fixup no-setuid-fixup-locked noroot noroot-locked in the unit (dist/vfio-gated.service does)"
+        "the securebits are {have:#x} and locking them needs CAP_SETPCAP, which the helper does not have; under systemd set SecureBits=keep-caps-locked no-setuid-fixup no-setuid-fixup-locked in the unit (dist/vfio-gated.service does)"
     )]
     Securebits { have: u32 },
     #[error("setting the securebits: {0}")]
@@ -73,7 +77,7 @@ pub fn drop_to_chown() -> Result<(), CapsError> {
 
     let have = crate::sys::securebits().map_err(CapsError::SetSecurebits)?;
     if setpcap {
-        let want = have | SECUREBITS | SECUREBITS_AMBIENT;
+        let want = have | SECUREBITS | SECUREBITS_EXTRA;
         if want != have {
             crate::sys::set_securebits(want).map_err(CapsError::SetSecurebits)?;
         }

@@ -11,6 +11,9 @@ export SYSTEMD_COLORS=0 SYSTEMD_PAGER= SYSTEMD_URLIFY=0
 GUEST_MODE=run
 GUEST_SCRIPT_NAME=script.sh
 . /etc/vfio-gate-guest.conf
+# Straight to the console: the unit's journal+console goes through journald, which may not have
+# passed the last lines on when the guest is switched off.
+[ "$GUEST_MODE" = run ] && exec > /dev/ttyS0 2>&1
 uptime_s() { cut -d' ' -f1 /proc/uptime; }
 
 echo "runner: started at uptime $(uptime_s) s"
@@ -50,6 +53,8 @@ echo "runner: $GUEST_SCRIPT_NAME finished at uptime $(uptime_s) s"
 dump_logs
 # The xtask reads this line; it must stay the last thing printed before power-off.
 echo "vfio-gate-guest: script exit status $rc"
+# Let the serial lines drain before QEMU exits.
+sleep 0.3
 [ "$rc" -gt 127 ] && rc=127
 printf "$(printf '\\%03o' "$rc")" | dd of=/dev/port bs=1 seek=244 count=1 conv=notrunc 2> /dev/null
 systemctl poweroff --force --force
