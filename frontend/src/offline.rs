@@ -11,13 +11,11 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
-use vfio_gate_host::groups::{ViabilityRule, classify};
+use vfio_gate_host::groups::ViabilityRule;
 use vfio_gate_host::guards::{self, HostUse};
-use vfio_gate_host::plan::{self, MemberState, Permissions};
+use vfio_gate_host::plan::{self, MemberState, PolicyAnswers};
 use vfio_gate_host::{PciView, SysfsError, SysfsView};
-use vfio_gate_policy::{
-    Decision, DeviceFacts, EtcFiles, Policy, PolicyError, Subject, Subjects, accounts,
-};
+use vfio_gate_policy::{DeviceFacts, EtcFiles, Policy, PolicyError, Subject, Subjects, accounts};
 use vfio_gate_protocol::{
     Driver, DriverVerdict, ExplainReport, GuardFinding, PciAddress, Plan, RuleRef,
 };
@@ -147,35 +145,6 @@ pub fn viability() -> ViabilityRule {
     ViabilityRule::for_release(release.trim())
 }
 
-/// One device as a plan sees it: facts, kind (endpoint or bridge) and driver.
-fn member_state(view: &dyn PciView, dev: PciAddress) -> Result<MemberState, SysfsError> {
-    let facts = view.facts(dev)?;
-    Ok(MemberState {
-        kind: classify(facts.class, view.header_type(dev)?),
-        driver: view.driver(dev)?,
-        facts,
-    })
-}
-
-/// The policy asked on behalf of one subject about one primary device (the helper's own
-/// answers to a plan's questions).
-struct Asking<'a> {
-    policy: &'a Policy,
-    subject: &'a Subject,
-    primary: DeviceFacts,
-    driver: Driver,
-}
-
-impl Permissions for Asking<'_> {
-    fn decide(&self, device: &DeviceFacts, driver: Driver) -> Decision {
-        self.policy.decide(self.subject, device, driver)
-    }
-    fn companion(&self, member: &DeviceFacts, driver: Driver) -> Decision {
-        self.policy
-            .decide_companion(self.subject, &self.primary, self.driver, member, driver)
-    }
-}
-
 /// The helper's questions, asked of one policy and one host.
 pub struct Evaluator<'a> {
     pub policy: &'a Policy,
@@ -207,7 +176,7 @@ impl Evaluator<'_> {
         driver: Option<Driver>,
     ) -> Result<ExplainReport, Error> {
         let (policy, view) = (self.policy, self.view);
-        let m = member_state(view, dev).map_err(|source| match source {
+        let m = plan::member_state(view, dev).map_err(|source| match source {
             SysfsError::NoDevice(device) => Error::NoDevice {
                 device,
                 sysfs: self.sysfs.to_owned(),
@@ -308,7 +277,7 @@ impl Evaluator<'_> {
 
     /// The guard that refuses `dev` now, or why that could not be checked.
     fn guard_now(&self, dev: PciAddress) -> (Option<GuardFinding>, Option<String>) {
-        let m = match member_state(self.view, dev) {
+        let m = match plan::member_state(self.view, dev) {
             Ok(m) => m,
             Err(e) => return (None, Some(e.to_string())),
         };
@@ -339,11 +308,11 @@ fn plan_for(
         .group_members(group)
         .and_then(|ms| {
             ms.into_iter()
-                .map(|d| member_state(view, d))
+                .map(|d| plan::member_state(view, d))
                 .collect::<Result<Vec<_>, _>>()
         })
         .map_err(|e| e.to_string())?;
-    let asking = Asking {
+    let asking = PolicyAnswers {
         policy,
         subject,
         primary: m.facts,

@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use vfio_gate_policy::{Decision, DeviceFacts, Policy, Subject};
+use vfio_gate_policy::{Decision, Policy};
 use vfio_gate_protocol::{
     BindReport, DeviceInfo, Driver, DriverVerdict, ExplainReport, GuardFinding, Holder,
     MAX_BIND_DEVICES, PciAddress, ReleaseReport, ReleaseTarget, ReleasedGroup, Request, Response,
@@ -25,11 +25,11 @@ use vfio_gate_protocol::{
 };
 
 use crate::audit;
-use crate::groups::{ViabilityRule, classify, viable};
+use crate::groups::{ViabilityRule, viable};
 use crate::guards::{self, HostUse};
 use crate::ops::{self, Rollback};
 use crate::peer::Peer;
-use crate::plan::{self, MemberState, Permissions, PlanError};
+use crate::plan::{self, MemberState, PlanError, PolicyAnswers};
 use crate::state::{Lease, LeasedDevice, Phase, StateDir};
 use crate::sysfs::{Bounded, Kernel, NodeOwner, PciView, SysfsError};
 
@@ -111,24 +111,6 @@ fn sysfs_error(dev: PciAddress, e: SysfsError) -> WireError {
             reason: e.to_string(),
         },
         other => internal(other),
-    }
-}
-
-/// The policy, asked on behalf of one caller about one primary device.
-struct Asking<'a> {
-    policy: &'a Policy,
-    subject: &'a Subject,
-    primary: DeviceFacts,
-    driver: Driver,
-}
-
-impl Permissions for Asking<'_> {
-    fn decide(&self, device: &DeviceFacts, driver: Driver) -> Decision {
-        self.policy.decide(self.subject, device, driver)
-    }
-    fn companion(&self, member: &DeviceFacts, driver: Driver) -> Decision {
-        self.policy
-            .decide_companion(self.subject, &self.primary, self.driver, member, driver)
     }
 }
 
@@ -251,12 +233,7 @@ impl Service {
     }
 
     fn member_state(&self, dev: PciAddress) -> Result<MemberState, SysfsError> {
-        let facts = self.kernel.facts(dev)?;
-        Ok(MemberState {
-            kind: classify(facts.class, self.kernel.header_type(dev)?),
-            driver: self.kernel.driver(dev)?,
-            facts,
-        })
+        plan::member_state(&self.kernel, dev)
     }
 
     fn guard(&self, m: &MemberState, verdict: &Verdict) -> Result<(), (WireError, Verdict)> {
@@ -390,7 +367,7 @@ impl Service {
                     .collect::<Result<Vec<_>, _>>()
             })
             .map_err(|e| (internal(e), verdict.clone()))?;
-        let asking = Asking {
+        let asking = PolicyAnswers {
             policy: &self.policy,
             subject: &subject,
             primary: named_states[0].facts,
@@ -891,7 +868,7 @@ impl Service {
                     .collect::<Result<Vec<_>, _>>()
             })
             .map_err(|e| e.to_string())?;
-        let asking = Asking {
+        let asking = PolicyAnswers {
             policy: &self.policy,
             subject,
             primary: m.facts,

@@ -8,11 +8,11 @@
 //! VFIO); bridges stay as they are when their driver keeps the group viable; anything else
 //! refuses the whole plan. Planning is pure: sysfs is read before, the plan is executed after.
 
-use vfio_gate_policy::{Decision, DeviceFacts};
+use vfio_gate_policy::{Decision, DeviceFacts, Policy, Subject};
 use vfio_gate_protocol::{Driver, MemberKind, PciAddress, Plan, PlanStep, RuleRef, StepAction};
 
-use crate::groups::{Member, ViabilityRule, viable};
-use crate::view::DriverName;
+use crate::groups::{Member, ViabilityRule, classify, viable};
+use crate::view::{DriverName, PciView, SysfsError};
 
 /// One group member as read from sysfs before planning.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,6 +66,38 @@ fn step(m: &MemberState, action: StepAction) -> PlanStep {
         device_id: m.facts.device,
         driver: m.driver.as_ref().map(ToString::to_string),
         action,
+    }
+}
+
+/// Reads one group member as a plan sees it: facts, kind (endpoint or bridge) and driver.
+pub fn member_state(view: &dyn PciView, dev: PciAddress) -> Result<MemberState, SysfsError> {
+    let facts = view.facts(dev)?;
+    Ok(MemberState {
+        kind: classify(facts.class, view.header_type(dev)?),
+        driver: view.driver(dev)?,
+        facts,
+    })
+}
+
+/// A plan's questions answered by a policy, for one subject binding one primary device: what
+/// the helper asks, and what an offline `explain` asks to reach the same answer.
+#[derive(Debug)]
+pub struct PolicyAnswers<'a> {
+    pub policy: &'a Policy,
+    pub subject: &'a Subject,
+    /// The device the subject named first.
+    pub primary: DeviceFacts,
+    /// The driver the subject asked for.
+    pub driver: Driver,
+}
+
+impl Permissions for PolicyAnswers<'_> {
+    fn decide(&self, device: &DeviceFacts, driver: Driver) -> Decision {
+        self.policy.decide(self.subject, device, driver)
+    }
+    fn companion(&self, member: &DeviceFacts, driver: Driver) -> Decision {
+        self.policy
+            .decide_companion(self.subject, &self.primary, self.driver, member, driver)
     }
 }
 
