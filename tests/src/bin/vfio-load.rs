@@ -2,11 +2,13 @@
 //!
 //! ```text
 //! vfio-load --devices ADDR,ADDR,... [--user NAME] [--listers 200] [--lists 3]
-//!           [--cycles 2] [--silent 50] [--max-retries 30] [--socket PATH]
+//!           [--cycles 2] [--silent 50] [--max-retries 30] [--idle-lists 10] [--socket PATH]
 //!           [--pidfile /run/vfio-gated.pid] [--timeout SECS]
 //! ```
 //!
-//! All at once (threads released together by a barrier, after the silent connections are open):
+//! First, for reference, `--idle-lists` `List` requests one after the other on an idle helper
+//! (`# metric load_idle_list_p50_ms`). Then the load:
+//! all at once (threads released together by a barrier, after the silent connections are open):
 //! - `--listers` clients, each sending `--lists` `List` requests, one connection per request as
 //!   the CLI does;
 //! - one client per device of `--devices`, each doing `--cycles` bind (to vfio-pci) + release
@@ -25,8 +27,10 @@
 //! (`VmHWM`) and thread count can be read as any user; a sampler follows both during the run.
 //!
 //! Prints `# metric` lines (latencies in ms from the first attempt to the answer, retries
-//! included; counts; the helper's peak RSS in KiB) and `load: N failed legitimate requests`.
-//! Exit 0 when none failed, 1 otherwise, 2 on bad usage.
+//! included; counts; the helper's peak RSS in KiB: the larger of its VmHWM and the highest VmRSS
+//! sampled every 100 ms) and `load: N failed legitimate requests`.
+//! A request a client made counts as legitimate, the silent connections' do not. Exit 0 when none
+//! failed, 1 otherwise, 2 on bad usage.
 
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::net::UnixStream;
@@ -43,8 +47,8 @@ use vfio_gate_protocol::{
 use vfio_gate_tests::users::{find_user, groups_of};
 
 const USAGE: &str = "usage: vfio-load --devices ADDR,ADDR,... [--user NAME] [--listers N] \
-    [--lists N] [--cycles N] [--silent N] [--max-retries N] [--socket PATH] [--pidfile FILE] \
-    [--timeout SECS]";
+    [--lists N] [--cycles N] [--silent N] [--max-retries N] [--idle-lists N] [--socket PATH] \
+    [--pidfile FILE] [--timeout SECS]";
 
 /// The frontend's backoff at the connection limit (`frontend/src/client.rs`), then its last step.
 const DELAYS_MS: [u64; 4] = [150, 300, 500, 900];
@@ -61,6 +65,7 @@ struct Options {
     silent: usize,
     max_retries: usize,
     timeout: Duration,
+    idle_lists: usize,
 }
 
 fn parse(args: Vec<String>) -> Result<Options, String> {
@@ -75,6 +80,7 @@ fn parse(args: Vec<String>) -> Result<Options, String> {
         silent: 50,
         max_retries: 30,
         timeout: Duration::from_secs(120),
+        idle_lists: 10,
     };
     let mut it = args.into_iter();
     while let Some(a) = it.next() {
@@ -89,6 +95,7 @@ fn parse(args: Vec<String>) -> Result<Options, String> {
             "--cycles" => o.cycles = number(value()?)?,
             "--silent" => o.silent = number(value()?)?,
             "--max-retries" => o.max_retries = number(value()?)?,
+            "--idle-lists" => o.idle_lists = number(value()?)?,
             "--timeout" => o.timeout = Duration::from_secs(number(value()?)? as u64),
             "--devices" => {
                 o.devices = value()?
@@ -175,13 +182,21 @@ struct Series {
     failures: Vec<String>,
     retries: usize,
     max_retries: usize,
+    /// Succeeded only after more retries than the CLI makes (it gives up after four).
+    beyond_cli: usize,
 }
+
+/// How many times the CLI retries at the connection limit (`frontend/src/client.rs`).
+const CLI_RETRIES: usize = DELAYS_MS.len();
 
 impl Series {
     fn record(&mut self, outcome: Result<(Duration, usize), (String, usize)>) {
         match outcome {
             Ok((d, retries)) => {
                 self.latencies_ms.push(d.as_secs_f64() * 1000.0);
+                if retries > CLI_RETRIES {
+                    self.beyond_cli += 1;
+                }
                 self.retries += retries;
                 self.max_retries = self.max_retries.max(retries);
             }
@@ -350,9 +365,24 @@ fn run(o: &Options) -> Result<usize, String> {
     if let Some(user) = &o.user {
         drop_to(user)?;
     }
+    let mut idle = Series::default();
+    for n in 0..o.idle_lists {
+        idle.record(request(o, &Request::List, n as u64, |resp| match resp {
+            Response::Devices(d) if !d.is_empty() => Ok(()),
+            other => Err(format!("list: {}", describe(other))),
+        }));
+    }
+    if o.idle_lists > 0 {
+        println!(
+            "# metric load_idle_list_p50_ms={:.0}",
+            idle.percentile(50.0)
+        );
+    }
     let lists = Arc::new(Mutex::new(Series::default()));
     let binds = Arc::new(Mutex::new(Series::default()));
     let releases = Arc::new(Mutex::new(Series::default()));
+    // A whole bind + release (tests/vm/bench-leases.sh compares it with the same writes by hand).
+    let cycles = Arc::new(Mutex::new(Vec::new()));
     let silent_stats = Arc::new(Silent::default());
     let stop = Arc::new(AtomicBool::new(false));
     let workers = o.listers + o.devices.len();
@@ -399,10 +429,11 @@ fn run(o: &Options) -> Result<usize, String> {
         )?);
     }
     for (i, &dev) in o.devices.iter().enumerate() {
-        let (o, binds, releases, go, done) = (
+        let (o, binds, releases, cycles, go, done) = (
             o.clone(),
             binds.clone(),
             releases.clone(),
+            cycles.clone(),
             go.clone(),
             done.clone(),
         );
@@ -419,6 +450,7 @@ fn run(o: &Options) -> Result<usize, String> {
                         dry_run: false,
                         hold: false,
                     };
+                    let cycle = Instant::now();
                     let r = request(&o, &bind, seed, |resp| match resp {
                         Response::Bound(b) if !b.dry_run => Ok(()),
                         other => Err(format!("bind {dev}: {}", describe(other))),
@@ -440,6 +472,10 @@ fn run(o: &Options) -> Result<usize, String> {
                     if !released {
                         break;
                     }
+                    cycles
+                        .lock()
+                        .unwrap()
+                        .push(cycle.elapsed().as_secs_f64() * 1000.0);
                 }
                 done.fetch_add(1, Ordering::SeqCst);
             }),
@@ -470,7 +506,10 @@ fn run(o: &Options) -> Result<usize, String> {
     }
     let hwm = status.field("VmHWM");
 
-    let mut failed = 0;
+    let mut failed = idle.failures.len();
+    for f in idle.failures.iter().take(10) {
+        println!("# FAILED idle list: {f}");
+    }
     let print = |name: &str, s: &Series| {
         println!(
             "# metric load_{name}_requests={}",
@@ -484,6 +523,10 @@ fn run(o: &Options) -> Result<usize, String> {
             "# metric load_{name}_max_retries_one_request={}",
             s.max_retries
         );
+        println!(
+            "# metric load_{name}_retried_more_than_the_cli_would={}",
+            s.beyond_cli
+        );
         println!("# metric load_{name}_failed={}", s.failures.len());
         for f in s.failures.iter().take(10) {
             println!("# FAILED {name}: {f}");
@@ -493,6 +536,11 @@ fn run(o: &Options) -> Result<usize, String> {
     failed += print("list", &lists.lock().unwrap());
     failed += print("bind", &binds.lock().unwrap());
     failed += print("release", &releases.lock().unwrap());
+    let cycles = Series {
+        latencies_ms: cycles.lock().unwrap().clone(),
+        ..Series::default()
+    };
+    println!("# metric load_cycle_p50_ms={:.1}", cycles.percentile(50.0));
     let closed = silent_stats.closed_ms.lock().unwrap().clone();
     println!("# metric load_silent_closed_by_helper={}", closed.len());
     if let (Some(min), Some(max)) = (closed.iter().min(), closed.iter().max()) {
@@ -512,8 +560,13 @@ fn run(o: &Options) -> Result<usize, String> {
     }
     println!("# metric load_wall_ms={}", wall.as_millis());
     println!("# metric helper_pid={}", status.pid);
+    // The kernel updates VmHWM lazily (when the mapping shrinks), so a sample of VmRSS taken
+    // during the run can be higher: the peak is the larger of the two.
     match hwm {
-        Some(kib) => println!("# metric helper_peak_rss_kib={kib}"),
+        Some(kib) => {
+            println!("# metric helper_peak_rss_kib={}", kib.max(peak_rss));
+            println!("# metric helper_vmhwm_kib={kib}");
+        }
         None => println!("# helper {} is gone: no VmHWM", status.pid),
     }
     println!("# metric helper_peak_rss_sampled_kib={peak_rss}");
