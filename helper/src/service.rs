@@ -305,14 +305,15 @@ impl Service {
                 return Err((WireError::Denied { rule, reason }, verdict));
             }
         }
-        for m in &named_states {
-            self.guard(m, &verdict)?;
-        }
-        let group = self
+        let Some(group) = self
             .kernel
             .iommu_group(primary)
             .map_err(|e| (sysfs_error(primary, e), verdict.clone()))?
-            .ok_or_else(|| (internal("the group vanished"), verdict.clone()))?;
+        else {
+            // No IOMMU group: the guard says so, and how to turn the IOMMU on.
+            self.guard(&named_states[0], &verdict)?;
+            return Err((internal(format!("{primary} has no IOMMU group")), verdict));
+        };
         for &dev in &named[1..] {
             let g = self.kernel.iommu_group(dev).ok().flatten();
             if g != Some(group) {
@@ -356,6 +357,12 @@ impl Service {
             }
             Ok(None) => {}
             Err(e) => return Err((internal(e), verdict)),
+        }
+        // The guards under the lock: the host's use of a device changes as drivers move (a NIC's
+        // interface vanishes while another client's bind runs), and the group's owner answers
+        // first.
+        for m in &named_states {
+            self.guard(m, &verdict)?;
         }
 
         let members = self

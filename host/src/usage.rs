@@ -539,8 +539,17 @@ impl HostView {
     /// `iface` as [`Usage::NetUp`] if it is up with addresses or routes of its own.
     fn net_up(&self, iface: &str, t: &NetTables) -> Result<Option<Usage>, UsageError> {
         let path = self.sys.join("class/net").join(iface).join("flags");
-        let Some(text) = read_bounded(&path, MAX_ATTR)? else {
-            return Ok(None);
+        let text = match read_bounded(&path, MAX_ATTR) {
+            Ok(Some(text)) => text,
+            Ok(None) => return Ok(None),
+            // An interface being unregistered (its driver unbinding right now) answers EINVAL or
+            // ENODEV: it is going away, and a device without it is not in use through it.
+            Err(UsageError::Read { source, .. })
+                if matches!(source.raw_os_error(), Some(libc::EINVAL | libc::ENODEV)) =>
+            {
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
         };
         let flags = parse_hex(text.trim_end()).ok_or(UsageError::Unexpected {
             path,

@@ -2,7 +2,10 @@
 # writes done by hand, in one guest. Not a test (its name does not end in .test.sh, so
 # `cargo xtask test` skips it): run it with
 #
-#   cargo xtask vm run --script tests/vm/bench-leases.sh [--kernel 6.12]    (BENCH_N=… to change N)
+#   cargo xtask vm run --script tests/vm/bench-leases.sh [--kernel 6.12]
+#
+# N = 20 cycles each; another N through the guest's kernel command line:
+#   VFIO_GATE_KERNEL_ARGS=bench_n=50 cargo xtask vm run --script tests/vm/bench-leases.sh
 #
 # Three ways of doing the same cycle (e1000e → vfio-pci → e1000e), N times each, medians in ms:
 # - by hand, as root: `echo` to driver_override, unbind, drivers_probe, and back (one `sh -c`);
@@ -16,7 +19,8 @@
 # within one run.
 . /test/lib.sh
 
-N=${BENCH_N:-20}
+N=$(sed -n 's/.*\bbench_n=\([0-9][0-9]*\).*/\1/p' /proc/cmdline)
+N=${N:-20}
 NIC=01:00.0
 S=/sys/bus/pci
 D=$S/devices/0000:$NIC

@@ -49,7 +49,8 @@ probe=$OUT
 printf '%s\n' "$probe" | sed 's/^/#   /'
 has() { printf '%s\n' "$probe" | grep -q "^$1"; }
 check "denied write /etc/passwd" has "denied write /etc/passwd: EACCES"
-check "denied read /etc/passwd" has "denied read /etc/passwd: EACCES"
+check "denied read /etc/vfio-gate/policy.toml" has "denied read /etc/vfio-gate/policy.toml: EACCES"
+check "denied read /proc/1/environ" has "denied read /proc/1/environ: EACCES"
 check "denied create in /tmp" has "denied create /tmp/sandbox-probe-[0-9]*: EACCES"
 check "denied write /sys/bus/pci/rescan" has "denied write /sys/bus/pci/rescan: EACCES"
 check "denied write a device's remove" has "denied write /sys/bus/pci/devices/.*/remove: EACCES"

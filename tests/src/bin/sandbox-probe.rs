@@ -262,9 +262,16 @@ fn child(args: &Args, tcp: Option<&TcpListener>, abstract_name: Option<&str>) ->
         open_for_writing(Path::new("/etc/passwd")),
         DENIED,
     );
+    // /etc/passwd and /etc/group are readable (an admin's `explain --user`); nothing else in
+    // /etc is, not even the policy once it is loaded, nor another process's /proc.
     r.denied(
-        "read /etc/passwd",
-        read_text(Path::new("/etc/passwd")),
+        "read /etc/vfio-gate/policy.toml",
+        read_text(Path::new("/etc/vfio-gate/policy.toml")),
+        DENIED,
+    );
+    r.denied(
+        "read /proc/1/environ",
+        read_text(Path::new("/proc/1/environ")),
         DENIED,
     );
     let scratch = format!("/tmp/sandbox-probe-{}", std::process::id());
