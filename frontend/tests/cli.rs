@@ -2223,7 +2223,7 @@ For alice (uid 1000):
 Guards: none refuses 05:02.0 now
 With vfio-pci, IOMMU group 11 would be:
   MEMBER   IDS        NAME                                 KIND      DRIVER    ACTION
-  04:00.0  1b36:000e  QEMU PCIe-to-PCI bridge              bridge    pcieport  stays on pcieport: bridge: pcieport keeps the group viable
+  04:00.0  1b36:000e  QEMU PCIe-to-PCI bridge              bridge    pcieport  stays on pcieport: a bridge whose driver (pcieport) keeps the group viable
   05:01.0  8086:100e  82540EM Gigabit Ethernet Controller  endpoint  e1000     → pci-stub (rule 'vm-users: the edu device', {policy}:{line})
   05:02.0  1234:11e8  QEMU edu device                      endpoint  -         → vfio-pci (rule 'vm-users: the edu device', {policy}:{line})
   The bind moves other members too, so it needs --group: vfio-gate bind 05:02.0 --group

@@ -431,13 +431,10 @@ impl Service {
             return Err((
                 WireError::NeedsGroup {
                     group,
+                    // The frontend says which devices were named; the reason says what stands
+                    // in the way.
                     reason: format!(
-                        "binding {} alone would leave group {group} unusable: {} must leave {} host driver for pci-stub",
-                        named
-                            .iter()
-                            .map(|a| a.short())
-                            .collect::<Vec<_>>()
-                            .join(", "),
+                        "{} must leave {} host driver for pci-stub",
                         moved.join(", "),
                         if moved.len() == 1 { "its" } else { "their" }
                     ),

@@ -205,7 +205,10 @@ pub fn plan(
                 if viable(&[bridge], rule).is_ok() {
                     steps.push(keep(
                         m,
-                        format!("{}: {current} keeps the group viable", m.kind),
+                        format!(
+                            "a {} whose driver ({current}) keeps the group viable",
+                            m.kind
+                        ),
                     ));
                 } else {
                     return Err(PlanError::Impossible {
