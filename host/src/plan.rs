@@ -205,10 +205,17 @@ pub fn plan(
                 if viable(&[bridge], rule).is_ok() {
                     steps.push(keep(
                         m,
-                        format!(
-                            "a {} whose driver ({current}) keeps the group viable",
-                            m.kind
-                        ),
+                        match &m.driver {
+                            Some(_) => {
+                                format!(
+                                    "a {} whose driver ({current}) keeps the group viable",
+                                    m.kind
+                                )
+                            }
+                            None => {
+                                format!("a {} without a driver does not block the group", m.kind)
+                            }
+                        },
                     ));
                 } else {
                     return Err(PlanError::Impossible {
