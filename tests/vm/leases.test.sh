@@ -116,6 +116,20 @@ bind_case() {
     give_back "$1"
 }
 
+# host_netdev PLAN: the ifindex of the network interface of the plan's member that has a host
+# driver (e1000e on 01:00.0, e1000 on 05:01.0), or "none" while it is off that driver. A new
+# ifindex means the driver was unbound and probed again.
+host_netdev() {
+    case $1 in
+    nic) _h=$NIC ;;
+    g11) _h=$E1000 ;;
+    esac
+    for _i in /sys/bus/pci/devices/0000:$_h/net/*/ifindex; do
+        [ -e "$_i" ] && cat "$_i" && return
+    done
+    echo none
+}
+
 # release_case PLAN STEP: alice binds, then the helper dies at STEP of her release.
 release_case() {
     # shellcheck disable=SC2046
@@ -126,8 +140,15 @@ release_case() {
     check_fails "[$1] alice's release: the helper dies at $2" \
         runas alice vfio-gate release "$(primary "$1")"
     check "[$1] the helper logged its stop at $2" stopped_at "$2" "$_n"
+    _if=$(host_netdev "$1")
     next_client
     check_equals "[$1] killed at $2, then reconciled: restored" restored verdict "$1"
+    if [ "$_if" != none ]; then
+        # The host driver was already back when the helper died: finishing the release has
+        # nothing left to do to that member, and must not take the host's NIC down and up again.
+        check_equals "[$1] killed at $2 with the host NIC already back: the reconcile leaves it alone (no unbind and re-probe: same ifindex)" \
+            "$_if" host_netdev "$1"
+    fi
     give_back "$1"
 }
 
