@@ -22,13 +22,19 @@ use vfio_gate_protocol::{
 use crate::error::Error;
 
 /// How long to wait before each retry of a request the helper turned away at its connection
-/// limit: five tries in all, over about two seconds. Each pause is jittered by up to a quarter,
-/// so that clients turned away together do not come back together.
-pub const RETRY_DELAYS: [Duration; 4] = [
+/// limit: nine tries in all, over about fifteen seconds — longer than the helper gives a silent
+/// client to send its first frame, so a slot held by one is free again before the CLI gives up.
+/// Each pause is jittered by up to a quarter, so that clients turned away together do not come
+/// back together.
+pub const RETRY_DELAYS: [Duration; 8] = [
     Duration::from_millis(150),
     Duration::from_millis(300),
     Duration::from_millis(500),
     Duration::from_millis(900),
+    Duration::from_millis(1500),
+    Duration::from_millis(2500),
+    Duration::from_millis(4000),
+    Duration::from_millis(5000),
 ];
 
 /// Talks to one helper socket.
@@ -236,6 +242,11 @@ mod tests {
                 "{d:?}"
             );
         }
-        assert!(RETRY_DELAYS.iter().sum::<Duration>() < Duration::from_millis(2500));
+        // Longer than the helper gives a silent client (10 s), short enough not to seem hung.
+        let total = RETRY_DELAYS.iter().sum::<Duration>();
+        assert!(
+            total > Duration::from_secs(10) && total < Duration::from_secs(20),
+            "{total:?}"
+        );
     }
 }

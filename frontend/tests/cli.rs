@@ -1273,9 +1273,9 @@ mod retry {
     }
 
     #[test]
-    fn five_tries_in_about_two_seconds_then_busy() {
-        // Exactly five answers: a sixth try would find no helper listening (exit 5).
-        let fake = FakeHelper::start((0..5).map(|_| Reply::Answer(at_limit())).collect());
+    fn nine_tries_over_more_than_ten_seconds_then_busy() {
+        // Exactly nine answers: a tenth try would find no helper listening (exit 5).
+        let fake = FakeHelper::start((0..9).map(|_| Reply::Answer(at_limit())).collect());
         let start = Instant::now();
         let r = run(against(&fake, &["bind", "05:02.0"]));
         let took = start.elapsed();
@@ -1283,12 +1283,14 @@ mod retry {
             .stdout_empty()
             .stderr_has("vfio-gate: busy: the helper is serving 64 connections, its limit")
             .stderr_has("Try again in a moment");
-        if took < Duration::from_millis(1000) || took > Duration::from_secs(10) {
+        // Longer than the helper keeps a silent client's slot (10 s), so one such slot frees up
+        // before the CLI gives up; bounded, so it never seems hung.
+        if took < Duration::from_secs(10) || took > Duration::from_secs(30) {
             r.fail(&format!(
-                "five tries took {took:?}, expected about two seconds"
+                "nine tries took {took:?}, expected about fifteen seconds"
             ));
         }
-        assert_eq!(fake.requests().len(), 5);
+        assert_eq!(fake.requests().len(), 9);
     }
 
     #[test]

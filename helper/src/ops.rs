@@ -219,6 +219,16 @@ pub fn release(
     original: &Original,
 ) -> Result<Released, ReleaseError> {
     let fail = |step, source| ReleaseError::Step { dev, step, source };
+    // Already as it was (a release that a previous helper finished for this member before it
+    // died): touch nothing. Unbinding and re-probing a host driver that is back would take the
+    // device away from the host for a moment (a NIC's interface goes down and comes back).
+    let now = original_state(k, dev).map_err(|e| fail(Step::ReadState, e))?;
+    if now == *original {
+        return Ok(Released {
+            expected: original.driver.clone(),
+            restored: now.driver,
+        });
+    }
     k.set_override(dev, original.driver_override.as_ref())
         .map_err(|e| fail(Step::SetOverride, e))?;
     crate::fault::point("release:override-restored");
@@ -420,6 +430,19 @@ mod tests {
         let released = release(&k, dev, &original).unwrap();
         assert_eq!(released.expected, name("e1000e"));
         assert_eq!(released.restored, None);
+    }
+
+    #[test]
+    fn releasing_a_device_already_restored_touches_nothing() {
+        let k = SimKernel::guest_layout();
+        let dev = a("01:00.0");
+        let (original, r) = bind_from_scratch(&k, dev, Driver::VfioPci);
+        r.unwrap();
+        release(&k, dev, &original).unwrap();
+        let writes = k.log().len();
+        let again = release(&k, dev, &original).unwrap();
+        assert_eq!(again.restored, name("e1000e"));
+        assert_eq!(k.log().len(), writes, "no second unbind and probe");
     }
 
     #[test]

@@ -963,6 +963,10 @@ impl Service {
                     .emit();
             }
             lease.devices.pop();
+            // Record the progress, so a helper that dies now finishes only what is left.
+            if !lease.devices.is_empty() {
+                let _ = self.state.write(&lease);
+            }
         }
         self.reset_node(group);
         crate::fault::point("release:node-reset");
