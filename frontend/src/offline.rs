@@ -11,14 +11,13 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
+use vfio_gate_host::explain::ExplainError;
 use vfio_gate_host::groups::ViabilityRule;
 use vfio_gate_host::guards::{self, HostUse};
-use vfio_gate_host::plan::{self, MemberState, PolicyAnswers};
+use vfio_gate_host::plan;
 use vfio_gate_host::{PciView, SysfsError, SysfsView};
 use vfio_gate_policy::{DeviceFacts, EtcFiles, Policy, PolicyError, Subject, Subjects, accounts};
-use vfio_gate_protocol::{
-    Driver, DriverVerdict, ExplainReport, GuardFinding, PciAddress, Plan, RuleRef,
-};
+use vfio_gate_protocol::{Driver, ExplainReport, GuardFinding, PciAddress, RuleRef};
 
 use crate::error::Error;
 
@@ -175,65 +174,28 @@ impl Evaluator<'_> {
         dev: PciAddress,
         driver: Option<Driver>,
     ) -> Result<ExplainReport, Error> {
-        let (policy, view) = (self.policy, self.view);
-        let m = plan::member_state(view, dev).map_err(|source| match source {
-            SysfsError::NoDevice(device) => Error::NoDevice {
+        vfio_gate_host::explain::explain(
+            self.policy,
+            self.view,
+            self.host_use,
+            self.rule,
+            subject,
+            dev,
+            driver,
+        )
+        .map_err(|e| match e {
+            ExplainError::Sysfs(SysfsError::NoDevice(device)) => Error::NoDevice {
                 device,
                 sysfs: self.sysfs.to_owned(),
             },
-            source => Error::Sysfs {
+            ExplainError::Sysfs(source) => Error::Sysfs {
                 sysfs: self.sysfs.to_owned(),
                 source,
             },
-        })?;
-        let drivers = driver.map_or_else(|| Driver::ALL.to_vec(), |d| vec![d]);
-        let verdicts: Vec<DriverVerdict> = drivers
-            .iter()
-            .map(|&d| {
-                let e = policy.explain(subject, &m.facts, d);
-                DriverVerdict {
-                    driver: d,
-                    allowed: e.decision.is_allowed(),
-                    rule: e.decision.rule().cloned(),
-                    allows: e.allows,
-                    denies: e.denies,
-                }
-            })
-            .collect();
-        let guards = match guards::check(view, self.host_use, dev, m.kind) {
-            Ok(None) => Vec::new(),
-            Ok(Some(r)) => vec![GuardFinding {
-                guard: r.guard,
-                reason: r.reason,
-            }],
-            Err(source) => {
-                return Err(Error::Guard {
-                    device: dev,
-                    source,
-                });
-            }
-        };
-        let group = view.iommu_group(dev).ok().flatten();
-        let vfio_allowed = verdicts
-            .iter()
-            .any(|v| v.driver == Driver::VfioPci && v.allowed);
-        let plan = match group {
-            Some(g) if vfio_allowed => Some(plan_for(policy, view, subject, g, &m, self.rule)),
-            _ => None,
-        };
-        Ok(ExplainReport {
-            device: dev,
-            vendor: m.facts.vendor,
-            device_id: m.facts.device,
-            class: m.facts.class,
-            driver: m.driver.map(|d| d.to_string()),
-            iommu_group: group,
-            uid: subject.uid,
-            verdicts,
-            guards,
-            plan,
-            holder: None,
-            policy_sha256: policy.sha256(),
+            ExplainError::Guard(source) => Error::Guard {
+                device: dev,
+                source,
+            },
         })
     }
 
@@ -293,40 +255,6 @@ impl Evaluator<'_> {
             Err(e) => (None, Some(e.to_string())),
         }
     }
-}
-
-/// The whole-group plan a bind of `m` to vfio-pci by `subject` would carry out.
-fn plan_for(
-    policy: &Policy,
-    view: &dyn PciView,
-    subject: &Subject,
-    group: u32,
-    m: &MemberState,
-    rule: ViabilityRule,
-) -> Result<Plan, String> {
-    let members = view
-        .group_members(group)
-        .and_then(|ms| {
-            ms.into_iter()
-                .map(|d| plan::member_state(view, d))
-                .collect::<Result<Vec<_>, _>>()
-        })
-        .map_err(|e| e.to_string())?;
-    let asking = PolicyAnswers {
-        policy,
-        subject,
-        primary: m.facts,
-        driver: Driver::VfioPci,
-    };
-    plan::plan(
-        group,
-        &members,
-        &[m.facts.address],
-        Driver::VfioPci,
-        &asking,
-        rule,
-    )
-    .map_err(|e| e.to_string())
 }
 
 /// One row of `policy report`: `user` may bind `device` to `driver`, as `rule` grants.

@@ -18,6 +18,7 @@
 //!
 //! Nothing here writes anything: the helper's `sysfs` module is the only writer in vfio-gate.
 
+pub mod explain;
 pub mod groups;
 pub mod guards;
 pub mod plan;

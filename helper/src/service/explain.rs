@@ -47,40 +47,24 @@ impl Service {
                 }
             }
         };
-        let m = self
-            .member_state(dev)
-            .map_err(|e| (sysfs_error(dev, e), verdict.clone()))?;
-        let drivers = driver.map_or_else(|| Driver::ALL.to_vec(), |d| vec![d]);
-        let verdicts: Vec<DriverVerdict> = drivers
-            .iter()
-            .map(|&d| {
-                let e = self.policy.explain(&subject, &m.facts, d);
-                DriverVerdict {
-                    driver: d,
-                    allowed: e.decision.is_allowed(),
-                    rule: e.decision.rule().cloned(),
-                    allows: e.allows,
-                    denies: e.denies,
-                }
-            })
-            .collect();
-        let guards = match guards::check(&self.kernel, &*self.host, dev, m.kind) {
-            Ok(None) => Vec::new(),
-            Ok(Some(r)) => vec![GuardFinding {
-                guard: r.guard,
-                reason: r.reason,
-            }],
-            Err(e) => return Err((internal(e), verdict)),
-        };
-        let group = self.kernel.iommu_group(dev).ok().flatten();
-        let vfio_allowed = verdicts
-            .iter()
-            .any(|v| v.driver == Driver::VfioPci && v.allowed);
-        let plan = match group {
-            Some(g) if vfio_allowed => Some(self.plan_for(&subject, g, &m, Driver::VfioPci)),
-            _ => None,
-        };
-        let holder = group
+        let mut report = vfio_gate_host::explain::explain(
+            &self.policy,
+            &self.kernel,
+            &*self.host,
+            self.tuning.viability,
+            &subject,
+            dev,
+            driver,
+        )
+        .map_err(|e| {
+            let wire = match e {
+                vfio_gate_host::explain::ExplainError::Sysfs(e) => sysfs_error(dev, e),
+                other => internal(other),
+            };
+            (wire, verdict.clone())
+        })?;
+        report.holder = report
+            .iommu_group
             .and_then(|g| self.state.read(g).ok().flatten())
             .map(|l| Holder {
                 uid: l.owner_uid,
@@ -89,56 +73,6 @@ impl Service {
                 group: Some(l.group),
                 tied: l.tied,
             });
-        Ok((
-            Response::Explained(ExplainReport {
-                device: dev,
-                vendor: m.facts.vendor,
-                device_id: m.facts.device,
-                class: m.facts.class,
-                driver: m.driver.map(|d| d.to_string()),
-                iommu_group: group,
-                uid: subject.uid,
-                verdicts,
-                guards,
-                plan,
-                holder,
-                policy_sha256: self.policy.sha256(),
-            }),
-            verdict,
-        ))
-    }
-
-    /// The whole-group plan a bind of `m` to `driver` by `subject` would carry out.
-    pub(super) fn plan_for(
-        &self,
-        subject: &vfio_gate_policy::Subject,
-        group: u32,
-        m: &MemberState,
-        driver: Driver,
-    ) -> Result<vfio_gate_protocol::Plan, String> {
-        let members = self
-            .kernel
-            .group_members(group)
-            .and_then(|ms| {
-                ms.into_iter()
-                    .map(|d| self.member_state(d))
-                    .collect::<Result<Vec<_>, _>>()
-            })
-            .map_err(|e| e.to_string())?;
-        let asking = PolicyAnswers {
-            policy: &self.policy,
-            subject,
-            primary: m.facts,
-            driver,
-        };
-        plan::plan(
-            group,
-            &members,
-            &[m.facts.address],
-            driver,
-            &asking,
-            self.tuning.viability,
-        )
-        .map_err(|e| e.to_string())
+        Ok((Response::Explained(report), verdict))
     }
 }

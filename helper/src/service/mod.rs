@@ -19,9 +19,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use vfio_gate_policy::{Decision, Policy};
 use vfio_gate_protocol::{
-    BindReport, DeviceInfo, Driver, DriverVerdict, ExplainReport, GuardFinding, Holder,
-    MAX_BIND_DEVICES, PciAddress, ReleaseReport, ReleaseTarget, ReleasedGroup, Request, Response,
-    RestoredDevice, RuleRef, StepAction, WireError,
+    BindReport, DeviceInfo, Driver, Holder, MAX_BIND_DEVICES, PciAddress, ReleaseReport,
+    ReleaseTarget, ReleasedGroup, Request, Response, RestoredDevice, RuleRef, StepAction,
+    WireError,
 };
 
 use crate::audit;
