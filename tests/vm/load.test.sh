@@ -57,8 +57,9 @@ check "vfio-load: 200 listing + 20 binding/releasing + 50 silent clients at once
     vfio-load --user alice --devices "$DEVICES" --listers 200 --lists 1 --cycles 2 --silent 50
 printf '%s\n' "$OUT" | grep -E '^(# |load:)'
 check_equals "the same helper process served it all" "$pid" helper_pid
-check_output_contains "some clients were turned away at the limit, and retried" \
-    "event=connection-refused reason=busy" cat /run/vfio-gated.log
+# Whether the 256-connection limit is reached depends on how fast the helper drains the storm,
+# so the refusals are a metric here; the typed Busy answer over the limit is checked
+# deterministically by helper/tests/e2e.rs (over_the_connection_limit_gets_busy_not_a_hang).
 metric helper_busy_refusals "$(grep -c 'event=connection-refused reason=busy' /run/vfio-gated.log)"
 check_equals "every extra device is restored" "$RESTORED" all_extra
 check_equals "no lease records left" "" ls /run/vfio-gate
