@@ -5,9 +5,11 @@
 //! (the helper ties the lease to it) and sends the release on the same connection afterwards.
 //! The helper learns who we are from the kernel, so nothing here carries identity.
 //!
-//! A helper at its connection limit answers `Busy` at once ("retry in a moment"); such an answer
-//! is retried a few times with a short backoff before it is reported. Other `Busy` answers (a
-//! group in use, a group already held) are reported at once: waiting would not change them.
+//! A helper at its connection limit answers `Busy` with
+//! [`BusyReason::ConnectionLimit`](vfio_gate_protocol::BusyReason::ConnectionLimit); such an
+//! answer is retried a few times with a short backoff before it is reported. Other `Busy` answers
+//! (a group in use, a group already held) are reported at once: waiting would not change them.
+//! The decision reads the typed reason only, never the helper's wording.
 
 use std::io;
 use std::os::unix::net::UnixStream;
@@ -72,10 +74,10 @@ impl Client {
         loop {
             let mut conn = self.connect()?;
             match conn.call(request) {
-                Err(Error::Helper(WireError::Busy { reason })) if at_connection_limit(&reason) => {
+                Err(Error::Helper(WireError::Busy { why, detail })) if why.passes_by_itself() => {
                     match delays.next() {
                         Some(delay) => std::thread::sleep(jitter(*delay)),
-                        None => return Err(Error::Helper(WireError::Busy { reason })),
+                        None => return Err(Error::Helper(WireError::Busy { why, detail })),
                     }
                 }
                 Err(e) => return Err(e),
@@ -101,14 +103,6 @@ impl Client {
             .map_err(|source| conn.send_error(source))?;
         Ok(conn)
     }
-}
-
-/// Whether a `Busy` answer says the helper is at its connection limit, the one busy state that
-/// passes by itself in a moment. The protocol has no separate variant for it, so this reads the
-/// helper's reason ("the helper is serving 64 connections, its limit; retry in a moment").
-pub fn at_connection_limit(reason: &str) -> bool {
-    let reason = reason.to_ascii_lowercase();
-    reason.contains("connections") && reason.contains("limit")
 }
 
 /// `delay`, give or take a quarter, varying from process to process and call to call.
@@ -218,18 +212,19 @@ mod tests {
 
     #[test]
     fn only_the_connection_limit_is_worth_a_retry() {
-        assert!(at_connection_limit(
-            "the helper is serving 64 connections, its limit; retry in a moment"
-        ));
+        use vfio_gate_protocol::BusyReason;
+        let dev: vfio_gate_protocol::PciAddress = "05:02.0".parse().unwrap();
+        assert!(BusyReason::ConnectionLimit { limit: 64 }.passes_by_itself());
         for other in [
-            "group 11 is in use — stop the VM first (a process holds /dev/vfio/11)",
-            "you already hold group 11 (05:02.0); release it first (vfio-gate release 05:02.0)",
-            "an earlier unbind for 0000:05:02.0 is still blocked in the kernel; stop the VM \
-             holding the device, then retry",
-            "unbind blocked; the release of group 11 will finish when you retry after the VM is \
-             gone",
+            BusyReason::GroupInUse { group: 11 },
+            BusyReason::YouHoldIt {
+                group: 11,
+                devices: vec![dev],
+            },
+            BusyReason::BlockedInKernel { device: dev },
+            BusyReason::HeldOutsideVfioGate { device: dev },
         ] {
-            assert!(!at_connection_limit(other), "{other}");
+            assert!(!other.passes_by_itself(), "{other:?}");
         }
     }
 

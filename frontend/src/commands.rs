@@ -369,9 +369,9 @@ fn explain_online(
     match ctx.client.call(&request) {
         Ok(Response::Explained(report)) => Ok(report),
         Ok(other) => Err(unexpected(&request, &other)),
-        // The one denial explain knows: asking about someone else without being an admin.
-        Err(Error::Helper(WireError::Denied { rule: None, reason })) if uid.is_some() => {
-            Err(Error::NotAdmin { reason })
+        // Asking about someone else without being an admin: the offline way is the next step.
+        Err(Error::Helper(WireError::NotAdmin { detail })) => {
+            Err(Error::NotAdmin { reason: detail })
         }
         Err(e) => Err(add_context(e)),
     }

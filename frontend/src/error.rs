@@ -24,7 +24,8 @@ use vfio_gate_host::SysfsError;
 use vfio_gate_host::guards::GuardError;
 use vfio_gate_policy::PolicyError;
 use vfio_gate_protocol::{
-    DecodeError, EncodeError, FrameError, Guard, PciAddress, Plan, RuleRef, WireError,
+    BusyReason, DecodeError, DenyReason, EncodeError, FrameError, Guard, PciAddress, Plan, RuleRef,
+    WireError,
 };
 
 /// The `--help` copy of the table above.
@@ -235,12 +236,11 @@ fn describe_wire(e: &WireError) -> String {
         WireError::Held {
             group: None, uid, ..
         } => format!("the IOMMU group is held by uid {uid}"),
-        // The helper's reason usually names the deciding rule already; name it once.
-        WireError::Denied {
-            rule: Some(rule),
-            reason,
-        } if !reason.contains(&rule.name) => format!("denied: {reason} (decided by rule {rule})"),
-        WireError::Denied { reason, .. } => format!("denied: {reason}"),
+        // The helper's text names the deciding rule; the typed rule is for the next step and
+        // --json.
+        WireError::Denied { detail, .. } | WireError::NotAdmin { detail } => {
+            format!("denied: {detail}")
+        }
         WireError::VersionMismatch { server, client } => format!(
             "the helper speaks protocol version {server}, this vfio-gate speaks version {client}"
         ),
@@ -261,6 +261,7 @@ impl Error {
             Error::NeedsGroup(_) | Error::Held { .. } => Status::Denied,
             Error::Helper(w) => match w {
                 WireError::Denied { .. }
+                | WireError::NotAdmin { .. }
                 | WireError::Refused { .. }
                 | WireError::NeedsGroup { .. }
                 | WireError::Held { .. } => Status::Denied,
@@ -312,7 +313,7 @@ impl Error {
             Error::UnknownUser { .. } => "usage",
             Error::NotAdmin { .. } => "denied",
             Error::Helper(w) => match w {
-                WireError::Denied { .. } => "denied",
+                WireError::Denied { .. } | WireError::NotAdmin { .. } => "denied",
                 WireError::Refused { .. } => "refused",
                 WireError::NeedsGroup { .. } => "needs_group",
                 WireError::Held { .. } => "held",
@@ -411,20 +412,14 @@ impl Error {
                     holder to release it when they are done (vfio-gate list shows who holds each \
                     device)"
                     .to_owned(),
-                WireError::Denied {
-                    rule: Some(rule), ..
-                } => format!(
-                    "If you need this, ask the admin; the deciding rule is '{}' at {}:{}",
-                    rule.name, rule.file, rule.line
-                ),
-                WireError::Denied { rule: None, .. } => format!(
-                    "If you need this, ask the admin to add a [[rule]] granting it to you in \
-                     {DEFAULT_POLICY}"
-                ),
+                WireError::Denied { why, rule, .. } => deny_next_step(why, rule.as_ref()),
+                WireError::NotAdmin { .. } => "Only an admin (root, or [settings] admins in the \
+                     policy) may act for another user: ask one"
+                    .to_owned(),
                 WireError::NotFound { .. } => {
                     "Run `vfio-gate list` to see the devices and their addresses".to_owned()
                 }
-                WireError::Busy { reason } => busy_next_step(reason),
+                WireError::Busy { why, .. } => busy_next_step(why),
                 WireError::BadRequest { .. } => format!(
                     "The helper did not understand this vfio-gate. {ONE_RELEASE}; if they do \
                      match, this is a bug: please report it"
@@ -653,8 +648,9 @@ mod tests {
         for (wire, status, kind, step) in [
             (
                 WireError::Denied {
+                    why: DenyReason::Policy,
                     rule: Some(rule.clone()),
-                    reason: "r".into(),
+                    detail: "r".into(),
                 },
                 Status::Denied,
                 "denied",
@@ -662,8 +658,9 @@ mod tests {
             ),
             (
                 WireError::Denied {
+                    why: DenyReason::Policy,
                     rule: None,
-                    reason: "r".into(),
+                    detail: "r".into(),
                 },
                 Status::Denied,
                 "denied",
@@ -676,7 +673,10 @@ mod tests {
                 "vfio-gate list",
             ),
             (
-                WireError::Busy { reason: "r".into() },
+                WireError::Busy {
+                    why: BusyReason::ConnectionLimit { limit: 1 },
+                    detail: "r".into(),
+                },
                 Status::Busy,
                 "busy",
                 "Try again",
@@ -797,35 +797,88 @@ mod tests {
     }
 }
 
+/// What to do about a denial, from its typed reason.
+fn deny_next_step(why: &DenyReason, rule: Option<&RuleRef>) -> String {
+    match (why, rule) {
+        (DenyReason::Policy, Some(rule)) => format!(
+            "If you need this, ask the admin; the deciding rule is '{}' at {}:{}",
+            rule.name, rule.file, rule.line
+        ),
+        (DenyReason::GroupPlan { device }, Some(rule)) => format!(
+            "{} is in the way, and rule '{}' at {}:{} keeps it there; ask the admin if you need \
+             the group (vfio-gate explain ADDR shows the whole plan)",
+            device.short(),
+            rule.name,
+            rule.file,
+            rule.line
+        ),
+        (DenyReason::Policy, None) => format!(
+            "If you need this, ask the admin to add a [[rule]] granting it to you in \
+             {DEFAULT_POLICY}"
+        ),
+        (DenyReason::GroupLimit { max, .. }, _) => format!(
+            "The policy lets each user hold {max} IOMMU group(s) at a time: release one first \
+             (vfio-gate list shows what you hold; vfio-gate release ADDR)"
+        ),
+        (DenyReason::GroupPlan { device }, None) => format!(
+            "{} stands in the way of the group; vfio-gate explain ADDR shows the whole plan, and \
+             the admin can change the policy or the device's driver",
+            device.short()
+        ),
+        (DenyReason::NotHeld { .. }, _) => {
+            "vfio-gate list shows who holds each device; there is nothing to give back".to_owned()
+        }
+        (_, _) => "If you need this, ask the admin".to_owned(),
+    }
+}
+
 /// What to do about a `Busy` answer depends on why: only some of them pass by themselves.
-fn busy_next_step(reason: &str) -> String {
-    if reason.contains("in use") || reason.contains("blocked in the kernel") {
-        "Stop the VM (or whatever process holds the group open), then run the same command again"
-            .to_owned()
-    } else if reason.contains("already hold") {
-        "Release what you hold first (vfio-gate release ADDR, or vfio-gate release --all)"
-            .to_owned()
-    } else if reason.contains("outside vfio-gate") {
-        "Ask an admin to give the device back to its host driver first".to_owned()
-    } else {
-        "Try again in a moment".to_owned()
+fn busy_next_step(why: &BusyReason) -> String {
+    match why {
+        BusyReason::ConnectionLimit { .. } => "Try again in a moment".to_owned(),
+        BusyReason::GroupInUse { .. } | BusyReason::BlockedInKernel { .. } => {
+            "Stop the VM (or whatever process holds the group open), then run the same command \
+             again"
+                .to_owned()
+        }
+        BusyReason::YouHoldIt { devices, .. } => format!(
+            "Release what you hold first (vfio-gate release {}, or vfio-gate release --all)",
+            devices
+                .first()
+                .map_or_else(|| "ADDR".to_owned(), |d| d.short())
+        ),
+        BusyReason::HeldOutsideVfioGate { .. } => "Something outside vfio-gate uses the device \
+             (a VM started without vfio-gate); whoever set it up must let go of it first, or ask \
+             an admin"
+            .to_owned(),
+        _ => "Try again later".to_owned(),
     }
 }
 
 #[cfg(test)]
 mod busy_tests {
-    use super::busy_next_step;
+    use super::*;
 
     #[test]
-    fn busy_hints_follow_the_reason() {
-        assert!(busy_next_step("group 11 is in use — stop the VM first").contains("Stop the VM"));
-        assert!(
-            busy_next_step("you already hold group 11 (05:02.0); release it first")
-                .contains("Release what you hold")
-        );
-        assert!(
-            busy_next_step("the helper is serving 256 connections, its limit; retry")
-                .contains("Try again")
-        );
+    fn busy_hints_follow_the_typed_reason() {
+        let dev: PciAddress = "05:02.0".parse().unwrap();
+        for (why, hint) in [
+            (BusyReason::GroupInUse { group: 11 }, "Stop the VM"),
+            (BusyReason::BlockedInKernel { device: dev }, "Stop the VM"),
+            (
+                BusyReason::YouHoldIt {
+                    group: 11,
+                    devices: vec![dev],
+                },
+                "vfio-gate release 05:02.0",
+            ),
+            (BusyReason::ConnectionLimit { limit: 256 }, "Try again"),
+            (
+                BusyReason::HeldOutsideVfioGate { device: dev },
+                "outside vfio-gate",
+            ),
+        ] {
+            assert!(busy_next_step(&why).contains(hint), "{why:?}");
+        }
     }
 }

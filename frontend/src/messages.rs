@@ -163,12 +163,13 @@ mod tests {
     #[test]
     fn json_error_carries_kind_code_message_step_and_rule() {
         let err = Error::Helper(WireError::Denied {
+            why: vfio_gate_protocol::DenyReason::Policy,
             rule: Some(RuleRef {
                 name: "no storage".into(),
                 file: "/etc/vfio-gate/policy.toml".into(),
                 line: 30,
             }),
-            reason: "storage controllers are not for VMs".into(),
+            detail: "storage controllers are not for VMs".into(),
         });
         let mut out = Vec::new();
         JsonError::from_error(&err).write_to(&mut out).unwrap();
@@ -176,11 +177,7 @@ mod tests {
         let e = &v["error"];
         assert_eq!(e["kind"], "denied");
         assert_eq!(e["exit_code"], 3);
-        assert_eq!(
-            e["message"],
-            "denied: storage controllers are not for VMs (decided by rule 'no storage' \
-             (/etc/vfio-gate/policy.toml:30))"
-        );
+        assert_eq!(e["message"], "denied: storage controllers are not for VMs");
         assert_eq!(e["rule"]["name"], "no storage");
         assert!(e["next_step"].as_str().unwrap().contains("ask the admin"));
         assert!(e.get("socket").is_none() && e.get("device").is_none());

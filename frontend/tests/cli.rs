@@ -11,9 +11,10 @@ use util::{
     vfio_gate,
 };
 use vfio_gate_protocol::{
-    BindReport, DeviceInfo, Driver, DriverVerdict, ExplainReport, Guard, GuardFinding, Holder,
-    MemberKind, PROTOCOL_VERSION, PciAddress, Plan, PlanStep, ReleaseReport, ReleaseTarget,
-    ReleasedGroup, Request, Response, RestoredDevice, RuleRef, StepAction, WireError,
+    BindReport, BusyReason, DenyReason, DeviceInfo, Driver, DriverVerdict, ExplainReport, Guard,
+    GuardFinding, Holder, MemberKind, PROTOCOL_VERSION, PciAddress, Plan, PlanStep, ReleaseReport,
+    ReleaseTarget, ReleasedGroup, Request, Response, RestoredDevice, RuleRef, StepAction,
+    WireError,
 };
 
 fn addr(s: &str) -> PciAddress {
@@ -754,7 +755,8 @@ mod release {
     #[test]
     fn a_group_in_use_is_busy() {
         let fake = FakeHelper::answering(Response::Error(WireError::Busy {
-            reason: "group 11 is in use — stop the VM first".into(),
+            why: BusyReason::GroupInUse { group: 11 },
+            detail: "group 11 is in use — stop the VM first".into(),
         }));
         run(against(&fake, &["release", "05:02.0"]))
             .code(6)
@@ -773,21 +775,23 @@ mod errors {
         vec![
             (
                 WireError::Denied {
+                    why: DenyReason::Policy,
                     rule: Some(rule()),
-                    reason: "bob may not bind 01:00.0".into(),
+                    detail: "bob may not bind 01:00.0".into(),
                 },
                 3,
                 "denied",
                 vec![
                     "bob may not bind 01:00.0",
-                    "'lab NIC for vm-users' (/etc/vfio-gate/policy.toml:12)",
+                    "'lab NIC for vm-users' at /etc/vfio-gate/policy.toml:12",
                     "ask the admin",
                 ],
             ),
             (
                 WireError::Denied {
+                    why: DenyReason::Policy,
                     rule: None,
-                    reason: "no rule allows bob to bind 01:00.0".into(),
+                    detail: "no rule allows bob to bind 01:00.0".into(),
                 },
                 3,
                 "denied",
@@ -807,11 +811,79 @@ mod errors {
             ),
             (
                 WireError::Busy {
-                    reason: "01:00.0 is being changed".into(),
+                    why: BusyReason::BlockedInKernel {
+                        device: addr("01:00.0"),
+                    },
+                    detail: "01:00.0 is being changed".into(),
                 },
                 6,
                 "busy",
-                vec!["01:00.0 is being changed", "Try again"],
+                vec!["01:00.0 is being changed", "Stop the VM"],
+            ),
+            (
+                WireError::Busy {
+                    why: BusyReason::YouHoldIt {
+                        group: 11,
+                        devices: vec![addr("05:02.0")],
+                    },
+                    detail: "you already hold group 11".into(),
+                },
+                6,
+                "busy",
+                vec!["you already hold group 11", "vfio-gate release 05:02.0"],
+            ),
+            (
+                WireError::Busy {
+                    why: BusyReason::HeldOutsideVfioGate {
+                        device: addr("05:02.0"),
+                    },
+                    detail: "a VM has group 11 open".into(),
+                },
+                6,
+                "busy",
+                vec!["a VM has group 11 open", "outside vfio-gate"],
+            ),
+            (
+                WireError::Denied {
+                    why: DenyReason::GroupLimit { held: 2, max: 2 },
+                    rule: None,
+                    detail: "you hold 2 groups".into(),
+                },
+                3,
+                "denied",
+                vec!["you hold 2 groups", "hold 2 IOMMU group(s) at a time"],
+            ),
+            (
+                WireError::Denied {
+                    why: DenyReason::GroupPlan {
+                        device: addr("05:01.0"),
+                    },
+                    rule: None,
+                    detail: "05:01.0 is on e1000".into(),
+                },
+                3,
+                "denied",
+                vec!["05:01.0 is on e1000", "05:01.0 stands in the way"],
+            ),
+            (
+                WireError::Denied {
+                    why: DenyReason::NotHeld {
+                        device: addr("01:00.0"),
+                    },
+                    rule: None,
+                    detail: "01:00.0 is not held".into(),
+                },
+                3,
+                "denied",
+                vec!["01:00.0 is not held", "nothing to give back"],
+            ),
+            (
+                WireError::NotAdmin {
+                    detail: "only admins".into(),
+                },
+                3,
+                "denied",
+                vec!["only admins", "Only an admin"],
             ),
             (
                 WireError::BadRequest {
@@ -886,6 +958,58 @@ mod errors {
             }
             assert_eq!(fake.requests().len(), 2);
         }
+    }
+
+    /// `w` with every text meant for people replaced: what the CLI does must not change.
+    fn reword(w: &WireError) -> WireError {
+        let r =
+            || "reworded: in use, already hold, outside vfio-gate, connections limit".to_owned();
+        match w.clone() {
+            WireError::Denied { why, rule, .. } => WireError::Denied {
+                why,
+                rule,
+                detail: r(),
+            },
+            WireError::Busy { why, .. } => WireError::Busy { why, detail: r() },
+            WireError::NotAdmin { .. } => WireError::NotAdmin { detail: r() },
+            WireError::BadRequest { .. } => WireError::BadRequest { reason: r() },
+            WireError::Failed { .. } => WireError::Failed { reason: r() },
+            WireError::Internal { .. } => WireError::Internal { reason: r() },
+            w @ (WireError::NotFound { .. } | WireError::VersionMismatch { .. }) => w,
+            other => panic!("teach reword() about {other:?}"),
+        }
+    }
+
+    #[test]
+    fn rewording_every_message_changes_no_behaviour() {
+        for (wire, code, kind, _) in table() {
+            let reworded = reword(&wire);
+            let fake = FakeHelper::start(vec![
+                Reply::Answer(Response::Error(wire.clone())),
+                Reply::Answer(Response::Error(reworded.clone())),
+            ]);
+            let first = run(against(&fake, &["bind", "01:00.0", "--json"]));
+            let a = first.code(code).json_error(kind);
+            let second = run(against(&fake, &["bind", "01:00.0", "--json"]));
+            let b = second.code(code).json_error(kind);
+            assert_eq!(a["next_step"], b["next_step"], "{wire:?}");
+            assert_eq!(a["exit_code"], b["exit_code"], "{wire:?}");
+            // Exactly one request each: nothing was retried on the strength of the words.
+            assert_eq!(fake.requests().len(), 2, "{wire:?}");
+        }
+        // And the one retried answer is retried whatever it says.
+        let limit = || {
+            Response::Error(WireError::Busy {
+                why: BusyReason::ConnectionLimit { limit: 64 },
+                detail: "zzz".into(),
+            })
+        };
+        let fake = FakeHelper::start(vec![
+            Reply::Answer(limit()),
+            Reply::Answer(Response::Devices(devices())),
+        ]);
+        run(against(&fake, &["list", "--pci-ids", "/nonexistent"])).code(0);
+        assert_eq!(fake.requests().len(), 2);
     }
 
     fn needs_group() -> WireError {
@@ -1251,7 +1375,8 @@ mod errors {
 /// The reason the real helper gives at its connection limit.
 fn at_limit() -> Response {
     Response::Error(WireError::Busy {
-        reason: "the helper is serving 64 connections, its limit; retry in a moment".into(),
+        why: BusyReason::ConnectionLimit { limit: 64 },
+        detail: "the helper is serving 64 connections, its limit; retry in a moment".into(),
     })
 }
 
@@ -1295,13 +1420,24 @@ mod retry {
 
     #[test]
     fn other_busy_answers_are_not_retried() {
-        for reason in [
-            "group 11 is in use — stop the VM first (a process holds /dev/vfio/11)",
-            "you already hold group 11 (05:02.0); release it first (vfio-gate release 05:02.0)",
+        for why in [
+            BusyReason::GroupInUse { group: 11 },
+            BusyReason::YouHoldIt {
+                group: 11,
+                devices: vec![addr("05:02.0")],
+            },
+            BusyReason::BlockedInKernel {
+                device: addr("05:02.0"),
+            },
+            BusyReason::HeldOutsideVfioGate {
+                device: addr("05:02.0"),
+            },
         ] {
-            // One answer only: a retry would find no helper listening (exit 5).
+            // One answer only: a retry would find no helper listening (exit 5). The words even
+            // look like the connection limit's: only the typed reason counts.
             let fake = FakeHelper::answering(Response::Error(WireError::Busy {
-                reason: reason.into(),
+                why,
+                detail: "the helper is serving 64 connections, its limit; retry in a moment".into(),
             }));
             let start = Instant::now();
             run(against(&fake, &["bind", "05:02.0", "--json"]))
@@ -1499,8 +1635,9 @@ mod run_cmd {
         let marker = dir.path().join("ran");
         let refusals = [
             WireError::Denied {
+                why: DenyReason::Policy,
                 rule: Some(rule()),
-                reason: "bob may not bind 05:02.0".into(),
+                detail: "bob may not bind 05:02.0".into(),
             },
             WireError::NotFound {
                 device: addr("05:02.0"),
@@ -1511,7 +1648,8 @@ mod run_cmd {
                 since: 1_700_000_000,
             },
             WireError::Busy {
-                reason: "group 11 is in use — stop the VM first".into(),
+                why: BusyReason::GroupInUse { group: 11 },
+                detail: "group 11 is in use — stop the VM first".into(),
             },
         ];
         for wire in refusals {
@@ -1670,7 +1808,8 @@ mod run_cmd {
             vec![
                 bound(None),
                 Response::Error(WireError::Busy {
-                    reason: "group 11 is in use — stop the VM first".into(),
+                    why: BusyReason::GroupInUse { group: 11 },
+                    detail: "group 11 is in use — stop the VM first".into(),
                 }),
             ],
             None,
@@ -2070,9 +2209,8 @@ Policy sha256 {} (the helper's)
     #[test]
     fn user_is_sent_as_a_uid_and_non_admins_are_told_how_else_to_ask() {
         let not_admin = || {
-            Reply::Answer(Response::Error(WireError::Denied {
-                rule: None,
-                reason: "only an admin (root, or [settings] admins in the policy) may ask about \
+            Reply::Answer(Response::Error(WireError::NotAdmin {
+                detail: "only an admin (root, or [settings] admins in the policy) may ask about \
                          another user"
                     .into(),
             }))

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use vfio_gate_protocol::{
-    FrameError, MAX_REQUEST_FRAME, Request, Response, WireError, decode_request, encode_response,
-    read_frame, write_frame,
+    BusyReason, FrameError, MAX_REQUEST_FRAME, Request, Response, WireError, decode_request,
+    encode_response, read_frame, write_frame,
 };
 
 use crate::audit;
@@ -178,7 +178,10 @@ pub fn refuse_all(listener: &UnixListener, reason: &str, window: Duration) {
 fn refuse_busy(mut stream: UnixStream, limits: &Limits) {
     let _ = stream.set_write_timeout(Some(limits.io_timeout.min(Duration::from_secs(1))));
     let resp = Response::Error(WireError::Busy {
-        reason: format!(
+        why: BusyReason::ConnectionLimit {
+            limit: u32::try_from(limits.max_connections).unwrap_or(u32::MAX),
+        },
+        detail: format!(
             "the helper is serving {} connections, its limit; retry in a moment",
             limits.max_connections
         ),
@@ -324,6 +327,7 @@ fn error_kind(e: &WireError) -> &'static str {
         WireError::Refused { .. } => "refused",
         WireError::NeedsGroup { .. } => "needs-group",
         WireError::Held { .. } => "held",
+        WireError::NotAdmin { .. } => "not-admin",
         WireError::Unavailable { .. } => "unavailable",
         _ => "internal",
     }

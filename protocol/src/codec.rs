@@ -8,7 +8,7 @@ use serde::{Serialize, de::DeserializeOwned};
 use crate::{Request, Response, WireError};
 
 /// The protocol version both sides must speak.
-pub const PROTOCOL_VERSION: u16 = 4;
+pub const PROTOCOL_VERSION: u16 = 5;
 
 /// The largest request payload the helper accepts. Requests are a few dozen bytes; the cap leaves
 /// room for growth while keeping a hostile client's cost to the helper tiny.

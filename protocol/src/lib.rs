@@ -28,7 +28,8 @@ pub use codec::{
 };
 pub use driver::{Driver, UnknownDriver};
 pub use message::{
-    BindReport, DeviceInfo, DriverVerdict, ExplainReport, Guard, GuardFinding, Holder,
-    MAX_BIND_DEVICES, MemberKind, Plan, PlanStep, ReleaseReport, ReleaseTarget, ReleasedGroup,
-    Request, Response, RestoredDevice, RuleRef, StepAction, WireError,
+    BindReport, BusyReason, DenyReason, DeviceInfo, DriverVerdict, ExplainReport, Guard,
+    GuardFinding, Holder, MAX_BIND_DEVICES, MemberKind, Plan, PlanStep, ReleaseReport,
+    ReleaseTarget, ReleasedGroup, Request, Response, RestoredDevice, RuleRef, StepAction,
+    WireError,
 };

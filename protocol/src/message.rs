@@ -267,16 +267,19 @@ pub enum Guard {
 }
 
 /// Why a request failed, as the client is told. Deliberately small: each variant maps to one exit
-/// code and one next step in the frontend.
+/// code, and every fact the client acts on (retry or not, which next step to suggest) is a typed
+/// field. The `detail` and `reason` texts are for people only: no client may parse them, and
+/// rewording them changes no behaviour.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[non_exhaustive]
 pub enum WireError {
-    /// The policy or a built-in guard said no. `rule` is the deciding rule; `None` means no rule
-    /// matched and the default (deny) applied.
-    #[error("denied: {reason}")]
+    /// The policy said no, or the caller may not do this. `rule` is the deciding rule; `None`
+    /// with [`DenyReason::Policy`] means no rule matched and the default (deny) applied.
+    #[error("denied: {detail}")]
     Denied {
+        why: DenyReason,
         rule: Option<RuleRef>,
-        reason: String,
+        detail: String,
     },
     #[error("no PCI device {device}")]
     NotFound { device: PciAddress },
@@ -303,9 +306,13 @@ pub enum WireError {
         /// Seconds since the Unix epoch.
         since: u64,
     },
-    /// Try again later: the helper is at its connection limit or the device is being changed.
-    #[error("busy: {reason}")]
-    Busy { reason: String },
+    /// Not now: `why` says what stands in the way, and so whether waiting helps.
+    #[error("busy: {detail}")]
+    Busy { why: BusyReason, detail: String },
+    /// Only an admin (root, or `[settings] admins` in the policy) may do this: act for or ask
+    /// about another user.
+    #[error("denied: {detail}")]
+    NotAdmin { detail: String },
     /// The frame or the request itself was unacceptable.
     #[error("bad request: {reason}")]
     BadRequest { reason: String },
@@ -320,4 +327,49 @@ pub enum WireError {
     /// serves nothing until an admin fixes that; `reason` says what.
     #[error("the helper is not serving: {reason}")]
     Unavailable { reason: String },
+}
+
+/// Why a request was denied (besides a guard, [`WireError::Refused`], or a holder,
+/// [`WireError::Held`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum DenyReason {
+    /// A rule denies it, or no rule allows it (the default).
+    Policy,
+    /// The caller holds `held` groups, the policy's `max_groups_per_user`.
+    GroupLimit { held: u32, max: u32 },
+    /// The group cannot be made usable as the policy stands: `device`, another member, is in
+    /// the way (a host driver the policy does not let the caller move, a bridge on a driver that
+    /// blocks the group, a device on vfio-pci the caller may not use).
+    GroupPlan { device: PciAddress },
+    /// A release names a device that vfio-gate does not hold: nothing to give back.
+    NotHeld { device: PciAddress },
+}
+
+/// What keeps the helper from doing it now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum BusyReason {
+    /// The helper is serving as many connections as it allows: passes in a moment, worth a
+    /// retry.
+    ConnectionLimit { limit: u32 },
+    /// A process (a VM) has the group's node open: stop it first.
+    GroupInUse { group: u32 },
+    /// The caller already holds the group: release it first.
+    YouHoldIt {
+        group: u32,
+        devices: Vec<PciAddress>,
+    },
+    /// An earlier write for `device` is still blocked in the kernel (a VM holds the device).
+    BlockedInKernel { device: PciAddress },
+    /// `device` is in use through a driver that vfio-gate did not bind (a VM not started through
+    /// vfio-gate has its group open): whoever set it up must let go of it first.
+    HeldOutsideVfioGate { device: PciAddress },
+}
+
+impl BusyReason {
+    /// Whether the same request may succeed if simply sent again in a moment.
+    pub fn passes_by_itself(&self) -> bool {
+        matches!(self, BusyReason::ConnectionLimit { .. })
+    }
 }

@@ -40,7 +40,7 @@ check_status 3 "bob's bind of $NIC is denied (exit status 3)" \
     runas bob vfio-gate bind $NIC --to vfio-pci
 check_output_contains "the denial says no rule allows it (deny by default)" \
     "no policy rule lets you bind" runas bob vfio-gate bind $NIC --to vfio-pci
-check_output_contains "on the wire: Denied, decided by no rule" "Denied { rule: None" \
+check_output_contains "on the wire: Denied by the policy, decided by no rule" "Denied { why: Policy, rule: None" \
     runas bob rawframe --request bind $NIC vfio-pci
 check_equals "after bob's attempts $NIC is still on e1000e" e1000e driver_of $NIC
 check_equals "and its driver_override is untouched" "(null)" override_of $NIC
@@ -50,7 +50,7 @@ check_status 3 "alice's bind of $NVME is denied (exit status 3)" \
 check_output_contains "the denial names the deny rule" "storage is never handed out" \
     runas alice vfio-gate bind $NVME --to vfio-pci
 check_output_contains "on the wire: Denied by the deny rule" \
-    'Denied { rule: Some(RuleRef { name: "storage is never handed out"' \
+    'Denied { why: Policy, rule: Some(RuleRef { name: "storage is never handed out"' \
     runas alice rawframe --request bind $NVME vfio-pci
 check_equals "$NVME is still on nvme" nvme driver_of $NVME
 check_status 3 "alice may not put $NIC on pci-stub (only vfio-pci is allowed)" \

@@ -52,7 +52,14 @@ impl Service {
                 };
                 verdict.allowed = Some(false);
                 verdict.rule = rule.clone();
-                return Err((WireError::Denied { rule, reason }, verdict));
+                return Err((
+                    WireError::Denied {
+                        why: DenyReason::Policy,
+                        rule,
+                        detail: reason,
+                    },
+                    verdict,
+                ));
             }
         }
         let Some(group) = self
@@ -85,7 +92,11 @@ impl Service {
                 let held: Vec<String> = lease.devices.iter().map(|d| d.device.short()).collect();
                 return Err((
                     WireError::Busy {
-                        reason: format!(
+                        why: BusyReason::YouHoldIt {
+                            group,
+                            devices: lease.devices.iter().map(|d| d.device).collect(),
+                        },
+                        detail: format!(
                             "you already hold group {group} ({}); release it first (vfio-gate release {})",
                             held.join(", "),
                             held[0]
@@ -142,11 +153,25 @@ impl Service {
             Err(PlanError::Denied { rule, reason, .. }) => {
                 verdict.allowed = Some(false);
                 verdict.rule = rule.clone();
-                return Err((WireError::Denied { rule, reason }, verdict));
+                return Err((
+                    WireError::Denied {
+                        why: DenyReason::Policy,
+                        rule,
+                        detail: reason,
+                    },
+                    verdict,
+                ));
             }
-            Err(PlanError::Impossible { reason, .. }) => {
+            Err(PlanError::Impossible { device, reason }) => {
                 verdict.allowed = Some(false);
-                return Err((WireError::Denied { rule: None, reason }, verdict));
+                return Err((
+                    WireError::Denied {
+                        why: DenyReason::GroupPlan { device },
+                        rule: None,
+                        detail: reason,
+                    },
+                    verdict,
+                ));
             }
         };
         verdict.allowed = Some(true);
@@ -213,8 +238,12 @@ impl Service {
                 verdict.allowed = Some(false);
                 return Err((
                     WireError::Denied {
+                        why: DenyReason::GroupLimit {
+                            held: u32::try_from(held).unwrap_or(u32::MAX),
+                            max,
+                        },
                         rule: None,
-                        reason: format!(
+                        detail: format!(
                             "you already hold {held} IOMMU group(s), the policy's limit (max_groups_per_user = {max}); release one first"
                         ),
                     },

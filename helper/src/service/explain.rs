@@ -26,9 +26,8 @@ impl Service {
                 if !self.policy.is_admin(&peer.subject()) {
                     verdict.allowed = Some(false);
                     return Err((
-                        WireError::Denied {
-                            rule: None,
-                            reason: "only an admin (root, or [settings] admins in the policy) may ask about another user".into(),
+                        WireError::NotAdmin {
+                            detail: "only an admin (root, or [settings] admins in the policy) may ask about another user".into(),
                         },
                         verdict,
                     ));

@@ -19,9 +19,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use vfio_gate_policy::{Decision, Policy};
 use vfio_gate_protocol::{
-    BindReport, DeviceInfo, Driver, Holder, MAX_BIND_DEVICES, PciAddress, ReleaseReport,
-    ReleaseTarget, ReleasedGroup, Request, Response, RestoredDevice, RuleRef, StepAction,
-    WireError,
+    BindReport, BusyReason, DenyReason, DeviceInfo, Driver, Holder, MAX_BIND_DEVICES, PciAddress,
+    ReleaseReport, ReleaseTarget, ReleasedGroup, Request, Response, RestoredDevice, RuleRef,
+    StepAction, WireError,
 };
 
 use crate::audit;
@@ -108,7 +108,8 @@ fn sysfs_error(dev: PciAddress, e: SysfsError) -> WireError {
     match e {
         SysfsError::NoDevice(_) => WireError::NotFound { device: dev },
         e @ (SysfsError::Blocked { .. } | SysfsError::StillBlocked { .. }) => WireError::Busy {
-            reason: e.to_string(),
+            why: BusyReason::BlockedInKernel { device: dev },
+            detail: e.to_string(),
         },
         other => internal(other),
     }

@@ -37,8 +37,9 @@ impl Service {
                     verdict.allowed = Some(false);
                     return Err((
                         WireError::Denied {
+                            why: DenyReason::NotHeld { device: dev },
                             rule: None,
-                            reason: format!(
+                            detail: format!(
                                 "{} is not held through vfio-gate; there is nothing to release",
                                 dev.short()
                             ),
@@ -64,9 +65,8 @@ impl Service {
                 if uid != peer.uid && !admin {
                     verdict.allowed = Some(false);
                     return Err((
-                        WireError::Denied {
-                            rule: None,
-                            reason: "only an admin (root, or [settings] admins in the policy) may release another user's devices".to_string(),
+                        WireError::NotAdmin {
+                            detail: "only an admin (root, or [settings] admins in the policy) may release another user's devices".to_string(),
                         },
                         verdict,
                     ));
@@ -114,7 +114,8 @@ impl Service {
                     },
                 );
                 return Err(WireError::Busy {
-                    reason: format!(
+                    why: BusyReason::GroupInUse { group },
+                    detail: format!(
                         "group {group} is in use — stop the VM first (a process holds {})",
                         self.node_path(group)
                     ),
@@ -138,14 +139,15 @@ impl Service {
                         // Keep what is still held, so a retry releases exactly that.
                         let _ = self.state.write(&lease);
                         return Err(match e {
-                            ops::ReleaseError::Step { source, .. }
+                            ops::ReleaseError::Step { source, dev, .. }
                                 if matches!(
                                     source,
                                     SysfsError::Blocked { .. } | SysfsError::StillBlocked { .. }
                                 ) =>
                             {
                                 WireError::Busy {
-                                    reason: format!(
+                                    why: BusyReason::BlockedInKernel { device: dev },
+                                    detail: format!(
                                         "{source}; the release of group {group} will finish when you retry after the VM is gone"
                                     ),
                                 }

@@ -368,12 +368,16 @@ fn release_of_a_group_in_use_is_refused_at_once() {
     f.kernel.hold_group(8);
     let started = Instant::now();
     let (resp, _) = release(&f.service, &alice(), "01:00.0");
-    let Response::Error(WireError::Busy { reason }) = resp else {
+    let Response::Error(WireError::Busy {
+        why: BusyReason::GroupInUse { group: 8 },
+        detail,
+    }) = resp
+    else {
         panic!("{resp:?}")
     };
     assert!(
-        reason.contains("group 8 is in use — stop the VM first"),
-        "{reason}"
+        detail.contains("group 8 is in use — stop the VM first"),
+        "{detail}"
     );
     assert!(started.elapsed() < Duration::from_secs(1));
     // Others are served meanwhile.
@@ -744,7 +748,7 @@ fn admins_release_anyone_users_only_their_own() {
     };
     assert!(matches!(
         release_user(&bob(), 1000),
-        Response::Error(WireError::Denied { .. })
+        Response::Error(WireError::NotAdmin { .. })
     ));
     let (resp, _) = release(&f.service, &carol(), "01:00.0");
     let Response::Released(r) = resp else {
@@ -825,10 +829,15 @@ fn node_mode_and_group_limit_come_from_the_policy() {
         })
     );
     let (resp, _) = bind(&service, &alice(), "00:1b.0", Driver::VfioPci);
-    let Response::Error(WireError::Denied { reason, .. }) = resp else {
+    let Response::Error(WireError::Denied {
+        why: DenyReason::GroupLimit { held: 1, max: 1 },
+        detail,
+        ..
+    }) = resp
+    else {
         panic!("{resp:?}")
     };
-    assert!(reason.contains("max_groups_per_user = 1"), "{reason}");
+    assert!(detail.contains("max_groups_per_user = 1"), "{detail}");
     assert_eq!(
         driver_of(&kernel, "00:1b.0").as_deref(),
         Some("snd_hda_intel")
@@ -877,7 +886,7 @@ fn explain_says_what_a_bind_would_meet_without_doing_it() {
     // Only admins ask about others.
     assert!(matches!(
         explain(&bob(), "01:00.0", Some(1000)),
-        Response::Error(WireError::Denied { .. })
+        Response::Error(WireError::NotAdmin { .. })
     ));
     assert_eq!(f.kernel.log(), before, "explain writes nothing");
 }

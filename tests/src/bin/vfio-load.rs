@@ -240,7 +240,7 @@ fn exchange(socket: &str, timeout: Duration, request: &Request) -> Result<Respon
 }
 
 fn at_limit(e: &WireError) -> bool {
-    matches!(e, WireError::Busy { reason } if reason.contains("connections") && reason.contains("limit"))
+    matches!(e, WireError::Busy { why, .. } if why.passes_by_itself())
 }
 
 fn jittered(ms: u64, seed: u64) -> Duration {
@@ -594,11 +594,14 @@ mod tests {
 
     #[test]
     fn limit_busy_is_recognised() {
+        use vfio_gate_protocol::BusyReason;
         assert!(at_limit(&WireError::Busy {
-            reason: "the helper is serving 256 connections, its limit; retry in a moment".into()
+            why: BusyReason::ConnectionLimit { limit: 256 },
+            detail: String::new(),
         }));
         assert!(!at_limit(&WireError::Busy {
-            reason: "group 11 is in use".into()
+            why: BusyReason::GroupInUse { group: 11 },
+            detail: "the helper is serving 256 connections, its limit".into(),
         }));
     }
 
