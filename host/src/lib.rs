@@ -21,6 +21,7 @@
 pub mod explain;
 pub mod groups;
 pub mod guards;
+pub mod modalias;
 pub mod plan;
 mod sysfs;
 pub mod usage;
