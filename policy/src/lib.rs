@@ -104,6 +104,8 @@
 //! lists every effective permission on a host; [`Policy::lint`] finds what a reviewer should
 //! look at. All three are pure and agree with [`Policy::decide`], the only authority.
 
+#![forbid(unsafe_code)]
+
 mod error;
 mod explain;
 mod lint;

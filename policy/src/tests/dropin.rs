@@ -300,7 +300,7 @@ fn drop_ins_get_the_main_file_checks() {
     type Setup = fn(&Tree) -> PathBuf;
     type Check = fn(&PolicyError, &Path) -> bool;
     type Case = (&'static str, Setup, Check);
-    let cases: [Case; 6] = [
+    let cases: [Case; 7] = [
         (
             "world-writable drop-in",
             |t| t.write("policy.d/50-open.toml", LAB, 0o646),
@@ -350,6 +350,16 @@ fn drop_ins_get_the_main_file_checks() {
                 d
             },
             |e, p| matches!(e, PolicyError::NotRegularFile { path, kind: "directory" } if path == p),
+        ),
+        (
+            // Opening it must not wait for a writer.
+            "a FIFO named like a drop-in",
+            |t| {
+                let f = t.drop_in_dir().join("50-fifo.toml");
+                nix::unistd::mkfifo(&f, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+                f
+            },
+            |e, p| matches!(e, PolicyError::NotRegularFile { path, kind: "FIFO" } if path == p),
         ),
     ];
     for (what, setup, check) in cases {
