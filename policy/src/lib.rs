@@ -106,6 +106,7 @@
 
 #![forbid(unsafe_code)]
 
+mod diagnostic;
 mod error;
 mod explain;
 mod lint;
@@ -116,9 +117,9 @@ mod names;
 mod parse;
 mod policy;
 
+pub use diagnostic::{Finding, Severity};
 pub use error::PolicyError;
 pub use explain::{Explanation, ReportRow};
-pub use lint::{Finding, Severity};
 pub use load::{DROP_IN_DIR, MAX_POLICY_SIZE};
 pub use matcher::{AddressPattern, ClassPattern, DeviceMatcher};
 pub use model::{

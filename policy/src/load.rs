@@ -31,8 +31,8 @@ use nix::errno::Errno;
 use nix::fcntl::{self, OFlag};
 use nix::sys::stat::Mode;
 
+use crate::diagnostic::line_of;
 use crate::error::PolicyError;
-use crate::parse::line_of;
 
 /// The largest policy file read. Real policies are a few kilobytes; the bound keeps a mistaken
 /// path (a log, a disk image) from being read into the helper's memory.

@@ -6,8 +6,8 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use vfio_gate_protocol::Driver;
 
+use crate::diagnostic::Finding;
 use crate::error::PolicyError;
-use crate::lint::Finding;
 use crate::load;
 use crate::model::{Decision, DeviceFacts, Effect, Rule, Settings, Subject};
 use crate::names::NameResolver;
