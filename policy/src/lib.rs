@@ -106,6 +106,7 @@
 
 #![forbid(unsafe_code)]
 
+mod device;
 mod diagnostic;
 mod error;
 mod explain;
@@ -117,14 +118,13 @@ mod names;
 mod parse;
 mod policy;
 
+pub use device::{DeviceFacts, SlotName};
 pub use diagnostic::{Finding, Severity};
 pub use error::PolicyError;
 pub use explain::{Explanation, ReportRow};
 pub use load::{DROP_IN_DIR, MAX_POLICY_SIZE};
 pub use matcher::{AddressPattern, ClassPattern, DeviceMatcher};
-pub use model::{
-    Decision, DeviceFacts, DriverSet, Effect, Rule, Settings, SlotName, Subject, Subjects,
-};
+pub use model::{Decision, DriverSet, Effect, Rule, Settings, Subject, Subjects};
 pub use names::{EtcFiles, NameResolver, account_of, accounts};
 pub use parse::POLICY_VERSION;
 pub use policy::{Policy, PolicySource};

@@ -8,8 +8,9 @@ use std::cmp::Ordering;
 
 use vfio_gate_protocol::Driver;
 
+use crate::device::DeviceFacts;
 use crate::diagnostic::{Finding, Severity};
-use crate::model::{DeviceFacts, Effect, Rule, Subjects};
+use crate::model::{Effect, Rule, Subjects};
 use crate::policy::Policy;
 
 /// Base classes whose grants a reviewer should see: the host usually depends on them.

@@ -17,10 +17,11 @@ use serde::Deserialize;
 use toml::Spanned;
 use vfio_gate_protocol::{Driver, RuleRef};
 
+use crate::device::SlotName;
 use crate::diagnostic::{Finding, LineIndex, Severity};
 use crate::error::PolicyError;
 use crate::matcher::{AddressPattern, ClassPattern, DeviceMatcher, parse_id};
-use crate::model::{DriverSet, Effect, Rule, Settings, SlotName, Subjects};
+use crate::model::{DriverSet, Effect, Rule, Settings, Subjects};
 use crate::names::NameResolver;
 
 /// The only policy format version this crate reads.

@@ -6,10 +6,11 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use vfio_gate_protocol::Driver;
 
+use crate::device::DeviceFacts;
 use crate::diagnostic::Finding;
 use crate::error::PolicyError;
 use crate::load;
-use crate::model::{Decision, DeviceFacts, Effect, Rule, Settings, Subject};
+use crate::model::{Decision, Effect, Rule, Settings, Subject};
 use crate::names::NameResolver;
 use crate::parse;
 
