@@ -66,19 +66,21 @@ impl Finding {
             message,
         }
     }
+
+    /// Where it points: `file:line`, or `file` when it is about the file (or the policy) as a
+    /// whole.
+    pub fn at(&self) -> String {
+        match self.line {
+            0 => self.file.clone(),
+            line => format!("{}:{line}", self.file),
+        }
+    }
 }
 
 impl fmt::Display for Finding {
     /// `file:line: severity: message` (`file: ...` when the line is 0).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.line {
-            0 => write!(f, "{}: {}: {}", self.file, self.severity, self.message),
-            line => write!(
-                f,
-                "{}:{line}: {}: {}",
-                self.file, self.severity, self.message
-            ),
-        }
+        write!(f, "{}: {}: {}", self.at(), self.severity, self.message)
     }
 }
 

@@ -54,7 +54,7 @@
 //! ([`EtcFiles`]), never through NSS: the helper is static and sandboxed, and a policy whose
 //! meaning changed with the reachability of a directory server would be one nobody can audit. A
 //! name that does not resolve matches nobody (failing closed) and is reported in
-//! [`Policy::warnings`]. Subjects known only to a directory service are written as `uids`/`gids`.
+//! [`Policy::findings`]. Subjects known only to a directory service are written as `uids`/`gids`.
 //!
 //! # The file
 //!

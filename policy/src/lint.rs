@@ -42,7 +42,7 @@ impl Policy {
     /// Lints the policy against `host`, the devices of the host it is meant for (empty: skip
     /// the checks that need them). Findings come sorted by file (in load order) and line:
     ///
-    /// - the load warnings ([`Policy::warnings`]: unknown users and groups, rules that apply
+    /// - the load warnings ([`Policy::findings`]: unknown users and groups, rules that apply
     ///   to nobody, a policy that grants nothing) — warnings;
     /// - a rule that matches no device on this host — a warning for an allow, information for
     ///   a deny (a deny is often a guard against hardware that may come);
@@ -56,7 +56,7 @@ impl Policy {
     ///   by its class matcher or on this host — a warning naming the class;
     /// - an allow rule for everyone (`users = ["*"]`) — a warning.
     pub fn lint(&self, host: &[DeviceFacts]) -> Vec<Finding> {
-        let mut out: Vec<Finding> = self.load_findings().to_vec();
+        let mut out: Vec<Finding> = self.findings().to_vec();
         let host: Vec<(&DeviceFacts, String)> =
             host.iter().map(|d| (d, d.address.to_string())).collect();
         for rule in self.rules() {

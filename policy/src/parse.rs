@@ -113,9 +113,7 @@ enum RawRule {
 pub(crate) struct Parsed {
     pub settings: Settings,
     pub rules: Vec<Rule>,
-    /// The load warnings as [`Policy::warnings`](crate::Policy::warnings) shows them.
-    pub warnings: Vec<String>,
-    /// The same warnings, structured, for [`Policy::lint`](crate::Policy::lint).
+    /// The load warnings ([`Policy::findings`](crate::Policy::findings)), in file order.
     pub findings: Vec<Finding>,
 }
 
@@ -133,28 +131,17 @@ struct Shared<'a> {
     main_file: &'a str,
     /// Rule name → where it was first used (file, line of the name).
     seen: HashMap<String, (String, u32)>,
-    warnings: Vec<String>,
     findings: Vec<Finding>,
     /// Whether some user or group name did not resolve (then the resolver's problems are news).
     unresolved: bool,
 }
 
 impl Shared<'_> {
-    /// Records a load warning. `line` 0: about the file as a whole; `file` empty: about no
-    /// file (the name databases).
+    /// Records a load warning. `line` 0: about the file (or the policy) as a whole.
     fn warn(&mut self, file: &str, line: u32, rule: Option<&str>, message: String) {
-        self.warnings.push(match (file, line) {
-            ("", _) => message.clone(),
-            (_, 0) => format!("{file}: {message}"),
-            _ => format!("{file}:{line}: {message}"),
-        });
         self.findings.push(Finding {
             severity: Severity::Warning,
-            file: if file.is_empty() {
-                self.main_file.to_owned()
-            } else {
-                file.to_owned()
-            },
+            file: file.to_owned(),
             line,
             rule: rule.map(str::to_owned),
             message,
@@ -173,7 +160,6 @@ pub(crate) fn parse_files(
         names,
         main_file,
         seen: HashMap::new(),
-        warnings: Vec::new(),
         findings: Vec::new(),
         unresolved: false,
     };
@@ -199,15 +185,16 @@ pub(crate) fn parse_files(
             "no [[rule]] grants anything, so every request will be denied".into(),
         );
     }
+    // Why names failed to resolve (an unreadable /etc/passwd…) is about the policy as a whole,
+    // so it is placed on the main file.
     if shared.unresolved {
         for problem in names.problems() {
-            shared.warn("", 0, None, problem);
+            shared.warn(main_file, 0, None, problem);
         }
     }
     Ok(Parsed {
         settings,
         rules,
-        warnings: shared.warnings,
         findings: shared.findings,
     })
 }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use vfio_gate_protocol::Driver::{PciStub, VfioPci};
 
 use super::{Names, device, subject};
-use crate::{Decision, Policy, PolicyError};
+use crate::{Decision, Finding, Policy, PolicyError, Severity};
 
 const MAIN: &str = r#"version = 1
 
@@ -161,11 +161,17 @@ fn rule_names_are_unique_across_files() {
 #[test]
 fn the_no_grant_warning_looks_at_every_file() {
     let p = Policy::parse_files(&[("main.toml", ""), ("policy.d/a.toml", LAB)], &Names).unwrap();
-    assert!(p.warnings().is_empty(), "{:?}", p.warnings());
+    assert!(p.findings().is_empty(), "{:?}", p.findings());
     let p = Policy::parse_files(&[("main.toml", ""), ("policy.d/z.toml", FENCE)], &Names).unwrap();
     assert_eq!(
-        p.warnings(),
-        ["main.toml: no [[rule]] grants anything, so every request will be denied"]
+        p.findings(),
+        [Finding {
+            severity: Severity::Warning,
+            file: "main.toml".into(),
+            line: 0,
+            rule: None,
+            message: "no [[rule]] grants anything, so every request will be denied".into(),
+        }]
     );
     let empty = Policy::parse_files::<&str, &str>(&[], &Names).unwrap();
     assert!(empty.rules().is_empty() && empty.sources().is_empty());
