@@ -4,8 +4,14 @@
 //! `/dev/vfio/<iommu-group>`, DMA included (confined by the IOMMU); handing it to `pci-stub` only
 //! keeps host drivers off it. Either takes the device away from the host. The admin decides who
 //! may do that, in one TOML file (`/etc/vfio-gate/policy.toml`), and the privileged helper
-//! `vfio-gated` asks this crate about every request. The crate is pure: text in, decision out.
-//! Its only I/O is reading the policy files and the two name databases it is pointed at.
+//! `vfio-gated` asks this crate about every request.
+//!
+//! The crate reads, and never writes: [`Policy::load`] opens the policy file and its drop-ins
+//! with StrictModes-style checks (below), and [`EtcFiles`] (with [`accounts`] and
+//! [`account_of`]) reads `/etc/passwd` and `/etc/group` under a root it is given. Everything
+//! else is pure, text in and decision out: [`Policy::parse_files`] builds the same policy from
+//! the texts alone, and deciding, explaining and linting touch no file.
+//!
 //! The full format, with annotated examples, is `docs/policy.md`; every example there is parsed
 //! by this crate's tests.
 //!
