@@ -185,10 +185,11 @@ fn load_policy(opts: &Options) -> Result<Policy, PolicyError> {
         .field("files", files.join(" "))
         .field("rules", policy.rules().len())
         .emit();
-    for warning in policy.warnings() {
+    for finding in policy.findings() {
         audit::Line::new("policy-warning")
             .field("policy", opts.policy.display())
-            .field("warning", warning)
+            .field("warning", format!("{}: {}", finding.at(), finding.message))
+            .field("at", finding.at())
             .emit();
     }
     Ok(policy)

@@ -5,7 +5,8 @@
 use serde::Serialize;
 use vfio_gate_protocol::{Driver, PciAddress, RuleRef};
 
-use crate::model::{Decision, DeviceFacts, DriverSet, Effect, Subject};
+use crate::device::DeviceFacts;
+use crate::model::{Decision, DriverSet, Effect, Subject};
 use crate::policy::Policy;
 
 /// Why `decide` answers as it does: the decision and every rule that speaks about the request.

@@ -4,8 +4,14 @@
 //! `/dev/vfio/<iommu-group>`, DMA included (confined by the IOMMU); handing it to `pci-stub` only
 //! keeps host drivers off it. Either takes the device away from the host. The admin decides who
 //! may do that, in one TOML file (`/etc/vfio-gate/policy.toml`), and the privileged helper
-//! `vfio-gated` asks this crate about every request. The crate is pure: text in, decision out.
-//! Its only I/O is reading the policy files and the two name databases it is pointed at.
+//! `vfio-gated` asks this crate about every request.
+//!
+//! The crate reads, and never writes: [`Policy::load`] opens the policy file and its drop-ins
+//! with StrictModes-style checks (below), and [`EtcFiles`] (with [`accounts`] and
+//! [`account_of`]) reads `/etc/passwd` and `/etc/group` under a root it is given. Everything
+//! else is pure, text in and decision out: [`Policy::parse_files`] builds the same policy from
+//! the texts alone, and deciding, explaining and linting touch no file.
+//!
 //! The full format, with annotated examples, is `docs/policy.md`; every example there is parsed
 //! by this crate's tests.
 //!
@@ -54,7 +60,7 @@
 //! ([`EtcFiles`]), never through NSS: the helper is static and sandboxed, and a policy whose
 //! meaning changed with the reachability of a directory server would be one nobody can audit. A
 //! name that does not resolve matches nobody (failing closed) and is reported in
-//! [`Policy::warnings`]. Subjects known only to a directory service are written as `uids`/`gids`.
+//! [`Policy::findings`]. Subjects known only to a directory service are written as `uids`/`gids`.
 //!
 //! # The file
 //!
@@ -104,6 +110,10 @@
 //! lists every effective permission on a host; [`Policy::lint`] finds what a reviewer should
 //! look at. All three are pure and agree with [`Policy::decide`], the only authority.
 
+#![forbid(unsafe_code)]
+
+mod device;
+mod diagnostic;
 mod error;
 mod explain;
 mod lint;
@@ -114,14 +124,13 @@ mod names;
 mod parse;
 mod policy;
 
+pub use device::{DeviceFacts, SlotName};
+pub use diagnostic::{Finding, Severity};
 pub use error::PolicyError;
 pub use explain::{Explanation, ReportRow};
-pub use lint::{Finding, Severity};
 pub use load::{DROP_IN_DIR, MAX_POLICY_SIZE};
 pub use matcher::{AddressPattern, ClassPattern, DeviceMatcher};
-pub use model::{
-    Decision, DeviceFacts, DriverSet, Effect, Rule, Settings, SlotName, Subject, Subjects,
-};
+pub use model::{Decision, DriverSet, Effect, Rule, Settings, Subject, Subjects};
 pub use names::{EtcFiles, NameResolver, account_of, accounts};
 pub use parse::POLICY_VERSION;
 pub use policy::{Policy, PolicySource};

@@ -1,88 +1,17 @@
 //! [`Policy::lint`]: what a reviewer should look at in a policy that loads.
 //!
-//! A policy that does not load is refused with a [`PolicyError`]; the lint is about policies
+//! A policy that does not load is refused with a [`PolicyError`](crate::PolicyError); the lint is about policies
 //! that load but may not mean what their author thinks, or grant more than a reviewer would
 //! want to sign off without a second look. Every finding says what to do.
 
 use std::cmp::Ordering;
-use std::fmt;
 
-use serde::Serialize;
 use vfio_gate_protocol::Driver;
 
-use crate::error::PolicyError;
-use crate::model::{DeviceFacts, Effect, Rule, Subjects};
+use crate::device::DeviceFacts;
+use crate::diagnostic::{Finding, Severity};
+use crate::model::{Effect, Rule, Subjects};
 use crate::policy::Policy;
-
-/// How much a finding matters. Ordered from most to least serious.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Severity {
-    /// The policy is refused ([`Finding::from_error`]); [`Policy::lint`] itself finds none,
-    /// since a policy that loads is one the helper serves.
-    Error,
-    /// Probably not what the author meant, or grants something risky: look at it.
-    Warning,
-    /// Worth knowing; often intended.
-    Info,
-}
-
-impl fmt::Display for Severity {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Severity::Error => "error",
-            Severity::Warning => "warning",
-            Severity::Info => "info",
-        })
-    }
-}
-
-/// One finding of the lint, or a load warning.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Finding {
-    pub severity: Severity,
-    /// The policy file it is about.
-    pub file: String,
-    /// The line it is about; 0 when it is about the file (or the policy) as a whole.
-    pub line: u32,
-    /// The rule it is about, if one.
-    pub rule: Option<String>,
-    /// What is wrong and what to do.
-    pub message: String,
-}
-
-impl Finding {
-    /// A refused policy as a finding (severity [`Severity::Error`]), so that `policy check` can
-    /// print refusals and lint findings alike.
-    pub fn from_error(error: &PolicyError) -> Finding {
-        let file = error.file();
-        let line = error.line().unwrap_or(0);
-        let shown = error.to_string();
-        let prefix = format!("{file}:{line}: ");
-        let message = shown.strip_prefix(&prefix).unwrap_or(&shown).to_owned();
-        Finding {
-            severity: Severity::Error,
-            file,
-            line,
-            rule: None,
-            message,
-        }
-    }
-}
-
-impl fmt::Display for Finding {
-    /// `file:line: severity: message` (`file: ...` when the line is 0).
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.line {
-            0 => write!(f, "{}: {}: {}", self.file, self.severity, self.message),
-            line => write!(
-                f,
-                "{}:{line}: {}: {}",
-                self.file, self.severity, self.message
-            ),
-        }
-    }
-}
 
 /// Base classes whose grants a reviewer should see: the host usually depends on them.
 const SENSITIVE_CLASSES: [(u8, &str, &str); 3] = [
@@ -113,7 +42,7 @@ impl Policy {
     /// Lints the policy against `host`, the devices of the host it is meant for (empty: skip
     /// the checks that need them). Findings come sorted by file (in load order) and line:
     ///
-    /// - the load warnings ([`Policy::warnings`]: unknown users and groups, rules that apply
+    /// - the load warnings ([`Policy::findings`]: unknown users and groups, rules that apply
     ///   to nobody, a policy that grants nothing) — warnings;
     /// - a rule that matches no device on this host — a warning for an allow, information for
     ///   a deny (a deny is often a guard against hardware that may come);
@@ -127,7 +56,7 @@ impl Policy {
     ///   by its class matcher or on this host — a warning naming the class;
     /// - an allow rule for everyone (`users = ["*"]`) — a warning.
     pub fn lint(&self, host: &[DeviceFacts]) -> Vec<Finding> {
-        let mut out: Vec<Finding> = self.load_findings().to_vec();
+        let mut out: Vec<Finding> = self.findings().to_vec();
         let host: Vec<(&DeviceFacts, String)> =
             host.iter().map(|d| (d, d.address.to_string())).collect();
         for rule in self.rules() {

@@ -15,17 +15,24 @@
 //!   file there, or rename one away).
 //! - Any failure refuses the whole policy, naming the file. Nothing is ever skipped, except the
 //!   entries of `policy.d` that are not drop-ins by name (hidden, or not ending in `.toml`).
+//!
+//! The system calls (`openat`, `fdopendir`/`readdir`) go through `nix`'s safe wrappers, so the
+//! crate holds no `unsafe` code.
 
-use std::ffi::{CStr, CString, OsStr};
+use std::ffi::OsStr;
 use std::fs::{File, FileType, OpenOptions};
 use std::io::{self, Read};
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
+use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
+use nix::errno::Errno;
+use nix::fcntl::{self, OFlag};
+use nix::sys::stat::Mode;
+
+use crate::diagnostic::line_of;
 use crate::error::PolicyError;
-use crate::parse::line_of;
 
 /// The largest policy file read. Real policies are a few kilobytes; the bound keeps a mistaken
 /// path (a log, a disk image) from being read into the helper's memory.
@@ -36,12 +43,22 @@ pub const DROP_IN_DIR: &str = "policy.d";
 
 /// How policy files are opened: never through a symlink; a FIFO must not hang the helper
 /// (fstat then refuses it); never as a controlling terminal.
-const FILE_FLAGS: libc::c_int =
-    libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC;
+const FILE_FLAGS: OFlag = OFlag::O_RDONLY
+    .union(OFlag::O_NOFOLLOW)
+    .union(OFlag::O_NONBLOCK)
+    .union(OFlag::O_NOCTTY)
+    .union(OFlag::O_CLOEXEC);
 
 /// How `policy.d` is opened: a directory, and not through a symlink.
-const DROP_IN_DIR_FLAGS: libc::c_int =
-    libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+const DROP_IN_DIR_FLAGS: OFlag = OFlag::O_RDONLY
+    .union(OFlag::O_DIRECTORY)
+    .union(OFlag::O_NOFOLLOW)
+    .union(OFlag::O_CLOEXEC);
+
+/// How an open directory is opened again (as `.`) to list it: the directory itself.
+const LIST_FLAGS: OFlag = OFlag::O_RDONLY
+    .union(OFlag::O_DIRECTORY)
+    .union(OFlag::O_CLOEXEC);
 
 /// One policy file as read: its path as shown in messages and rule references, and its text.
 pub(crate) type SourceText = (String, String);
@@ -206,12 +223,12 @@ fn check_dir(dir: &Dir, path: &Path, owner: u32) -> Result<(), PolicyError> {
 fn open_drop_in_dir(dir: &Dir, path: &Path) -> Result<Option<Dir>, PolicyError> {
     match dir.open_at(OsStr::new(DROP_IN_DIR), DROP_IN_DIR_FLAGS) {
         Ok(file) => Ok(Some(Dir(file))),
-        Err(e) => match e.raw_os_error() {
-            Some(libc::ENOENT) => Ok(None),
+        Err(e) => match errno(&e) {
+            Some(Errno::ENOENT) => Ok(None),
             // O_NOFOLLOW with O_DIRECTORY: a symlink fails with ENOTDIR (or ELOOP on some
             // kernels), like anything else that is not a directory. Refused either way; the
             // file type only words the message.
-            Some(libc::ELOOP | libc::ENOTDIR) => {
+            Some(Errno::ELOOP | Errno::ENOTDIR) => {
                 let kind = path
                     .symlink_metadata()
                     .map_or("file", |m| describe(m.file_type()));
@@ -237,7 +254,7 @@ fn open_drop_in_dir(dir: &Dir, path: &Path) -> Result<Option<Dir>, PolicyError> 
 fn file_open_error(path: &Path, source: io::Error) -> PolicyError {
     // The name is opened relative to its directory, so it is a single component: O_NOFOLLOW's
     // ELOOP can only mean the file itself is a symlink.
-    if source.raw_os_error() == Some(libc::ELOOP) {
+    if errno(&source) == Some(Errno::ELOOP) {
         PolicyError::Symlink {
             path: path.to_owned(),
         }
@@ -278,88 +295,93 @@ impl Dir {
     fn open(path: &Path) -> io::Result<Dir> {
         OpenOptions::new()
             .read(true)
-            .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+            .custom_flags((OFlag::O_DIRECTORY | OFlag::O_CLOEXEC).bits())
             .open(path)
             .map(Dir)
     }
 
     /// `openat(2)` of the single component `name` relative to this directory.
-    fn open_at(&self, name: &OsStr, flags: libc::c_int) -> io::Result<File> {
+    fn open_at(&self, name: &OsStr, flags: OFlag) -> io::Result<File> {
         if name.as_bytes().contains(&b'/') {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "not a single path component",
             ));
         }
-        let name = CString::new(name.as_bytes()).map_err(|_| {
-            io::Error::new(io::ErrorKind::InvalidInput, "the name contains a NUL byte")
-        })?;
-        // SAFETY: `name` is a NUL-terminated string that lives across the call, and the
-        // directory descriptor is open for as long as `self` is. No O_CREAT, so no mode
-        // argument is read.
-        let fd = unsafe { libc::openat(self.0.as_raw_fd(), name.as_ptr(), flags) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
+        if name.as_bytes().contains(&0) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the name contains a NUL byte",
+            ));
         }
-        // SAFETY: openat just returned this descriptor: it is open and nothing else owns it.
-        Ok(unsafe { File::from_raw_fd(fd) })
+        // No O_CREAT in any of the flags used here, so the mode is never read.
+        let fd = fcntl::openat(self.0.as_fd(), name, flags, Mode::empty())?;
+        Ok(File::from(fd))
     }
 
     /// The names in this directory (`.` and `..` included), in the order the kernel gives them.
     fn entries(&self) -> io::Result<Vec<Vec<u8>>> {
         // A second descriptor for the same directory (with its own offset), for the stream to
         // own: reopening "." relative to the open directory reaches the same directory.
-        let fd = self
-            .open_at(
-                OsStr::new("."),
-                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
-            )?
-            .into_raw_fd();
-        // SAFETY: `fd` is an open directory descriptor that we own; on success the stream
-        // owns it and closes it in `closedir`.
-        let stream = unsafe { libc::fdopendir(fd) };
-        if stream.is_null() {
-            let error = io::Error::last_os_error();
-            // SAFETY: fdopendir failed, so `fd` is still ours, and is closed exactly once.
-            unsafe { libc::close(fd) };
-            return Err(error);
-        }
-        let stream = DirStream(stream);
-        let mut names = Vec::new();
-        loop {
-            // readdir returns NULL both at the end and on error; only errno tells them apart.
-            // SAFETY: __errno_location returns this thread's errno, valid for writing.
-            unsafe { *libc::__errno_location() = 0 };
-            // SAFETY: `stream.0` is an open DIR stream used by this thread only.
-            let entry = unsafe { libc::readdir(stream.0) };
-            if entry.is_null() {
-                let error = io::Error::last_os_error();
-                return match error.raw_os_error() {
-                    Some(0) | None => Ok(names),
-                    Some(_) => Err(error),
-                };
-            }
-            // SAFETY: readdir returned a valid entry whose d_name is NUL-terminated, and it
-            // stays valid until the next readdir on this stream; it is copied before that.
-            let name = unsafe { CStr::from_ptr((*entry).d_name.as_ptr()) };
-            names.push(name.to_bytes().to_vec());
-        }
+        let mut stream = nix::dir::Dir::openat(self.0.as_fd(), ".", LIST_FLAGS, Mode::empty())?;
+        let names = stream
+            .iter()
+            .map(|entry| Ok(entry?.file_name().to_bytes().to_vec()))
+            .collect::<nix::Result<Vec<Vec<u8>>>>()?;
+        Ok(names)
     }
 }
 
-/// A `DIR *` from fdopendir, closed on drop.
-struct DirStream(*mut libc::DIR);
-
-impl Drop for DirStream {
-    fn drop(&mut self) {
-        // SAFETY: the stream came from a successful fdopendir and is closed only here.
-        unsafe { libc::closedir(self.0) };
-    }
+/// The errno behind an I/O error, if it came from a system call.
+fn errno(e: &io::Error) -> Option<Errno> {
+    e.raw_os_error().map(Errno::from_raw)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::drop_in_names;
+    use std::ffi::OsStr;
+    use std::io;
+    use std::os::unix::ffi::OsStrExt;
+
+    use super::{Dir, FILE_FLAGS, drop_in_names};
+
+    #[test]
+    fn a_directory_is_listed_whole() {
+        // More names than one getdents(2) buffer holds, so the stream is read in several calls.
+        let tmp = tempfile::tempdir().unwrap();
+        let mut want: Vec<Vec<u8>> = (0..600)
+            .map(|i| format!("{i:04}-a-drop-in-with-a-rather-long-name-to-fill-the-buffer.toml"))
+            .map(String::into_bytes)
+            .collect();
+        for name in &want {
+            std::fs::write(tmp.path().join(OsStr::from_bytes(name)), "").unwrap();
+        }
+        let dir = Dir::open(tmp.path()).unwrap();
+        let mut got = dir.entries().unwrap();
+        // Listing again gives the same names: each listing has its own descriptor and offset.
+        let mut again = dir.entries().unwrap();
+        want.extend([b".".to_vec(), b"..".to_vec()]);
+        want.sort();
+        got.sort();
+        again.sort();
+        assert_eq!(got, want);
+        assert_eq!(again, want);
+    }
+
+    #[test]
+    fn only_single_components_are_opened() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir(tmp.path().join("sub")).unwrap();
+        std::fs::write(tmp.path().join("sub/f.toml"), "").unwrap();
+        let dir = Dir::open(tmp.path()).unwrap();
+        let names: [&[u8]; 3] = [b"sub/f.toml", b"/etc/passwd", b"f\0.toml"];
+        for name in names {
+            let err = dir
+                .open_at(OsStr::from_bytes(name), FILE_FLAGS)
+                .unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{name:?}: {err}");
+        }
+    }
 
     #[test]
     fn drop_ins_by_name_in_byte_order() {

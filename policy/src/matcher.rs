@@ -8,7 +8,7 @@ use std::fmt;
 
 use vfio_gate_protocol::PciAddress;
 
-use crate::model::{DeviceFacts, SlotName};
+use crate::device::{DeviceFacts, SlotName};
 
 /// The longest address pattern accepted. A canonical address is 12 characters; the bound keeps
 /// glob matching trivially cheap however the pattern is written.

@@ -17,10 +17,11 @@ use serde::Deserialize;
 use toml::Spanned;
 use vfio_gate_protocol::{Driver, RuleRef};
 
+use crate::device::SlotName;
+use crate::diagnostic::{Finding, LineIndex, Severity};
 use crate::error::PolicyError;
-use crate::lint::{Finding, Severity};
 use crate::matcher::{AddressPattern, ClassPattern, DeviceMatcher, parse_id};
-use crate::model::{DriverSet, Effect, Rule, Settings, SlotName, Subjects};
+use crate::model::{DriverSet, Effect, Rule, Settings, Subjects};
 use crate::names::NameResolver;
 
 /// The only policy format version this crate reads.
@@ -112,9 +113,7 @@ enum RawRule {
 pub(crate) struct Parsed {
     pub settings: Settings,
     pub rules: Vec<Rule>,
-    /// The load warnings as [`Policy::warnings`](crate::Policy::warnings) shows them.
-    pub warnings: Vec<String>,
-    /// The same warnings, structured, for [`Policy::lint`](crate::Policy::lint).
+    /// The load warnings ([`Policy::findings`](crate::Policy::findings)), in file order.
     pub findings: Vec<Finding>,
 }
 
@@ -132,28 +131,17 @@ struct Shared<'a> {
     main_file: &'a str,
     /// Rule name → where it was first used (file, line of the name).
     seen: HashMap<String, (String, u32)>,
-    warnings: Vec<String>,
     findings: Vec<Finding>,
     /// Whether some user or group name did not resolve (then the resolver's problems are news).
     unresolved: bool,
 }
 
 impl Shared<'_> {
-    /// Records a load warning. `line` 0: about the file as a whole; `file` empty: about no
-    /// file (the name databases).
+    /// Records a load warning. `line` 0: about the file (or the policy) as a whole.
     fn warn(&mut self, file: &str, line: u32, rule: Option<&str>, message: String) {
-        self.warnings.push(match (file, line) {
-            ("", _) => message.clone(),
-            (_, 0) => format!("{file}: {message}"),
-            _ => format!("{file}:{line}: {message}"),
-        });
         self.findings.push(Finding {
             severity: Severity::Warning,
-            file: if file.is_empty() {
-                self.main_file.to_owned()
-            } else {
-                file.to_owned()
-            },
+            file: file.to_owned(),
             line,
             rule: rule.map(str::to_owned),
             message,
@@ -172,7 +160,6 @@ pub(crate) fn parse_files(
         names,
         main_file,
         seen: HashMap::new(),
-        warnings: Vec::new(),
         findings: Vec::new(),
         unresolved: false,
     };
@@ -183,7 +170,7 @@ pub(crate) fn parse_files(
             text,
             file,
             file_index,
-            line_starts: line_starts(text),
+            lines: LineIndex::new(text),
             shared: &mut shared,
         };
         if let Some(s) = c.file(file_index == 0, &mut rules)? {
@@ -198,15 +185,16 @@ pub(crate) fn parse_files(
             "no [[rule]] grants anything, so every request will be denied".into(),
         );
     }
+    // Why names failed to resolve (an unreadable /etc/passwd…) is about the policy as a whole,
+    // so it is placed on the main file.
     if shared.unresolved {
         for problem in names.problems() {
-            shared.warn("", 0, None, problem);
+            shared.warn(main_file, 0, None, problem);
         }
     }
     Ok(Parsed {
         settings,
         rules,
-        warnings: shared.warnings,
         findings: shared.findings,
     })
 }
@@ -216,9 +204,7 @@ struct Compiler<'a, 's> {
     file: &'a str,
     /// The file's position in load order (0: the main file).
     file_index: usize,
-    /// The byte offset of each line's start, so finding a line is a binary search rather than
-    /// a scan from the top (which made a large policy quadratic to load).
-    line_starts: Vec<usize>,
+    lines: LineIndex,
     shared: &'s mut Shared<'a>,
 }
 
@@ -283,11 +269,7 @@ impl Compiler<'_, '_> {
 
     /// The 1-based line holding byte `span.start`.
     fn line(&self, span: Range<usize>) -> u32 {
-        // The number of line starts at or before the offset is the 1-based line number.
-        let line = self
-            .line_starts
-            .partition_point(|&start| start <= span.start);
-        u32::try_from(line).unwrap_or(u32::MAX)
+        self.lines.line(span.start)
     }
 
     fn invalid(&self, span: Range<usize>, message: impl Into<String>) -> PolicyError {
@@ -721,43 +703,5 @@ impl Compiler<'_, '_> {
                     .map_err(|e| self.invalid(d.span(), e.to_string()))
             })
             .collect()
-    }
-}
-
-/// The byte offsets at which the lines of `text` start (the first is 0).
-fn line_starts(text: &str) -> Vec<usize> {
-    std::iter::once(0)
-        .chain(
-            text.bytes()
-                .enumerate()
-                .filter(|&(_, b)| b == b'\n')
-                .map(|(i, _)| i + 1),
-        )
-        .collect()
-}
-
-/// The 1-based line holding byte `offset` of `text`.
-pub(crate) fn line_of(text: &str, offset: usize) -> u32 {
-    let end = offset.min(text.len());
-    let newlines = text.as_bytes()[..end]
-        .iter()
-        .filter(|&&b| b == b'\n')
-        .count();
-    u32::try_from(newlines + 1).unwrap_or(u32::MAX)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{line_of, line_starts};
-
-    #[test]
-    fn line_index_agrees_with_counting() {
-        for text in ["", "a", "\n", "a\nb", "a\n\nb\n", "\n\n\n", "é\nü\n"] {
-            let starts = line_starts(text);
-            for offset in 0..=text.len() + 2 {
-                let line = starts.partition_point(|&s| s <= offset) as u32;
-                assert_eq!(line, line_of(text, offset), "{text:?} at {offset}");
-            }
-        }
     }
 }

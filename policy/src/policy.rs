@@ -6,10 +6,11 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use vfio_gate_protocol::Driver;
 
+use crate::device::DeviceFacts;
+use crate::diagnostic::Finding;
 use crate::error::PolicyError;
-use crate::lint::Finding;
 use crate::load;
-use crate::model::{Decision, DeviceFacts, Effect, Rule, Settings, Subject};
+use crate::model::{Decision, Effect, Rule, Settings, Subject};
 use crate::names::NameResolver;
 use crate::parse;
 
@@ -20,8 +21,7 @@ pub struct Policy {
     /// Allow and deny rules together, sorted by (file in load order, line, name): the order of
     /// consultation.
     rules: Vec<Rule>,
-    warnings: Vec<String>,
-    /// The load warnings again, structured, for [`Policy::lint`].
+    /// The load warnings, in file order.
     findings: Vec<Finding>,
     sources: Vec<PolicySource>,
     sha256: String,
@@ -55,8 +55,7 @@ impl Policy {
             .map(|(f, t)| (f.as_ref(), t.as_ref()))
             .collect();
         let parsed = parse::parse_files(&files, names)?;
-        let mut policy = Policy::from_parts(parsed.settings, parsed.rules, parsed.warnings);
-        policy.findings = parsed.findings;
+        let mut policy = Policy::from_parts(parsed.settings, parsed.rules, parsed.findings);
         (policy.sources, policy.sha256) = hash(&files);
         Ok(policy)
     }
@@ -88,15 +87,14 @@ impl Policy {
     pub(crate) fn from_parts(
         settings: Settings,
         mut rules: Vec<Rule>,
-        warnings: Vec<String>,
+        findings: Vec<Finding>,
     ) -> Self {
         rules.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
         let (sources, sha256) = hash(&[]);
         Policy {
             settings,
             rules,
-            warnings,
-            findings: Vec::new(),
+            findings,
             sources,
             sha256,
         }
@@ -114,11 +112,6 @@ impl Policy {
     /// SHA-256 of its content alone (`sha256sum FILE` prints the same).
     pub fn sources(&self) -> &[PolicySource] {
         &self.sources
-    }
-
-    /// The load warnings as lint findings.
-    pub(crate) fn load_findings(&self) -> &[Finding] {
-        &self.findings
     }
 
     /// May `subject` bind `device` to `driver`? A matching deny rule wins over any allow rule;
@@ -198,11 +191,13 @@ impl Policy {
         &self.settings
     }
 
-    /// Non-fatal findings from loading, each naming file and line: names that do not resolve
-    /// (they match nobody), rules that apply to nobody, a policy that grants nothing. The helper
-    /// logs them.
-    pub fn warnings(&self) -> &[String] {
-        &self.warnings
+    /// What loading found that does not refuse the policy, in file order, each a
+    /// [`Severity::Warning`](crate::Severity::Warning) naming its file and line (0: the file or
+    /// the policy as a whole): names that do not resolve (they match nobody, and why, if the
+    /// name databases could not be read), rules that apply to nobody, a policy that grants
+    /// nothing. The helper logs them; [`Policy::lint`] starts from them.
+    pub fn findings(&self) -> &[Finding] {
+        &self.findings
     }
 
     /// All rules, allow and deny, in their order of consultation (file, then line). For

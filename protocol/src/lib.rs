@@ -16,6 +16,8 @@
 //!   nothing but `DDDD:BB:DD.F` (or the short `BB:DD.F`), and [`Driver`], which has exactly the two
 //!   drivers vfio-gate hands devices to. No other client text is ever used to build a path.
 
+#![forbid(unsafe_code)]
+
 mod address;
 mod codec;
 mod driver;

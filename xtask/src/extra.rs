@@ -25,7 +25,7 @@ use std::fs;
 use std::path::Path;
 use std::process::Command;
 
-use crate::guest::{EXEC, GUEST_TARGET, Mode, RunSpec, Tree};
+use crate::image::{EXEC, GUEST_TARGET, Mode, RunSpec, Tree};
 use crate::util::{Context, Paths, Result, bail, display, read, run};
 
 /// The fault-injection helper's file name next to the release binaries.

@@ -15,7 +15,6 @@
 //! - `/usr/share/misc/pci.ids` — device names for `vfio-gate list` (base archive)
 //! - `/test/script.sh`, `/test/lib.sh` — the script to run and the assert library
 
-use std::collections::BTreeSet;
 use std::collections::hash_map::DefaultHasher;
 use std::fs;
 use std::hash::{Hash, Hasher};
@@ -23,7 +22,10 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::cpio::{Archive, Meta};
+use crate::cpio::Meta;
+use crate::image::GUEST_TARGET;
+// Named here too for the modules that take them from the guest (systemd, main, test).
+pub(crate) use crate::image::{DIR, EXEC, FILE, Mode, RunSpec, Tree};
 use crate::kernel::Kernel;
 use crate::util::{Context, Paths, Result, bail, display, output, read, run, write_atomic};
 
@@ -56,10 +58,6 @@ pub(crate) const PCI_IDS: &str = "/usr/share/misc/pci.ids";
 /// Bump when the base archive's layout changes, so cached bases are rebuilt.
 const BASE_FORMAT: u32 = 2;
 
-/// The Rust target of the guest binaries. Naming it explicitly keeps `+crt-static` away from
-/// build scripts and proc-macros, which are built for the host without it.
-pub const GUEST_TARGET: &str = "x86_64-unknown-linux-gnu";
-
 /// The binaries installed in the guest's `/usr/bin`: the product, then the test tools.
 pub const GUEST_BINARIES: &[&str] = &[
     "vfio-gate",
@@ -74,10 +72,6 @@ pub const GUEST_BINARIES: &[&str] = &[
     "vfio-viability",
     "vfio-load",
 ];
-
-pub(crate) const DIR: Meta = Meta::root(0o755);
-pub(crate) const FILE: Meta = Meta::root(0o644);
-pub(crate) const EXEC: Meta = Meta::root(0o755);
 
 /// Builds the guest binaries statically, in release mode, into the normal target directory.
 /// Returns the directory holding them.
@@ -235,22 +229,6 @@ pub(crate) fn output_bytes(cmd: &mut Command) -> Result<Vec<u8>> {
     Ok(out.stdout)
 }
 
-/// What the guest's `/init` does once the helper's socket is up.
-#[derive(Debug, Clone)]
-pub enum Mode {
-    /// Run this script with `sh` as root, output on the second serial port, then power off.
-    Script(PathBuf),
-    /// An interactive root shell on the console.
-    Shell,
-}
-
-/// Everything a run puts in the overlay.
-#[derive(Debug, Clone)]
-pub struct RunSpec {
-    pub mode: Mode,
-    pub policy: PathBuf,
-}
-
 /// The per-run overlay archive (uncompressed, a multiple of 4 bytes long).
 pub fn overlay(paths: &Paths, bins: &Path, spec: &RunSpec) -> Result<Vec<u8>> {
     let vm = paths.vm_sources();
@@ -293,52 +271,6 @@ pub fn write_initramfs(base: &Path, overlay: &[u8], out: &Path) -> Result<()> {
     write_atomic(out, &bytes)
 }
 
-/// A cpio archive that creates each file's parent directories (root 0755) the first time.
-pub(crate) struct Tree {
-    pub(crate) archive: Archive,
-    dirs: BTreeSet<String>,
-}
-
-impl Tree {
-    pub(crate) fn new() -> Tree {
-        Tree {
-            archive: Archive::new(),
-            dirs: BTreeSet::new(),
-        }
-    }
-
-    fn parents(&mut self, path: &str) {
-        let mut at = 0;
-        while let Some(i) = path[at..].find('/') {
-            let dir = &path[..at + i];
-            if self.dirs.insert(dir.to_string()) {
-                self.archive.dir(dir, DIR);
-            }
-            at += i + 1;
-        }
-    }
-
-    pub(crate) fn dir(&mut self, path: &str, meta: Meta) {
-        self.parents(path);
-        self.dirs.insert(path.to_string());
-        self.archive.dir(path, meta);
-    }
-
-    pub(crate) fn file(&mut self, path: &str, meta: Meta, data: &[u8]) {
-        self.parents(path);
-        self.archive.file(path, meta, data);
-    }
-
-    pub(crate) fn symlink(&mut self, path: &str, target: &str) {
-        self.parents(path);
-        self.archive.symlink(path, target);
-    }
-
-    pub(crate) fn finish(self) -> Vec<u8> {
-        self.archive.finish()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -357,16 +289,5 @@ mod tests {
 
     fn package_is_static_busybox() -> bool {
         crate::host::package_installed("busybox-static")
-    }
-
-    #[test]
-    fn parents_are_created_once() {
-        let mut t = Tree::new();
-        t.file("usr/bin/a", EXEC, b"");
-        t.file("usr/bin/b", EXEC, b"");
-        assert_eq!(
-            t.dirs.iter().map(String::as_str).collect::<Vec<_>>(),
-            ["usr", "usr/bin"]
-        );
     }
 }

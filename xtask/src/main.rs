@@ -16,6 +16,7 @@ mod cpio;
 mod extra;
 mod guest;
 mod host;
+mod image;
 mod kernel;
 mod qemu;
 mod systemd;

@@ -106,10 +106,11 @@ fn every_toml_example_parses_or_is_refused_as_documented() {
         let result = load(&block, drop_in);
         if !refused {
             let p = result.unwrap_or_else(|e| panic!("{at}: {e}\n{}", block.text));
-            let unknown: Vec<&String> = p
-                .warnings()
+            let unknown: Vec<String> = p
+                .findings()
                 .iter()
-                .filter(|w| w.contains("does not exist"))
+                .filter(|f| f.message.contains("does not exist"))
+                .map(|f| f.to_string())
                 .collect();
             assert!(unknown.is_empty(), "{at}: {unknown:?}");
             good += 1;

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use vfio_gate_protocol::Driver::{PciStub, VfioPci};
 
 use super::{Names, device, subject};
-use crate::{Decision, Policy, PolicyError};
+use crate::{Decision, Finding, Policy, PolicyError, Severity};
 
 const MAIN: &str = r#"version = 1
 
@@ -161,11 +161,17 @@ fn rule_names_are_unique_across_files() {
 #[test]
 fn the_no_grant_warning_looks_at_every_file() {
     let p = Policy::parse_files(&[("main.toml", ""), ("policy.d/a.toml", LAB)], &Names).unwrap();
-    assert!(p.warnings().is_empty(), "{:?}", p.warnings());
+    assert!(p.findings().is_empty(), "{:?}", p.findings());
     let p = Policy::parse_files(&[("main.toml", ""), ("policy.d/z.toml", FENCE)], &Names).unwrap();
     assert_eq!(
-        p.warnings(),
-        ["main.toml: no [[rule]] grants anything, so every request will be denied"]
+        p.findings(),
+        [Finding {
+            severity: Severity::Warning,
+            file: "main.toml".into(),
+            line: 0,
+            rule: None,
+            message: "no [[rule]] grants anything, so every request will be denied".into(),
+        }]
     );
     let empty = Policy::parse_files::<&str, &str>(&[], &Names).unwrap();
     assert!(empty.rules().is_empty() && empty.sources().is_empty());
@@ -300,7 +306,7 @@ fn drop_ins_get_the_main_file_checks() {
     type Setup = fn(&Tree) -> PathBuf;
     type Check = fn(&PolicyError, &Path) -> bool;
     type Case = (&'static str, Setup, Check);
-    let cases: [Case; 6] = [
+    let cases: [Case; 7] = [
         (
             "world-writable drop-in",
             |t| t.write("policy.d/50-open.toml", LAB, 0o646),
@@ -350,6 +356,16 @@ fn drop_ins_get_the_main_file_checks() {
                 d
             },
             |e, p| matches!(e, PolicyError::NotRegularFile { path, kind: "directory" } if path == p),
+        ),
+        (
+            // Opening it must not wait for a writer.
+            "a FIFO named like a drop-in",
+            |t| {
+                let f = t.drop_in_dir().join("50-fifo.toml");
+                nix::unistd::mkfifo(&f, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+                f
+            },
+            |e, p| matches!(e, PolicyError::NotRegularFile { path, kind: "FIFO" } if path == p),
         ),
     ];
     for (what, setup, check) in cases {

@@ -116,7 +116,7 @@ enum Want {
 fn decisions() {
     use Want::*;
     let p = parse(POLICY).unwrap();
-    assert!(p.warnings().is_empty(), "{:?}", p.warnings());
+    assert!(p.findings().is_empty(), "{:?}", p.findings());
     let (subjects, devices) = (subjects(), devices());
     // (who, device, driver, decision)
     let table = [

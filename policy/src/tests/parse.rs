@@ -6,7 +6,8 @@ use vfio_gate_protocol::{Driver, RuleRef};
 
 use super::{FILE, Names, parse};
 use crate::{
-    AddressPattern, ClassPattern, DriverSet, Effect, EtcFiles, Policy, PolicyError, Subjects,
+    AddressPattern, ClassPattern, DriverSet, Effect, EtcFiles, Finding, Policy, PolicyError,
+    Severity, Subjects,
 };
 
 /// The example of the design brief and of the crate docs, as an admin would write it.
@@ -40,7 +41,7 @@ drivers = ["pci-stub"]
 fn the_documented_example_parses_as_written() {
     let p = parse(EXAMPLE).unwrap();
     assert_eq!(p.settings().idle_timeout, Duration::from_secs(45));
-    assert!(p.warnings().is_empty(), "{:?}", p.warnings());
+    assert!(p.findings().is_empty(), "{:?}", p.findings());
     let rules = p.rules();
     assert_eq!(rules.len(), 3);
 
@@ -94,8 +95,12 @@ fn minimal_files() {
         let p = parse(text).unwrap();
         assert!(p.rules().is_empty());
         assert_eq!(p.settings().idle_timeout, Duration::from_secs(30));
-        assert_eq!(p.warnings().len(), 1, "{:?}", p.warnings());
-        assert!(p.warnings()[0].contains("every request will be denied"));
+        assert_eq!(p.findings().len(), 1, "{:?}", p.findings());
+        assert!(
+            p.findings()[0]
+                .message
+                .contains("every request will be denied")
+        );
     }
     // Inline-table arrays are the same thing as [[rule]] headers.
     let p = parse(
@@ -103,7 +108,7 @@ fn minimal_files() {
     )
     .unwrap();
     assert_eq!(p.rules()[0].origin().line, 1);
-    assert!(p.warnings().is_empty());
+    assert!(p.findings().is_empty());
 }
 
 #[test]
@@ -125,8 +130,14 @@ fn unresolved_names_are_warnings_and_match_nobody() {
         r#"subjects = { groups = ["contractors"], uids = [1001] }"#,
     ]);
     let p = parse(&text).unwrap();
-    let w = p.warnings();
+    assert!(
+        p.findings().iter().all(|f| f.severity == Severity::Warning),
+        "{:?}",
+        p.findings()
+    );
+    let w: Vec<String> = p.findings().iter().map(located).collect();
     assert_eq!(w.len(), 5, "{w:?}");
+    assert_eq!(p.findings()[4].rule.as_deref(), Some("no contractors"));
     assert!(w[0].contains("grants it nothing"), "{w:?}");
     assert!(
         w[4].starts_with(&format!("{FILE}:14: group \"contractors\"")),
@@ -194,19 +205,25 @@ fn names_resolve_through_etc_files() {
             gids: vec![1100]
         }
     );
-    assert_eq!(p.warnings().len(), 1, "{:?}", p.warnings());
-    assert!(p.warnings()[0].starts_with("p.toml:3: user \"bob\""));
+    assert_eq!(p.findings().len(), 1, "{:?}", p.findings());
+    assert!(located(&p.findings()[0]).starts_with("p.toml:3: user \"bob\""));
 
     // With no database at all every name fails, and the warnings say why.
     let empty = tempfile::tempdir().unwrap();
     let p = Policy::parse(&text, "p.toml", &EtcFiles::new(empty.path())).unwrap();
+    // Placed on the main file: it is about the policy as a whole.
     assert!(
-        p.warnings()
-            .iter()
-            .any(|w| w.starts_with("cannot read ") && w.contains("etc/passwd")),
+        p.findings().iter().any(|f| f.at() == "p.toml"
+            && f.message.starts_with("cannot read ")
+            && f.message.contains("etc/passwd")),
         "{:?}",
-        p.warnings()
+        p.findings()
     );
+}
+
+/// A load finding as the helper logs it (`warning=`): `file:line: message`.
+fn located(f: &Finding) -> String {
+    format!("{}: {}", f.at(), f.message)
 }
 
 /// Joins lines so that a test's expected line numbers can be read off the array index + 1.

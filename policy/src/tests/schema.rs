@@ -114,7 +114,7 @@ fn wildcard_users_means_everyone_in_allow_rules() {
     ]))
     .unwrap();
     assert_eq!(p.rules()[0].subjects(), &Subjects::Everyone);
-    assert!(p.warnings().is_empty(), "{:?}", p.warnings());
+    assert!(p.findings().is_empty(), "{:?}", p.findings());
     let edu = device("00:06.0", 0x1234, 0x11e8, 0x00ff00);
     for who in [
         subject(4242, 4242, &[]),
