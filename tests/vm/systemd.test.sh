@@ -97,6 +97,13 @@ check_output_contains "a malformed frame gets a typed BadRequest" "Error(BadRequ
     runas bob rawframe --after-version "01ffffff"
 
 # --- the running helper's credentials and confinement ---
+# Its idle timeout is 2 s, less than these checks can take on a busy host: a `run` lease on the
+# test device keeps it up (a tied lease holds the helper) until the inspection is over.
+on_stub() { test "$(driver_of $TESTDEV)" = pci-stub; }
+back_to_none() { test "$(driver_of $TESTDEV)" = none; }
+runas alice vfio-gate run --device $TESTDEV --to pci-stub -- sleep 600 > /tmp/hold.out 2>&1 &
+holder=$!
+check "a run lease keeps the helper up while it is inspected" wait_for 15 on_stub
 pid=$(helper_pid)
 check "the helper is running (pid $pid)" test -n "$pid"
 status_of() { grep "^$1:" /proc/$pid/status | cut -f2-; }
@@ -130,6 +137,10 @@ check "but /dev/vfio is bound in (BindPaths)" test -c /proc/$pid/root/dev/vfio/v
 check "/home is hidden (ProtectHome)" test ! -e /proc/$pid/root/home/alice
 check_equals "it sees only its own processes in /proc (ProtectProc=invisible)" invisible \
     sh -c "grep ' /proc ' /proc/$pid/mountinfo | grep -o 'hidepid=[a-z0-9]*' | head -n 1 | cut -d= -f2"
+
+kill $holder
+wait $holder
+check "the inspection's lease is released" wait_for 15 back_to_none
 
 # What PID 1 says is in force.
 prop() { check_equals "$1=$2" "$2" unit_prop vfio-gated.service "$1"; }
