@@ -123,6 +123,7 @@ mod model;
 mod names;
 mod parse;
 mod policy;
+mod reserve;
 
 pub use device::{DeviceFacts, SlotName};
 pub use diagnostic::{Finding, Severity};
@@ -134,6 +135,7 @@ pub use model::{Decision, DriverSet, Effect, Rule, Settings, Subject, Subjects};
 pub use names::{EtcFiles, NameResolver, account_of, accounts};
 pub use parse::POLICY_VERSION;
 pub use policy::{Policy, PolicySource};
+pub use reserve::{Reservation, Reserved};
 
 #[cfg(test)]
 mod tests;

@@ -12,6 +12,7 @@ use crate::device::DeviceFacts;
 use crate::diagnostic::{Finding, Severity};
 use crate::model::{Effect, Rule, Subjects};
 use crate::policy::Policy;
+use crate::reserve::{Reservation, Reserved};
 
 /// Base classes whose grants a reviewer should see: the host usually depends on them.
 const SENSITIVE_CLASSES: [(u8, &str, &str); 3] = [
@@ -61,6 +62,9 @@ impl Policy {
             host.iter().map(|d| (d, d.address.to_string())).collect();
         for rule in self.rules() {
             lint_rule(self, rule, &host, &mut out);
+        }
+        for reservation in self.reservations() {
+            lint_reservation(self, reservation, &host, &mut out);
         }
         if host.is_empty() {
             if let Some(main) = self.sources().first() {
@@ -231,6 +235,112 @@ fn lint_rule(
             Severity::Warning,
             format!("rule {name:?} grants {what} (class {base:02x}){which}; {advice}"),
         ));
+    }
+}
+
+/// A reservation: what it holds on this host, matchers that may catch more than meant, and
+/// conflicts with other reservations.
+fn lint_reservation(
+    policy: &Policy,
+    reservation: &Reservation,
+    host: &[(&DeviceFacts, String)],
+    out: &mut Vec<Finding>,
+) {
+    let origin = reservation.origin();
+    let finding = |severity, message: String| Finding {
+        severity,
+        file: origin.file.clone(),
+        line: origin.line,
+        rule: Some(origin.name.clone()),
+        message,
+    };
+    let name = &origin.name;
+    let driver = reservation.driver();
+    if reservation.devices().iter().all(|m| m.is_address_only()) {
+        out.push(finding(
+            Severity::Warning,
+            format!(
+                "reservation {name:?} matches devices by address alone: pin vendor:device too, \
+                 or a card put at that address later is held from boot instead (`lspci -nn -s \
+                 ADDRESS` shows the ids)"
+            ),
+        ));
+    }
+    if host.is_empty() {
+        return;
+    }
+    let held: Vec<&(&DeviceFacts, String)> = host
+        .iter()
+        .filter(|(d, text)| reservation.devices().iter().any(|m| m.matches(d, text)))
+        .collect();
+    if held.is_empty() {
+        out.push(finding(
+            Severity::Warning,
+            format!(
+                "reservation {name:?} matches no device on this host: check its matchers \
+                 against `lspci -nn`, or remove it"
+            ),
+        ));
+        return;
+    }
+    let list: Vec<String> = held
+        .iter()
+        .map(|(d, _)| format!("{} [{:04x}:{:04x}]", d.address, d.vendor, d.device))
+        .collect();
+    let companions = match reservation.companions() {
+        Some(c) => format!(", and the other endpoints of their IOMMU groups on {c}"),
+        None => String::new(),
+    };
+    out.push(finding(
+        Severity::Info,
+        format!(
+            "reservation {name:?} holds {} on {driver} from boot{companions}",
+            list.join(", ")
+        ),
+    ));
+    for (i, m) in reservation.devices().iter().enumerate() {
+        if !m.is_id_only() {
+            continue;
+        }
+        let caught: Vec<String> = host
+            .iter()
+            .filter(|(d, text)| m.matches(d, text))
+            .map(|(d, _)| d.address.to_string())
+            .collect();
+        if caught.len() > 1 {
+            out.push(finding(
+                Severity::Warning,
+                format!(
+                    "reservation {name:?}: its matcher #{} gives ids but no address, and catches \
+                     {} devices on this host ({}): every one of them is held from boot; add \
+                     address (or physical_slot) if only one is meant",
+                    i + 1,
+                    caught.len(),
+                    caught.join(", ")
+                ),
+            ));
+        }
+    }
+    for (device, _) in &held {
+        if let Reserved::Conflict(by) = policy.reserved(device) {
+            // Reported once, by the first of the conflicting reservations.
+            if by.first().map(|r| r.origin()) != Some(origin) {
+                continue;
+            }
+            let names: Vec<String> = by
+                .iter()
+                .map(|r| format!("{} ({})", r.origin(), r.driver()))
+                .collect();
+            out.push(finding(
+                Severity::Warning,
+                format!(
+                    "{} is reserved by {} with different drivers, so it is held by neither: \
+                     keep one",
+                    device.address,
+                    names.join(" and ")
+                ),
+            ));
+        }
     }
 }
 

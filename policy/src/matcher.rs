@@ -58,6 +58,12 @@ impl DeviceMatcher {
             .is_empty()
     }
 
+    /// True when the matcher says nothing about where the device sits (no address, no physical
+    /// slot): it holds every card with those ids or that class, wherever it is.
+    pub fn is_id_only(&self) -> bool {
+        self.address.is_none() && self.physical_slot.is_none() && !self.is_empty()
+    }
+
     /// True when no field is set (such a matcher is refused at load time: it would match every
     /// device, which an admin should have to say outright).
     pub(crate) fn is_empty(&self) -> bool {

@@ -23,6 +23,7 @@ use crate::error::PolicyError;
 use crate::matcher::{AddressPattern, ClassPattern, DeviceMatcher, parse_id};
 use crate::model::{DriverSet, Effect, Rule, Settings, Subjects};
 use crate::names::NameResolver;
+use crate::reserve::Reservation;
 
 /// The only policy format version this crate reads.
 pub const POLICY_VERSION: i64 = 1;
@@ -47,6 +48,8 @@ struct RawPolicy {
     rule: Vec<Spanned<RawAllow>>,
     #[serde(default)]
     deny: Vec<Spanned<RawDeny>>,
+    #[serde(default)]
+    reserve: Vec<Spanned<RawReserve>>,
 }
 
 #[derive(Deserialize)]
@@ -81,6 +84,15 @@ struct RawDeny {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawReserve {
+    name: Spanned<String>,
+    devices: Spanned<Vec<Spanned<RawMatcher>>>,
+    driver: Spanned<String>,
+    companions: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawSubjects {
     #[serde(default)]
     users: Vec<Spanned<String>>,
@@ -107,12 +119,21 @@ struct RawMatcher {
 enum RawRule {
     Allow(RawAllow),
     Deny(RawDeny),
+    Reserve(RawReserve),
+}
+
+/// What one file compiles to, appended to what the files before it gave.
+#[derive(Default)]
+struct Compiled {
+    rules: Vec<Rule>,
+    reservations: Vec<Reservation>,
 }
 
 /// What the policy files contribute, together.
 pub(crate) struct Parsed {
     pub settings: Settings,
     pub rules: Vec<Rule>,
+    pub reservations: Vec<Reservation>,
     /// The load warnings ([`Policy::findings`](crate::Policy::findings)), in file order.
     pub findings: Vec<Finding>,
 }
@@ -164,7 +185,7 @@ pub(crate) fn parse_files(
         unresolved: false,
     };
     let mut settings = Settings::default();
-    let mut rules = Vec::new();
+    let mut compiled = Compiled::default();
     for (file_index, &(file, text)) in files.iter().enumerate() {
         let mut c = Compiler {
             text,
@@ -173,10 +194,14 @@ pub(crate) fn parse_files(
             lines: LineIndex::new(text),
             shared: &mut shared,
         };
-        if let Some(s) = c.file(file_index == 0, &mut rules)? {
+        if let Some(s) = c.file(file_index == 0, &mut compiled)? {
             settings = s;
         }
     }
+    let Compiled {
+        rules,
+        reservations,
+    } = compiled;
     if !rules.iter().any(|r| r.effect == Effect::Allow) {
         shared.warn(
             main_file,
@@ -195,6 +220,7 @@ pub(crate) fn parse_files(
     Ok(Parsed {
         settings,
         rules,
+        reservations,
         findings: shared.findings,
     })
 }
@@ -211,7 +237,7 @@ struct Compiler<'a, 's> {
 impl Compiler<'_, '_> {
     /// Compiles one file, appending its rules; returns its settings if it has any. Only the
     /// main file may have settings.
-    fn file(&mut self, main: bool, rules: &mut Vec<Rule>) -> Result<Option<Settings>, PolicyError> {
+    fn file(&mut self, main: bool, out: &mut Compiled) -> Result<Option<Settings>, PolicyError> {
         let probe: VersionProbe = self.deserialize()?;
         if let Some(v) = probe.version {
             if *v.get_ref() != POLICY_VERSION {
@@ -230,8 +256,8 @@ impl Compiler<'_, '_> {
                     s.span(),
                     format!(
                         "[settings] belongs in the main policy file {}, not in a drop-in: a \
-                         drop-in may only add [[rule]] and [[deny]], so that one file says how \
-                         the helper runs",
+                         drop-in may only add [[rule]], [[deny]] and [[reserve]], so that one \
+                         file says how the helper runs",
                         self.shared.main_file
                     ),
                 ));
@@ -249,20 +275,29 @@ impl Compiler<'_, '_> {
                     .into_iter()
                     .map(|r| (r.span(), RawRule::Deny(r.into_inner()))),
             )
+            .chain(
+                raw.reserve
+                    .into_iter()
+                    .map(|r| (r.span(), RawRule::Reserve(r.into_inner()))),
+            )
             .collect();
         raw_rules.sort_by_key(|(span, _)| span.start);
 
         for (span, raw) in raw_rules {
-            rules.push(match raw {
+            match raw {
                 RawRule::Allow(r) => {
                     let origin = self.origin(&r.name, span)?;
-                    self.allow(origin, r)?
+                    out.rules.push(self.allow(origin, r)?);
                 }
                 RawRule::Deny(r) => {
                     let origin = self.origin(&r.name, span)?;
-                    self.deny(origin, r)?
+                    out.rules.push(self.deny(origin, r)?);
                 }
-            });
+                RawRule::Reserve(r) => {
+                    let origin = self.origin(&r.name, span)?;
+                    out.reservations.push(self.reserve(origin, r)?);
+                }
+            }
         }
         Ok(settings)
     }
@@ -304,7 +339,7 @@ impl Compiler<'_, '_> {
         let message = e.message();
         if message.starts_with("missing field") {
             return " (every [[rule]] needs name, subjects, devices and drivers; every [[deny]] \
-                    needs name and devices)";
+                    needs name and devices; every [[reserve]] needs name, devices and driver)";
         }
         if message.starts_with("invalid type: integer") && message.contains("expected a string") {
             return " (PCI IDs, classes, addresses, slot names and node_mode are quoted strings, \
@@ -482,6 +517,26 @@ impl Compiler<'_, '_> {
             companions: DriverSet::default(),
             file_index: self.file_index,
         })
+    }
+
+    fn reserve(&mut self, origin: RuleRef, raw: RawReserve) -> Result<Reservation, PolicyError> {
+        let devices = self.devices(raw.devices)?;
+        let driver = self.one_driver(raw.driver)?;
+        let companions = raw.companions.map(|c| self.one_driver(c)).transpose()?;
+        Ok(Reservation {
+            origin,
+            devices,
+            driver,
+            companions,
+            file_index: self.file_index,
+        })
+    }
+
+    /// A single driver name: `driver = "pci-stub"`.
+    fn one_driver(&self, raw: Spanned<String>) -> Result<Driver, PolicyError> {
+        raw.get_ref()
+            .parse::<Driver>()
+            .map_err(|e| self.invalid(raw.span(), e.to_string()))
     }
 
     fn subjects(

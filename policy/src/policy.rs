@@ -13,6 +13,7 @@ use crate::load;
 use crate::model::{Decision, Effect, Rule, Settings, Subject};
 use crate::names::NameResolver;
 use crate::parse;
+use crate::reserve::{self, Reservation, Reserved};
 
 /// A validated policy with every user and group name resolved.
 #[derive(Debug, Clone)]
@@ -21,6 +22,8 @@ pub struct Policy {
     /// Allow and deny rules together, sorted by (file in load order, line, name): the order of
     /// consultation.
     rules: Vec<Rule>,
+    /// The `[[reserve]]`s, in the same order.
+    reservations: Vec<Reservation>,
     /// The load warnings, in file order.
     findings: Vec<Finding>,
     sources: Vec<PolicySource>,
@@ -56,6 +59,10 @@ impl Policy {
             .collect();
         let parsed = parse::parse_files(&files, names)?;
         let mut policy = Policy::from_parts(parsed.settings, parsed.rules, parsed.findings);
+        policy.reservations = parsed.reservations;
+        policy
+            .reservations
+            .sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
         (policy.sources, policy.sha256) = hash(&files);
         Ok(policy)
     }
@@ -94,6 +101,7 @@ impl Policy {
         Policy {
             settings,
             rules,
+            reservations: Vec::new(),
             findings,
             sources,
             sha256,
@@ -198,6 +206,17 @@ impl Policy {
     /// nothing. The helper logs them; [`Policy::lint`] starts from them.
     pub fn findings(&self) -> &[Finding] {
         &self.findings
+    }
+
+    /// The `[[reserve]]`s, in load order (file, then line).
+    pub fn reservations(&self) -> &[Reservation] {
+        &self.reservations
+    }
+
+    /// Whether a `[[reserve]]` names `device`, and with which driver. Companions of a reserved
+    /// device are not seen here: they depend on its IOMMU group, which the host view knows.
+    pub fn reserved(&self, device: &DeviceFacts) -> Reserved<'_> {
+        reserve::reserved(&self.reservations, device)
     }
 
     /// All rules, allow and deny, in their order of consultation (file, then line). For

@@ -7,6 +7,7 @@ mod hash;
 mod load;
 mod parse;
 mod questions;
+mod reserve;
 mod schema;
 
 use vfio_gate_protocol::PciAddress;
