@@ -114,6 +114,8 @@ pub struct CheckResult {
     pub problems: Vec<Problem>,
     /// A measurement worth printing even when the check passes.
     pub note: Option<String>,
+    /// The same measurement, as a `# metric name=value` for `cargo xtask test`'s summary.
+    pub metric: Option<(&'static str, usize)>,
 }
 
 /// `cargo xtask tidy`: every check, every problem, non-zero if any.
@@ -162,21 +164,25 @@ pub fn run(paths: &Paths) -> Result<Vec<CheckResult>> {
             name: "unsafe only in sys.rs",
             problems: check_unsafe(&ws),
             note: None,
+            metric: None,
         },
         CheckResult {
             name: "file writes only in the listed writers",
             problems: check_writes(&ws, &arch),
             note: None,
+            metric: None,
         },
         CheckResult {
             name: "ARCHITECTURE.md code map",
             problems: check_code_map(&ws, &arch),
             note: None,
+            metric: None,
         },
         CheckResult {
             name: "README exit codes",
             problems: check_exit_codes(&ws, &readme),
             note: None,
+            metric: None,
         },
     ];
     let (problems, count) = check_helper_deps(&ws);
@@ -189,11 +195,13 @@ pub fn run(paths: &Paths) -> Result<Vec<CheckResult>> {
                  {MAX_HELPER_DEPS})"
             )
         }),
+        metric: count.map(|n| ("helper_deps", n)),
     });
     results.push(CheckResult {
         name: "doc links",
         problems: check_links(&ws),
         note: None,
+        metric: None,
     });
     Ok(results)
 }
