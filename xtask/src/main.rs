@@ -6,11 +6,19 @@
 //! cargo xtask vm shell [--policy FILE] [--kernel …] [--init …]   an interactive guest
 //! cargo xtask demo                                    the narrated tour
 //! cargo xtask test [--kernel 6.1,6.12]                every test, unit and VM, on both kernels
+//! cargo xtask tidy                                    the architecture's invariants (src/tidy.rs)
 //! ```
 //!
 //! Each guest boot builds the release binaries statically, fetches and caches a stock Debian
 //! kernel, and boots it in QEMU with an emulated IOMMU and a fixed set of PCI devices
 //! (`docs/guest.md`). Nothing here touches the host's `/sys` or its kernel modules.
+//!
+//! `tidy` checks, from the tree and its documents, what the compiler cannot: `unsafe` only in
+//! a crate's `sys.rs`, file writes only in the helper files `ARCHITECTURE.md` lists, the code map
+//! and the README's exit codes true, the helper's dependency budget, no doc link leaving the
+//! repository. `cargo xtask test` runs it right after clippy.
+
+#![forbid(unsafe_code)]
 
 mod cpio;
 mod extra;
@@ -21,6 +29,7 @@ mod kernel;
 mod qemu;
 mod systemd;
 mod test;
+mod tidy;
 mod util;
 
 use std::io::Write;
@@ -56,6 +65,10 @@ enum Cmd {
     Demo(GuestArgs),
     /// Run every test: fmt, clippy, unit tests, then each tests/vm/*.test.sh in its own guest.
     Test(test::TestArgs),
+    /// Check the architecture's invariants: unsafe only in sys.rs, file writes only in the
+    /// writers ARCHITECTURE.md lists, the code map, the README's exit codes, the helper's
+    /// dependency count, doc links (xtask/src/tidy.rs).
+    Tidy,
 }
 
 #[derive(Debug, Subcommand)]
@@ -130,6 +143,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             run_script(&paths, &guest, spec, "demo")
         }
         Cmd::Test(args) => test::run(&paths, &args),
+        Cmd::Tidy => tidy::main(&paths),
     }
 }
 

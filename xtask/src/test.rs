@@ -3,11 +3,13 @@
 //! 0. the host tools the VM tests need, installed with apt if missing
 //! 1. `cargo fmt --all -- --check`
 //! 2. `cargo clippy --workspace --all-targets -- -D warnings`
-//! 3. `cargo test --workspace` (`VFIO_GATE_TEST_LANDLOCK_ABI`, if set, passes through: the
+//! 3. `cargo xtask tidy`, in-process: one check per invariant (`xtask/src/tidy.rs`), each
+//!    counted as passed or failed, every problem printed at file:line
+//! 4. `cargo test --workspace` (`VFIO_GATE_TEST_LANDLOCK_ABI`, if set, passes through: the
 //!    host-side landlock tests then require that ABI of this machine's kernel)
-//! 4. the exposure score of `dist/vfio-gated.service` (`systemd-analyze security --offline`),
+//! 5. the exposure score of `dist/vfio-gated.service` (`systemd-analyze security --offline`),
 //!    failed above [`MAX_EXPOSURE`]
-//! 5. each `tests/vm/*.test.sh` in its own guest boot, on each kernel (`--kernel`, default 6.1
+//! 6. each `tests/vm/*.test.sh` in its own guest boot, on each kernel (`--kernel`, default 6.1
 //!    and 6.12); `systemd*.test.sh` boot the systemd guest, the others the busybox one
 //!
 //! Every stage runs even if an earlier one failed, so one run shows everything that is wrong.
@@ -32,7 +34,7 @@ use crate::util::{Context, Paths, Result, display, fmt_duration};
 
 #[derive(Debug, Clone, Args)]
 pub struct TestArgs {
-    /// Only the VM tests (skip fmt, clippy and cargo test).
+    /// Only the VM tests (skip fmt, clippy, tidy and cargo test).
     #[arg(long)]
     vm_only: bool,
     /// Skip the VM tests.
@@ -106,6 +108,7 @@ pub fn run(paths: &Paths, args: &TestArgs) -> Result<std::process::ExitCode> {
                 "warnings",
             ],
         )?);
+        stages.push(tidy_stage(paths));
         stages.push(cargo_test(paths)?);
         stages.push(unit_exposure(paths));
     }
@@ -162,6 +165,45 @@ fn cargo_stage(paths: &Paths, name: &str, args: &[&str]) -> Result<Stage> {
             .push(format!("`{}` failed ({st})", display(&cmd)));
     }
     Ok(stage)
+}
+
+/// `cargo xtask tidy`, run in this process: each check one pass or one failure, each failure
+/// with its first problem in the summary (all of them are printed above it).
+fn tidy_stage(paths: &Paths) -> Stage {
+    println!("== tidy: the architecture's invariants (cargo xtask tidy) ==");
+    let results = match crate::tidy::run(paths) {
+        Ok(r) => r,
+        Err(e) => {
+            println!("xtask: tidy: {e}");
+            let mut stage = Stage::new("tidy");
+            stage.failed = 1;
+            stage.notes.push(format!("cannot run tidy: {e}"));
+            return stage;
+        }
+    };
+    crate::tidy::print(&results);
+    tidy_counts(&results)
+}
+
+/// One pass or one failure per tidy check.
+fn tidy_counts(results: &[crate::tidy::CheckResult]) -> Stage {
+    let mut stage = Stage::new("tidy");
+    for r in results {
+        if let Some(first) = r.problems.first() {
+            stage.failed += 1;
+            stage.notes.push(format!(
+                "{}: {} problem(s), the first: {first}",
+                r.name,
+                r.problems.len()
+            ));
+        } else {
+            stage.passed += 1;
+        }
+        if let Some((name, value)) = r.metric {
+            stage.notes.push(format!("# metric {name}={value}"));
+        }
+    }
+    stage
 }
 
 /// `cargo test --workspace`, counting the tests from libtest's `test result:` lines.
@@ -550,6 +592,39 @@ mod tests {
                     → Overall exposure level for vfio-gated.service: 1.4 OK 🙂\n";
         assert_eq!(exposure(text), Some(1.4));
         assert_eq!(exposure("nothing"), None);
+    }
+
+    #[test]
+    fn tidy_counts_one_per_check() {
+        use crate::tidy::{CheckResult, Problem};
+        let problem = Problem {
+            file: "README.md".into(),
+            line: Some(96),
+            msg: "exit code 0 says \"ok\"".into(),
+        };
+        let results = [
+            CheckResult {
+                name: "unsafe",
+                problems: vec![problem.clone(), problem.clone()],
+                note: None,
+                metric: None,
+            },
+            CheckResult {
+                name: "deps",
+                problems: Vec::new(),
+                note: Some("38 crates".into()),
+                metric: Some(("helper_deps", 38)),
+            },
+        ];
+        let s = tidy_counts(&results);
+        assert_eq!((s.passed, s.failed), (1, 1));
+        assert_eq!(
+            s.notes,
+            [
+                "unsafe: 2 problem(s), the first: README.md:96: exit code 0 says \"ok\"",
+                "# metric helper_deps=38",
+            ]
+        );
     }
 
     #[test]
