@@ -15,39 +15,37 @@
 //!
 //! [`run`] is the whole start-up, top to bottom: take the listening socket ([`activation`]), load
 //! and check the policy, open the state directory ([`state`]), then serve ([`server`]). Each
-//! request is decided and carried out by [`service`], which drives the sequences in [`ops`]
-//! through the narrow [`sysfs::Kernel`] interface — the only write path to sysfs. Every request
+//! request is decided and carried out by [`service`], which drives the sequences in [`sequence`]
+//! through the narrow [`kernel::Kernel`] interface — the only write path to sysfs. Every request
 //! leaves one line on stderr ([`audit`]).
 
 pub mod activation;
 pub mod audit;
 pub mod fault;
-pub mod ops;
+pub mod kernel;
 pub mod options;
 pub mod peer;
 pub mod sandbox;
+pub mod sequence;
 pub mod server;
 pub mod service;
 pub mod state;
 mod sys;
-pub mod sysfs;
-
-// The read-only parts live in vfio-gate-host; these paths keep naming them from the helper.
-pub use vfio_gate_host::{groups, guards, plan, usage};
 
 use std::os::unix::net::UnixListener;
 use std::sync::Arc;
 use std::time::Duration;
 
+use vfio_gate_host::groups::ViabilityRule;
+use vfio_gate_host::usage::HostView;
 use vfio_gate_policy::{EtcFiles, Policy, PolicyError};
 
 use crate::activation::{ActivationEnv, ActivationError};
-use crate::groups::ViabilityRule;
+use crate::kernel::Sysfs;
 use crate::options::Options;
 use crate::server::{Limits, ServeError};
 use crate::service::{Service, Tuning};
 use crate::state::{StateDir, StateError};
-use crate::sysfs::Sysfs;
 
 /// Why the helper stopped before or while serving.
 #[derive(Debug, thiserror::Error)]
@@ -135,7 +133,7 @@ fn serve(
         ..Tuning::default()
     };
     let kernel = Arc::new(Sysfs::new(&opts.sysfs_root, &opts.vfio_dir));
-    let host = Box::new(usage::HostView::new(&opts.sysfs_root, "/proc"));
+    let host = Box::new(HostView::new(&opts.sysfs_root, "/proc"));
     let service = Service::new(kernel, host, policy, state, tuning);
     audit::Line::new("start")
         .field("version", env!("CARGO_PKG_VERSION"))

@@ -265,7 +265,7 @@ impl Service {
         };
         for s in &plan.steps {
             if let StepAction::Bind { driver, .. } = s.action {
-                let original = ops::original_state(&self.kernel, s.device)
+                let original = sequence::original_state(&self.kernel, s.device)
                     .map_err(|e| (sysfs_error(s.device, e), verdict.clone()))?;
                 lease.devices.push(LeasedDevice {
                     device: s.device,
@@ -315,7 +315,8 @@ impl Service {
     /// on error the caller rolls back the whole group.
     pub(super) fn execute(&self, lease: &Lease, peer: &Peer, driver: Driver) -> Result<(), String> {
         for d in &lease.devices {
-            ops::bind(&self.kernel, d.device, d.driver, &d.original).map_err(|e| e.to_string())?;
+            sequence::bind(&self.kernel, d.device, d.driver, &d.original)
+                .map_err(|e| e.to_string())?;
         }
         crate::fault::point("bind:members-bound");
         if driver != Driver::VfioPci {
@@ -331,7 +332,7 @@ impl Service {
             })
             .map_err(|e| e.to_string())?
             .into_iter()
-            .map(|m| crate::groups::Member {
+            .map(|m| vfio_gate_host::groups::Member {
                 address: m.facts.address,
                 kind: m.kind,
                 driver: m.driver,
@@ -391,7 +392,9 @@ impl Service {
     pub(super) fn undo(&self, lease: &Lease, n: usize) -> Result<(), String> {
         let mut problems = Vec::new();
         for d in lease.devices[..n].iter().rev() {
-            if let Rollback::Incomplete(why) = ops::roll_back(&self.kernel, d.device, &d.original) {
+            if let Rollback::Incomplete(why) =
+                sequence::roll_back(&self.kernel, d.device, &d.original)
+            {
                 problems.push(format!("{}: {why}", d.device.short()));
             }
         }

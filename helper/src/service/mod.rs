@@ -2,7 +2,7 @@
 //!
 //! The caller's identity comes from the kernel ([`Peer`]); the request only names devices and a
 //! target driver, both already validated by the protocol types. A bind is planned for the whole
-//! IOMMU group ([`crate::plan`]), checked against the built-in guards ([`crate::guards`]) and the
+//! IOMMU group ([`vfio_gate_host::plan`]), checked against the built-in guards ([`vfio_gate_host::guards`]) and the
 //! policy, recorded in a lease before the first write ([`crate::state`]), carried out all or
 //! nothing, and finished by handing `/dev/vfio/<group>` to the caller. Every sysfs mutation, and
 //! the lease bookkeeping around it, happens under one lock, so concurrent clients cannot
@@ -24,14 +24,16 @@ use vfio_gate_protocol::{
     StepAction, WireError,
 };
 
+use vfio_gate_host::groups::{ViabilityRule, viable};
+use vfio_gate_host::guards::{self, HostUse};
+use vfio_gate_host::plan::{self, MemberState, PlanError, PolicyAnswers};
+use vfio_gate_host::{PciView, SysfsError};
+
 use crate::audit;
-use crate::groups::{ViabilityRule, viable};
-use crate::guards::{self, HostUse};
-use crate::ops::{self, Rollback};
+use crate::kernel::{Bounded, Kernel, NodeOwner};
 use crate::peer::Peer;
-use crate::plan::{self, MemberState, PlanError, PolicyAnswers};
+use crate::sequence::{self, Rollback};
 use crate::state::{Lease, LeasedDevice, Phase, StateDir};
-use crate::sysfs::{Bounded, Kernel, NodeOwner, PciView, SysfsError};
 
 /// What the audit line needs besides the response.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]

@@ -129,7 +129,7 @@ impl Service {
         let mut restored = Vec::new();
         while let Some(d) = lease.devices.last().cloned() {
             if self.same_device(&d) {
-                match ops::release(&self.kernel, d.device, &d.original) {
+                match sequence::release(&self.kernel, d.device, &d.original) {
                     Ok(r) => restored.push(RestoredDevice {
                         device: d.device,
                         expected_driver: r.expected.map(|n| n.to_string()),
@@ -139,7 +139,7 @@ impl Service {
                         // Keep what is still held, so a retry releases exactly that.
                         let _ = self.state.write(&lease);
                         return Err(match e {
-                            ops::ReleaseError::Step { source, dev, .. }
+                            sequence::ReleaseError::Step { source, dev, .. }
                                 if matches!(
                                     source,
                                     SysfsError::Blocked { .. } | SysfsError::StillBlocked { .. }

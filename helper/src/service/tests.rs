@@ -1,7 +1,7 @@
 //! The service on the simulated kernel: decisions, plans, guards, leases, reconciliation.
 
 use super::*;
-use crate::sysfs::{SimDevice, SimKernel, SimOp};
+use crate::kernel::sim::{SimDevice, SimKernel, SimOp};
 use vfio_gate_policy::NameResolver;
 use vfio_gate_protocol::{Guard, Plan};
 
@@ -653,8 +653,8 @@ fn a_half_done_bind_is_rolled_back_at_start() {
             LeasedDevice {
                 device: a("05:01.0"),
                 driver: Driver::PciStub,
-                original: ops::Original {
-                    driver: crate::sysfs::DriverName::new("e1000"),
+                original: sequence::Original {
+                    driver: vfio_gate_host::DriverName::new("e1000"),
                     driver_override: None,
                 },
                 ids: (0x8086, 0x100e),
@@ -662,7 +662,7 @@ fn a_half_done_bind_is_rolled_back_at_start() {
             LeasedDevice {
                 device: a("05:02.0"),
                 driver: Driver::VfioPci,
-                original: ops::Original {
+                original: sequence::Original {
                     driver: None,
                     driver_override: None,
                 },
@@ -671,7 +671,7 @@ fn a_half_done_bind_is_rolled_back_at_start() {
         ],
     };
     f.service.state.write(&lease).unwrap();
-    let stub = crate::sysfs::DriverName::new("pci-stub").unwrap();
+    let stub = vfio_gate_host::DriverName::new("pci-stub").unwrap();
     f.kernel.set_override(a("05:01.0"), Some(&stub)).unwrap();
     f.kernel.unbind(a("05:01.0")).unwrap();
     f.kernel.probe(a("05:01.0")).unwrap();
@@ -695,9 +695,8 @@ fn a_half_done_release_is_finished_and_strangers_are_left_alone() {
     f.service.state.write(&lease).unwrap();
     // A different device appeared where the e1000 was.
     f.kernel.remove_device(a("05:01.0"));
-    f.kernel.add_device(
-        crate::sysfs::SimDevice::endpoint("05:01.0", 0x10ec, 0x8139, 0x020000, None).in_group(11),
-    );
+    f.kernel
+        .add_device(SimDevice::endpoint("05:01.0", 0x10ec, 0x8139, 0x020000, None).in_group(11));
     let _again = restart(&f);
     assert_eq!(
         driver_of(&f.kernel, "05:02.0"),

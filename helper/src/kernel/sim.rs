@@ -15,9 +15,11 @@ use std::io;
 use std::path::PathBuf;
 use std::sync::{Condvar, Mutex, MutexGuard};
 
+use vfio_gate_host::{DriverName, PciView, SysfsError};
+use vfio_gate_policy::DeviceFacts;
 use vfio_gate_protocol::PciAddress;
 
-use super::{DeviceFacts, DriverName, Kernel, NodeOwner, PciView, SysfsError};
+use super::{Kernel, NodeOwner};
 
 /// One simulated PCI function.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -564,7 +566,7 @@ mod node_tests {
     }
 }
 
-impl crate::guards::HostUse for SimKernel {
+impl vfio_gate_host::guards::HostUse for SimKernel {
     fn uses(&self, dev: PciAddress) -> Result<Vec<String>, String> {
         self.read(dev, |d| d.host_uses.clone())
             .map_err(|e| e.to_string())
