@@ -18,6 +18,8 @@
 //!
 //! Nothing here writes anything: the helper's `sysfs` module is the only writer in vfio-gate.
 
+#![forbid(unsafe_code)]
+
 pub mod explain;
 pub mod groups;
 pub mod guards;
