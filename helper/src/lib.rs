@@ -160,7 +160,7 @@ fn serve(
             )
             .emit();
     }
-    if sandbox.status == "none" {
+    if sandbox.status == sandbox::landlock::Status::Unsandboxed {
         audit::Line::new("UNSANDBOXED")
             .field(
                 "warning",

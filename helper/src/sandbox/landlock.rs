@@ -69,13 +69,35 @@ pub enum SandboxError {
     },
 }
 
+/// How much of the ruleset the kernel enforces (landlock's [`RulesetStatus`], after the policy's
+/// floor and `allow_unsandboxed` have been applied).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// Everything the helper asks for ([`TARGET_ABI`]).
+    Full,
+    /// What this kernel's ABI supports, at or above the policy's `sandbox_floor`.
+    Partial,
+    /// Nothing: no landlock, and the policy says `allow_unsandboxed = true`.
+    Unsandboxed,
+}
+
+impl std::fmt::Display for Status {
+    /// The start line's `sandbox=` value.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Status::Full => "full",
+            Status::Partial => "partial",
+            Status::Unsandboxed => "none",
+        })
+    }
+}
+
 /// How the sandbox ended up, for the start log line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Report {
     /// The kernel's landlock ABI (0: none).
     pub abi: i32,
-    /// `full`, `partial` or `none`.
-    pub status: &'static str,
+    pub status: Status,
     /// What the kernel's ABI lacks compared with [`TARGET_ABI`].
     pub missing: Vec<&'static str>,
 }
@@ -191,7 +213,7 @@ pub fn enforce(
         missing: missing.clone(),
     };
     match status.ruleset {
-        RulesetStatus::NotEnforced if allow_unsandboxed => Ok(report("none")),
+        RulesetStatus::NotEnforced if allow_unsandboxed => Ok(report(Status::Unsandboxed)),
         RulesetStatus::NotEnforced => {
             Err(SandboxError::Unavailable(format!("{:?}", status.landlock)))
         }
@@ -200,7 +222,19 @@ pub fn enforce(
             floor,
             missing: missing.join(", "),
         }),
-        RulesetStatus::PartiallyEnforced => Ok(report("partial")),
-        RulesetStatus::FullyEnforced => Ok(report("full")),
+        RulesetStatus::PartiallyEnforced => Ok(report(Status::Partial)),
+        RulesetStatus::FullyEnforced => Ok(report(Status::Full)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_start_line_words_for_each_status() {
+        // `sandbox=full|partial|none` on the start line (docs/audit.md).
+        let words = [Status::Full, Status::Partial, Status::Unsandboxed].map(|s| s.to_string());
+        assert_eq!(words, ["full", "partial", "none"]);
     }
 }
