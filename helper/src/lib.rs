@@ -27,6 +27,7 @@ pub mod fault;
 pub mod kernel;
 pub mod options;
 pub mod peer;
+pub mod roots;
 pub mod sandbox;
 pub mod sequence;
 pub mod server;
@@ -87,9 +88,10 @@ pub fn run(opts: &Options) -> Result<(), StartupError> {
 /// Steps 2 to 5: policy, state directory, capabilities, landlock.
 fn set_up(opts: &Options) -> Result<(Policy, StateDir, sandbox::landlock::Report), StartupError> {
     let policy = load_policy(opts)?;
-    let state = StateDir::open(&opts.state_dir)?;
-    fault::arm(&opts.state_dir);
-    let grants = sandbox_grants(opts);
+    let state = StateDir::open(&opts.roots.state)?;
+    fault::arm(&opts.roots.state);
+    // Computed while every path is still visible.
+    let grants = sandbox::landlock::grants(&opts.roots);
     sandbox::caps::drop_to_chown()?;
     let settings = policy.settings().clone();
     let sandbox =
@@ -103,17 +105,6 @@ fn take_socket(opts: &Options) -> Result<UnixListener, StartupError> {
         activation::take_listener(opts.listen.as_deref(), &ActivationEnv::from_process())?;
     sandbox::close_inherited_fds(&listener).map_err(StartupError::Fds)?;
     Ok(listener)
-}
-
-/// What the landlock domain will allow, computed while every path is still visible.
-fn sandbox_grants(opts: &Options) -> sandbox::landlock::Grants {
-    sandbox::landlock::Layout {
-        sysfs_root: opts.sysfs_root.clone(),
-        proc_root: "/proc".into(),
-        state_dir: opts.state_dir.clone(),
-        vfio_dir: opts.vfio_dir.clone(),
-    }
-    .grants()
 }
 
 /// The last step: build the service inside the sandbox and serve until idle.
@@ -132,19 +123,19 @@ fn serve(
         .map(|u| u.release().to_string_lossy().into_owned())
         .unwrap_or_default();
     let tuning = Tuning {
-        vfio_dir: opts.vfio_dir.clone(),
         viability: ViabilityRule::for_release(&release),
         ..Tuning::default()
     };
-    let kernel = Arc::new(Sysfs::new(&opts.sysfs_root, &opts.vfio_dir));
-    let host = Box::new(HostView::new(&opts.sysfs_root, "/proc"));
-    let service = Service::new(kernel, host, policy, state, tuning);
+    let roots = &opts.roots;
+    let kernel = Arc::new(Sysfs::new(&roots.sys, &roots.vfio));
+    let host = Box::new(HostView::new(&roots.sys, &roots.proc));
+    let service = Service::new(kernel, host, policy, state, roots.clone(), tuning);
     audit::Line::new("start")
         .field("version", env!("CARGO_PKG_VERSION"))
         .field("policy", opts.policy.display())
-        .field("sysfs_root", opts.sysfs_root.display())
-        .field("state_dir", opts.state_dir.display())
-        .field("vfio_dir", opts.vfio_dir.display())
+        .field("sysfs_root", opts.roots.sys.display())
+        .field("state_dir", opts.roots.state.display())
+        .field("vfio_dir", opts.roots.vfio.display())
         .field("kernel", &release)
         .field("landlock_abi", sandbox.abi)
         .field("sandbox", sandbox.status)
@@ -174,7 +165,7 @@ fn serve(
 
 fn load_policy(opts: &Options) -> Result<Policy, PolicyError> {
     // Names are resolved once, here, from the files themselves: no NSS inside the helper.
-    let policy = Policy::load(&opts.policy, &EtcFiles::new("/"))?;
+    let policy = Policy::load(&opts.policy, &EtcFiles::new(&opts.roots.etc))?;
     // Ties every later decision to the exact text it was made under.
     let files: Vec<String> = policy
         .sources()

@@ -32,17 +32,23 @@ impl Service {
                         verdict,
                     ));
                 }
-                match vfio_gate_policy::account_of(std::path::Path::new("/"), u) {
+                let passwd = self.roots.passwd();
+                match vfio_gate_policy::account_of(&self.roots.etc, u) {
                     Ok(Some((_, s))) => s,
                     Ok(None) => {
                         return Err((
                             WireError::BadRequest {
-                                reason: format!("no user with uid {u} in /etc/passwd"),
+                                reason: format!("no user with uid {u} in {}", passwd.display()),
                             },
                             verdict,
                         ));
                     }
-                    Err(e) => return Err((internal(format!("reading /etc/passwd: {e}")), verdict)),
+                    Err(e) => {
+                        return Err((
+                            internal(format!("reading {}: {e}", passwd.display())),
+                            verdict,
+                        ));
+                    }
                 }
             }
         };

@@ -13,7 +13,6 @@
 #![allow(clippy::result_large_err)]
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -32,6 +31,7 @@ use vfio_gate_host::{PciView, SysfsError};
 use crate::audit;
 use crate::kernel::{Bounded, Kernel, NodeOwner};
 use crate::peer::Peer;
+use crate::roots::Roots;
 use crate::sequence::{self, Rollback};
 use crate::state::{Lease, LeasedDevice, Phase, StateDir};
 
@@ -55,8 +55,6 @@ pub struct Tuning {
     pub write_timeout: Duration,
     /// How long to wait for `/dev/vfio/<group>` to appear after a bind.
     pub node_timeout: Duration,
-    /// Where group nodes live, for reports (`/dev/vfio`).
-    pub vfio_dir: PathBuf,
     pub viability: ViabilityRule,
 }
 
@@ -65,7 +63,6 @@ impl Default for Tuning {
         Self {
             write_timeout: Duration::from_secs(10),
             node_timeout: Duration::from_secs(10),
-            vfio_dir: "/dev/vfio".into(),
             viability: ViabilityRule::DmaOwnership,
         }
     }
@@ -77,6 +74,8 @@ pub struct Service {
     host: Box<dyn HostUse>,
     policy: Policy,
     state: StateDir,
+    /// Where group nodes are (for reports) and accounts are read (an admin's `explain --user`).
+    roots: Roots,
     tuning: Tuning,
     mutations: Mutex<()>,
     /// Tied leases whose connection is gone but whose group a process still holds open: released
@@ -130,6 +129,7 @@ impl Service {
         host: Box<dyn HostUse>,
         policy: Policy,
         state: StateDir,
+        roots: Roots,
         tuning: Tuning,
     ) -> Self {
         let service = Self {
@@ -137,6 +137,7 @@ impl Service {
             host,
             policy,
             state,
+            roots,
             tuning,
             mutations: Mutex::new(()),
             orphans: Mutex::default(),
@@ -159,8 +160,8 @@ impl Service {
     }
 
     fn node_path(&self, group: u32) -> String {
-        self.tuning
-            .vfio_dir
+        self.roots
+            .vfio
             .join(group.to_string())
             .display()
             .to_string()

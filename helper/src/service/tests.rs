@@ -95,6 +95,26 @@ struct Fixture {
     service: Service,
 }
 
+/// The service's roots for a test: the accounts in `tmp/root/etc`, leases in `tmp/state`, and
+/// the production `/dev/vfio` (never opened: the simulated kernel holds the nodes).
+fn roots(tmp: &std::path::Path) -> Roots {
+    let etc = tmp.join("root/etc");
+    std::fs::create_dir_all(&etc).unwrap();
+    std::fs::write(
+        etc.join("passwd"),
+        "alice:x:1000:1000::/home/alice:/bin/sh\n\
+         bob:x:1001:1001::/home/bob:/bin/sh\n\
+         carol:x:1002:1002::/home/carol:/bin/sh\n",
+    )
+    .unwrap();
+    std::fs::write(etc.join("group"), "vm-users:x:1100:alice\n").unwrap();
+    Roots {
+        etc: tmp.join("root"),
+        state: tmp.join("state"),
+        ..Roots::default()
+    }
+}
+
 fn fixture() -> Fixture {
     let tmp = tempfile::tempdir().unwrap();
     let kernel = Arc::new(SimKernel::guest_layout());
@@ -116,7 +136,8 @@ fn fixture() -> Fixture {
     ));
     kernel.load_driver("igb");
     let policy = Policy::parse(POLICY, "policy.toml", &Names).unwrap();
-    let state = StateDir::open(&tmp.path().join("state")).unwrap();
+    let roots = roots(tmp.path());
+    let state = StateDir::open(&roots.state).unwrap();
     let tuning = Tuning {
         write_timeout: Duration::from_millis(300),
         node_timeout: Duration::from_millis(300),
@@ -127,6 +148,7 @@ fn fixture() -> Fixture {
         Box::new(kernel.clone()),
         policy,
         state,
+        roots,
         tuning,
     );
     Fixture {
@@ -519,6 +541,7 @@ fn nodes_are_reconciled_with_the_leases_at_start() {
         Box::new(f.kernel.clone()),
         Policy::parse(POLICY, "policy.toml", &Names).unwrap(),
         StateDir::open(f.service.state.path()).unwrap(),
+        f.service.roots.clone(),
         Tuning::default(),
     );
     assert_eq!(f.kernel.node(8).unwrap().uid, 1000);
@@ -576,6 +599,7 @@ fn restart(f: &Fixture) -> Service {
         Box::new(f.kernel.clone()),
         Policy::parse(POLICY, "policy.toml", &Names).unwrap(),
         StateDir::open(f.service.state.path()).unwrap(),
+        f.service.roots.clone(),
         Tuning {
             write_timeout: Duration::from_millis(300),
             node_timeout: Duration::from_millis(300),
@@ -807,12 +831,14 @@ fn node_mode_and_group_limit_come_from_the_policy() {
         1,
     );
     let policy = Policy::parse(&text, "policy.toml", &Names).unwrap();
-    let state = StateDir::open(&tmp.path().join("state")).unwrap();
+    let roots = roots(tmp.path());
+    let state = StateDir::open(&roots.state).unwrap();
     let service = Service::new(
         kernel.clone(),
         Box::new(kernel.clone()),
         policy,
         state,
+        roots,
         Tuning::default(),
     );
     assert!(matches!(
@@ -888,4 +914,34 @@ fn explain_says_what_a_bind_would_meet_without_doing_it() {
         Response::Error(WireError::NotAdmin { .. })
     ));
     assert_eq!(f.kernel.log(), before, "explain writes nothing");
+}
+
+#[test]
+fn an_admin_explains_for_a_user_named_in_the_services_etc_root() {
+    let f = fixture();
+    let explain = |uid| {
+        f.service
+            .handle(
+                &carol(),
+                &Request::Explain {
+                    device: a("05:02.0"),
+                    driver: None,
+                    uid: Some(uid),
+                },
+            )
+            .0
+    };
+    // alice's groups come from the fixture's etc/group: only vm-users lets her have 05:02.0.
+    let Response::Explained(e) = explain(1000) else {
+        panic!()
+    };
+    assert_eq!(e.uid, 1000);
+    assert!(e.verdicts[0].allowed);
+    // A uid the fixture's passwd does not have, whatever this machine's /etc/passwd says.
+    let resp = explain(0);
+    let Response::Error(WireError::BadRequest { reason }) = resp else {
+        panic!("{resp:?}")
+    };
+    let passwd = f.service.roots.passwd();
+    assert!(reason.contains(&*passwd.to_string_lossy()), "{reason}");
 }
