@@ -1,9 +1,21 @@
 //! The service on the simulated kernel: decisions, plans, guards, leases, reconciliation.
 
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use vfio_gate_policy::{NameResolver, Policy};
+use vfio_gate_protocol::{
+    DenyReason, Driver, Guard, PciAddress, Plan, ReleaseReport, ReleaseTarget, Request, Response,
+    StepAction, WireError,
+};
+
 use super::*;
+use crate::audit::Record;
 use crate::kernel::sim::{SimDevice, SimKernel, SimOp};
-use vfio_gate_policy::NameResolver;
-use vfio_gate_protocol::{Guard, Plan};
+use crate::kernel::{Kernel, NodeOwner};
+use crate::roots::Roots;
+use crate::sequence;
+use crate::state::{Lease, LeasedDevice, Phase, StateDir};
 
 struct Names;
 impl NameResolver for Names {
@@ -168,12 +180,25 @@ fn bind_req(devs: &[&str], driver: Driver, group: bool, dry_run: bool) -> Reques
     }
 }
 
-fn bind(s: &Service, p: &Peer, dev: &str, driver: Driver) -> (Response, Verdict) {
-    s.handle(p, &bind_req(&[dev], driver, false, false))
+/// Handles `req` as the connection handler does: the outcome, and the audit record beside it.
+fn outcome(s: &Service, p: &Peer, req: &Request) -> (Outcome, Record) {
+    let mut record = Record::default();
+    let outcome = s.handle(p, req, &mut record);
+    (outcome, record)
 }
 
-fn release(s: &Service, p: &Peer, dev: &str) -> (Response, Verdict) {
-    s.handle(
+fn handle(s: &Service, p: &Peer, req: &Request) -> (Response, Record) {
+    let (outcome, record) = outcome(s, p, req);
+    (outcome.response, record)
+}
+
+fn bind(s: &Service, p: &Peer, dev: &str, driver: Driver) -> (Response, Record) {
+    handle(s, p, &bind_req(&[dev], driver, false, false))
+}
+
+fn release(s: &Service, p: &Peer, dev: &str) -> (Response, Record) {
+    handle(
+        s,
         p,
         &Request::Release {
             target: ReleaseTarget::Device(a(dev)),
@@ -198,13 +223,13 @@ fn summary(plan: &Plan) -> Vec<String> {
 #[test]
 fn alice_binds_and_releases_and_gets_the_node() {
     let f = fixture();
-    let (resp, verdict) = bind(&f.service, &alice(), "01:00.0", Driver::VfioPci);
+    let (resp, record) = bind(&f.service, &alice(), "01:00.0", Driver::VfioPci);
     let Response::Bound(report) = resp else {
         panic!("{resp:?}")
     };
     assert_eq!(summary(&report.plan), ["01:00.0 -> vfio-pci"]);
     assert_eq!(report.vfio_node.as_deref(), Some("/dev/vfio/8"));
-    assert_eq!(verdict.rule.unwrap().name, "alice's NIC and test devices");
+    assert_eq!(record.rule.unwrap().name, "alice's NIC and test devices");
     assert_eq!(driver_of(&f.kernel, "01:00.0").as_deref(), Some("vfio-pci"));
     assert_eq!(
         f.kernel.node(8),
@@ -234,10 +259,10 @@ fn alice_binds_and_releases_and_gets_the_node() {
 }
 
 #[test]
-fn group_11_needs_group_then_binds_edu_with_e1000_on_stub() {
+fn group_11_needs_group_and_a_dry_run_writes_nothing() {
     let f = fixture();
     let before = f.kernel.log();
-    let (resp, verdict) = bind(&f.service, &alice(), "05:02.0", Driver::VfioPci);
+    let (resp, record) = bind(&f.service, &alice(), "05:02.0", Driver::VfioPci);
     let Response::Error(WireError::NeedsGroup {
         group,
         plan,
@@ -252,11 +277,12 @@ fn group_11_needs_group_then_binds_edu_with_e1000_on_stub() {
         summary(&plan),
         ["04:00.0 keep", "05:01.0 -> pci-stub", "05:02.0 -> vfio-pci"]
     );
-    assert_eq!(verdict.allowed, Some(false));
+    assert_eq!(record.allowed, Some(false));
     assert_eq!(f.kernel.log(), before, "a refusal writes nothing");
 
     // --dry-run: the same plan, nothing written.
-    let (resp, _) = f.service.handle(
+    let (resp, _) = handle(
+        &f.service,
         &alice(),
         &bind_req(&["05:02.0"], Driver::VfioPci, true, true),
     );
@@ -270,8 +296,13 @@ fn group_11_needs_group_then_binds_edu_with_e1000_on_stub() {
     );
     assert_eq!(f.kernel.log(), before, "a dry run writes nothing");
     assert_eq!(f.service.state.read(11).unwrap(), None);
+}
 
-    let (resp, _) = f.service.handle(
+#[test]
+fn group_11_binds_edu_with_e1000_on_stub_for_one_holder_at_a_time() {
+    let f = fixture();
+    let (resp, _) = handle(
+        &f.service,
         &alice(),
         &bind_req(&["05:02.0"], Driver::VfioPci, true, false),
     );
@@ -326,7 +357,8 @@ fn a_failure_midway_through_a_group_plan_restores_every_member() {
     let f = fixture();
     // 05:01.0 goes to pci-stub first, then 05:02.0's probe fails.
     f.kernel.fail_next(SimOp::Probe, a("05:02.0"), libc::EIO);
-    let (resp, _) = f.service.handle(
+    let (resp, _) = handle(
+        &f.service,
         &alice(),
         &bind_req(&["05:02.0"], Driver::VfioPci, true, false),
     );
@@ -365,13 +397,13 @@ fn guards_refuse_whatever_the_policy_says() {
         ("0c:00.0", Guard::NoIommuGroup),
     ] {
         for driver in Driver::ALL {
-            let (resp, verdict) = bind(&f.service, &alice(), dev, driver);
+            let (resp, record) = bind(&f.service, &alice(), dev, driver);
             match resp {
                 Response::Error(WireError::Refused {
                     guard: g, reason, ..
                 }) => {
                     assert_eq!(g, guard, "{dev}: {reason}");
-                    assert_eq!(verdict.allowed, Some(false));
+                    assert_eq!(record.allowed, Some(false));
                 }
                 other => panic!("{dev} {driver}: {other:?}"),
             }
@@ -404,7 +436,7 @@ fn release_of_a_group_in_use_is_refused_at_once() {
     assert!(started.elapsed() < Duration::from_secs(1));
     // Others are served meanwhile.
     assert!(matches!(
-        f.service.handle(&bob(), &Request::List).0,
+        handle(&f.service, &bob(), &Request::List).0,
         Response::Devices(_)
     ));
     f.kernel.let_go_group(8);
@@ -438,12 +470,12 @@ fn decisions_table() {
     for (peer, dev, driver, expected) in table {
         let f = fixture();
         let before = f.kernel.log();
-        let (resp, verdict) = bind(&f.service, peer, dev, *driver);
+        let (resp, record) = bind(&f.service, peer, dev, *driver);
         match (expected, &resp) {
-            (Ok(rule), Response::Bound(_)) => assert_eq!(verdict.rule.unwrap().name, *rule),
+            (Ok(rule), Response::Bound(_)) => assert_eq!(record.rule.unwrap().name, *rule),
             (Err(rule), Response::Error(WireError::Denied { rule: got, .. })) => {
                 assert_eq!(got.as_ref().map(|r| r.name.as_str()), *rule, "{dev}");
-                assert_eq!(verdict.allowed, Some(false));
+                assert_eq!(record.allowed, Some(false));
                 assert_eq!(f.kernel.log(), before, "a denied bind writes nothing");
             }
             _ => panic!("{peer:?} {dev} {driver}: expected {expected:?}, got {resp:?}"),
@@ -483,7 +515,7 @@ fn bad_requests() {
         bind_req(&["01:00.0", "01:00.0"], Driver::VfioPci, false, false),
         bind_req(&["01:00.0", "00:06.0"], Driver::VfioPci, false, false),
     ] {
-        let (resp, _) = f.service.handle(&alice(), &req);
+        let (resp, _) = handle(&f.service, &alice(), &req);
         assert!(
             matches!(resp, Response::Error(WireError::BadRequest { .. })),
             "{req:?}: {resp:?}"
@@ -553,7 +585,7 @@ fn list_shows_what_the_caller_may_do_and_who_holds_what() {
     let f = fixture();
     let (resp, _) = bind(&f.service, &alice(), "00:06.1", Driver::PciStub);
     assert!(matches!(resp, Response::Bound(_)), "{resp:?}");
-    let Response::Devices(devs) = f.service.handle(&bob(), &Request::List).0 else {
+    let Response::Devices(devs) = handle(&f.service, &bob(), &Request::List).0 else {
         panic!()
     };
     assert!(
@@ -565,7 +597,7 @@ fn list_shows_what_the_caller_may_do_and_who_holds_what() {
     let tdev = devs.iter().find(|d| d.address == a("00:06.1")).unwrap();
     assert_eq!(tdev.holder.as_ref().map(|h| h.uid), Some(1000));
     assert_eq!(tdev.driver.as_deref(), Some("pci-stub"));
-    let Response::Devices(devs) = f.service.handle(&alice(), &Request::List).0 else {
+    let Response::Devices(devs) = handle(&f.service, &alice(), &Request::List).0 else {
         panic!()
     };
     let nic = devs.iter().find(|d| d.address == a("01:00.0")).unwrap();
@@ -611,13 +643,22 @@ fn restart(f: &Fixture) -> Service {
 #[test]
 fn a_held_bind_is_released_when_its_connection_goes() {
     let f = fixture();
-    let (resp, verdict) = f
-        .service
-        .handle(&alice(), &hold_req(&["01:00.0"], Driver::VfioPci, false));
-    assert!(matches!(resp, Response::Bound(_)), "{resp:?}");
-    assert_eq!(verdict.held_group, Some(8));
+    let (outcome, _) = outcome(
+        &f.service,
+        &alice(),
+        &hold_req(&["01:00.0"], Driver::VfioPci, false),
+    );
+    assert!(
+        matches!(outcome.response, Response::Bound(_)),
+        "{outcome:?}"
+    );
+    assert_eq!(
+        outcome.tied,
+        Some(8),
+        "the tie is the outcome's, for the connection"
+    );
     assert!(f.service.state.read(8).unwrap().unwrap().tied);
-    let Response::Devices(devs) = f.service.handle(&bob(), &Request::List).0 else {
+    let Response::Devices(devs) = handle(&f.service, &bob(), &Request::List).0 else {
         panic!()
     };
     let nic = devs.iter().find(|d| d.address == a("01:00.0")).unwrap();
@@ -641,9 +682,11 @@ fn an_untied_lease_survives_a_restart_and_a_tied_one_does_not() {
         bind(&f.service, &alice(), "01:00.0", Driver::VfioPci).0,
         Response::Bound(_)
     ));
-    let (resp, _) = f
-        .service
-        .handle(&alice(), &hold_req(&["05:02.0"], Driver::VfioPci, true));
+    let (resp, _) = handle(
+        &f.service,
+        &alice(),
+        &hold_req(&["05:02.0"], Driver::VfioPci, true),
+    );
     assert!(matches!(resp, Response::Bound(_)), "{resp:?}");
     let _again = restart(&f);
     assert_eq!(
@@ -709,7 +752,8 @@ fn a_half_done_bind_is_rolled_back_at_start() {
 #[test]
 fn a_half_done_release_is_finished_and_strangers_are_left_alone() {
     let f = fixture();
-    let (resp, _) = f.service.handle(
+    let (resp, _) = handle(
+        &f.service,
         &alice(),
         &bind_req(&["05:02.0"], Driver::VfioPci, true, false),
     );
@@ -760,14 +804,14 @@ fn admins_release_anyone_users_only_their_own() {
         Response::Bound(_)
     ));
     let release_user = |p: &Peer, uid| {
-        f.service
-            .handle(
-                p,
-                &Request::Release {
-                    target: ReleaseTarget::User(uid),
-                },
-            )
-            .0
+        handle(
+            &f.service,
+            p,
+            &Request::Release {
+                target: ReleaseTarget::User(uid),
+            },
+        )
+        .0
     };
     assert!(matches!(
         release_user(&bob(), 1000),
@@ -784,7 +828,8 @@ fn admins_release_anyone_users_only_their_own() {
     assert_eq!(r.groups.len(), 1, "the pci-stub group");
     assert_eq!(driver_of(&f.kernel, "00:06.1"), None);
     // --all for a user who holds nothing releases nothing, successfully.
-    let (resp, _) = f.service.handle(
+    let (resp, _) = handle(
+        &f.service,
         &bob(),
         &Request::Release {
             target: ReleaseTarget::Mine,
@@ -804,7 +849,8 @@ fn release_all_gives_back_every_group_of_the_caller() {
         bind(&f.service, &alice(), "00:1b.0", Driver::VfioPci).0,
         Response::Bound(_)
     ));
-    let (resp, _) = f.service.handle(
+    let (resp, _) = handle(
+        &f.service,
         &alice(),
         &Request::Release {
             target: ReleaseTarget::Mine,
@@ -874,16 +920,16 @@ fn explain_says_what_a_bind_would_meet_without_doing_it() {
     let f = fixture();
     let before = f.kernel.log();
     let explain = |p: &Peer, dev: &str, uid| {
-        f.service
-            .handle(
-                p,
-                &Request::Explain {
-                    device: a(dev),
-                    driver: None,
-                    uid,
-                },
-            )
-            .0
+        handle(
+            &f.service,
+            p,
+            &Request::Explain {
+                device: a(dev),
+                driver: None,
+                uid,
+            },
+        )
+        .0
     };
     let Response::Explained(e) = explain(&alice(), "05:02.0", None) else {
         panic!()
@@ -920,16 +966,16 @@ fn explain_says_what_a_bind_would_meet_without_doing_it() {
 fn an_admin_explains_for_a_user_named_in_the_services_etc_root() {
     let f = fixture();
     let explain = |uid| {
-        f.service
-            .handle(
-                &carol(),
-                &Request::Explain {
-                    device: a("05:02.0"),
-                    driver: None,
-                    uid: Some(uid),
-                },
-            )
-            .0
+        handle(
+            &f.service,
+            &carol(),
+            &Request::Explain {
+                device: a("05:02.0"),
+                driver: None,
+                uid: Some(uid),
+            },
+        )
+        .0
     };
     // alice's groups come from the fixture's etc/group: only vm-users lets her have 05:02.0.
     let Response::Explained(e) = explain(1000) else {
@@ -944,4 +990,83 @@ fn an_admin_explains_for_a_user_named_in_the_services_etc_root() {
     };
     let passwd = f.service.roots.passwd();
     assert!(reason.contains(&*passwd.to_string_lossy()), "{reason}");
+}
+
+#[test]
+fn only_a_hold_bind_that_happened_ties_its_group_to_the_connection() {
+    let f = fixture();
+    let hold = |devs: &[&str], dry_run| Request::Bind {
+        devices: devs.iter().map(|d| a(d)).collect(),
+        driver: Driver::VfioPci,
+        group: false,
+        dry_run,
+        hold: true,
+    };
+    let tie = |p: &Peer, req: &Request| {
+        let (o, _) = outcome(&f.service, p, req);
+        (o.tied, o.response)
+    };
+    // A dry run, a refusal, a bind without hold and a bind the kernel fails tie nothing.
+    let (tied, resp) = tie(&alice(), &hold(&["01:00.0"], true));
+    assert!(matches!(resp, Response::Bound(_)), "{resp:?}");
+    assert_eq!(tied, None, "dry run");
+    let (tied, resp) = tie(&bob(), &hold(&["03:00.0"], false));
+    assert!(
+        matches!(resp, Response::Error(WireError::Denied { .. })),
+        "{resp:?}"
+    );
+    assert_eq!(tied, None, "denied");
+    let (tied, resp) = tie(
+        &alice(),
+        &bind_req(&["00:1b.0"], Driver::VfioPci, false, false),
+    );
+    assert!(matches!(resp, Response::Bound(_)), "{resp:?}");
+    assert_eq!(tied, None, "no hold");
+    f.kernel.fail_next(SimOp::Probe, a("01:00.0"), libc::EIO);
+    let (tied, resp) = tie(&alice(), &hold(&["01:00.0"], false));
+    assert!(
+        matches!(resp, Response::Error(WireError::Failed { .. })),
+        "{resp:?}"
+    );
+    assert_eq!(tied, None, "rolled back");
+    // The real thing.
+    let (tied, resp) = tie(&alice(), &hold(&["01:00.0"], false));
+    assert!(matches!(resp, Response::Bound(_)), "{resp:?}");
+    assert_eq!(tied, Some(8));
+    assert!(f.service.state.read(8).unwrap().unwrap().tied);
+}
+
+#[test]
+fn the_audit_record_says_what_decided_at_each_step() {
+    let f = fixture();
+    let (_, record) = handle(&f.service, &alice(), &Request::List);
+    assert_eq!(record, Record::default(), "a list decides nothing");
+    let (_, record) = handle(
+        &f.service,
+        &alice(),
+        &bind_req(&[], Driver::VfioPci, false, false),
+    );
+    assert_eq!(record, Record::default(), "malformed: no decision");
+
+    let (_, record) = bind(&f.service, &bob(), "03:00.0", Driver::VfioPci);
+    assert_eq!(record.allowed, Some(false));
+    assert_eq!(record.rule.unwrap().name, "never storage");
+    assert_eq!(record.devices, [a("03:00.0")]);
+
+    // The plan allowed it, the client did not agree to move the companion: denied, and the
+    // record keeps the rule and every device the plan would have moved.
+    let (_, record) = bind(&f.service, &alice(), "05:02.0", Driver::VfioPci);
+    assert_eq!(record.allowed, Some(false));
+    assert_eq!(record.rule.unwrap().name, "group 11");
+    assert_eq!(record.devices, [a("05:01.0"), a("05:02.0")]);
+
+    let (_, record) = bind(&f.service, &alice(), "01:00.0", Driver::VfioPci);
+    assert_eq!(record.allowed, Some(true));
+    let (_, record) = release(&f.service, &bob(), "01:00.0");
+    assert_eq!(
+        (record.allowed, record.devices),
+        (Some(false), vec![a("01:00.0")])
+    );
+    let (_, record) = release(&f.service, &alice(), "01:00.0");
+    assert_eq!(record.allowed, Some(true));
 }
