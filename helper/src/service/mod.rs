@@ -1,20 +1,20 @@
 //! What the helper does with one decoded request: decide, act, answer.
 //!
 //! The caller's identity comes from the kernel ([`Peer`]); the request only names devices and a
-//! target driver, both already validated by the protocol types. A bind ([`bind`]) reads the named
+//! target driver, both already validated by the protocol types. A bind (`bind.rs`) reads the named
 //! devices, asks the policy, finds their one IOMMU group, then — under the lock — checks who holds
 //! the group, the built-in guards ([`vfio_gate_host::guards`]) and the whole-group plan
 //! ([`vfio_gate_host::plan`]); a dry run ends there. Otherwise the per-user quota, a lease written
 //! before the first sysfs write ([`crate::state`]), the writes all or nothing
 //! ([`crate::sequence`]), and the commit, with `/dev/vfio/<group>` handed to the caller. A
-//! release ([`release`]) runs the same sequence backwards; `explain` decides without acting;
+//! release (`release.rs`) runs the same sequence backwards; `explain` decides without acting;
 //! [`Service::reconcile`] brings leases left by a previous helper to an end. Every sysfs mutation,
 //! and the lease bookkeeping around it, happens under one lock, so concurrent clients cannot
 //! interleave writes or race for a group.
 //!
 //! Each handler answers with an [`Outcome`] — the response, and the group whose lease is now tied
-//! to the connection, if any — and notes on the side, in an [`audit::Record`], what the request's
-//! audit line says: the decision, the deciding rule, the devices concerned.
+//! to the connection, if any — and notes on the side, in an [`crate::audit::Record`], what the
+//! request's audit line says: the decision, the deciding rule, the devices concerned.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -134,6 +134,8 @@ fn sysfs_error(dev: PciAddress, e: SysfsError) -> WireError {
 }
 
 impl Service {
+    /// A handler over `kernel` and `host`, deciding under `policy`, keeping leases in `state`.
+    /// Touches nothing: [`Service::reconcile`] is the start-up step that does.
     pub fn new(
         kernel: Arc<dyn Kernel>,
         host: Box<dyn HostUse>,
@@ -142,7 +144,7 @@ impl Service {
         roots: Roots,
         tuning: Tuning,
     ) -> Self {
-        let service = Self {
+        Self {
             kernel: Bounded::new(kernel, tuning.write_timeout),
             host,
             policy,
@@ -151,12 +153,16 @@ impl Service {
             tuning,
             mutations: Mutex::new(()),
             orphans: Mutex::default(),
-        };
-        let guard = service.lock();
-        service.reconcile_leases();
-        service.reconcile_nodes();
-        drop(guard);
-        service
+        }
+    }
+
+    /// Brings every lease a previous helper left to a consistent end with sysfs, and every group
+    /// node's owner in line with the leases (`reconcile.rs`). Start-up calls it once, before
+    /// serving; constructing a service changes nothing.
+    pub fn reconcile(&self) {
+        let _lock = self.lock();
+        self.reconcile_leases();
+        self.reconcile_nodes();
     }
 
     pub fn policy(&self) -> &Policy {

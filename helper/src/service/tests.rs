@@ -163,6 +163,7 @@ fn fixture() -> Fixture {
         roots,
         tuning,
     );
+    service.reconcile();
     Fixture {
         _tmp: tmp,
         kernel,
@@ -568,16 +569,8 @@ fn nodes_are_reconciled_with_the_leases_at_start() {
     ));
     // The node was re-created behind vfio-gate's back (udev, a rebind): root's again.
     f.kernel.chown_group_node(8, NodeOwner::ROOT).unwrap();
-    let again = Service::new(
-        f.kernel.clone(),
-        Box::new(f.kernel.clone()),
-        Policy::parse(POLICY, "policy.toml", &Names).unwrap(),
-        StateDir::open(f.service.state.path()).unwrap(),
-        f.service.roots.clone(),
-        Tuning::default(),
-    );
+    let _again = restart(&f);
     assert_eq!(f.kernel.node(8).unwrap().uid, 1000);
-    drop(again);
 }
 
 #[test]
@@ -625,7 +618,14 @@ fn hold_req(devs: &[&str], driver: Driver, group: bool) -> Request {
     }
 }
 
+/// A new helper over the same kernel and state directory, started as `run` starts it.
 fn restart(f: &Fixture) -> Service {
+    let service = unreconciled(f);
+    service.reconcile();
+    service
+}
+
+fn unreconciled(f: &Fixture) -> Service {
     Service::new(
         f.kernel.clone(),
         Box::new(f.kernel.clone()),
@@ -1069,4 +1069,30 @@ fn the_audit_record_says_what_decided_at_each_step() {
     );
     let (_, record) = release(&f.service, &alice(), "01:00.0");
     assert_eq!(record.allowed, Some(true));
+}
+
+#[test]
+fn constructing_a_service_changes_nothing_reconciling_does() {
+    let f = fixture();
+    assert!(matches!(
+        bind(&f.service, &alice(), "01:00.0", Driver::VfioPci).0,
+        Response::Bound(_)
+    ));
+    // The previous helper died in the middle of binding group 8.
+    let mut lease = f.service.state.read(8).unwrap().unwrap();
+    lease.phase = Phase::Intent;
+    f.service.state.write(&lease).unwrap();
+    f.kernel.chown_group_node(8, NodeOwner::ROOT).unwrap();
+    let before = f.kernel.log();
+
+    let again = unreconciled(&f);
+    assert_eq!(f.kernel.log(), before, "nothing written by the constructor");
+    assert_eq!(
+        f.service.state.read(8).unwrap().unwrap().phase,
+        Phase::Intent
+    );
+
+    again.reconcile();
+    assert_eq!(driver_of(&f.kernel, "01:00.0").as_deref(), Some("e1000e"));
+    assert_eq!(f.service.state.read(8).unwrap(), None);
 }
