@@ -233,8 +233,8 @@ fn connection(mut stream: UnixStream, service: &Service, limits: &Limits) {
     }
 }
 
-/// Serves requests on one connection until it ends. `tied` collects the groups bound with
-/// `hold` on it.
+/// Serves requests on one connection until it ends. `tied` collects the groups that the service's
+/// outcomes tied to the connection (binds with `hold`).
 fn conversation(
     stream: &mut UnixStream,
     peer: &Peer,

@@ -1,4 +1,5 @@
-//! A simulated kernel: the semantics of [`Kernel`] in memory, for fast tests of the sequences.
+//! A simulated kernel: the semantics of [`Kernel`] in memory, for fast tests of the sequences and
+//! the service. Compiled for tests only (`#[cfg(test)]`): never in the release library.
 //!
 //! It models what the real kernel does and what bites careful implementations (see
 //! `shared/anchors.md`): `driver_override` neither unbinds nor loads a module; a probe binds the
