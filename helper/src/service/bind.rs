@@ -34,7 +34,9 @@ pub(super) struct BindRequest<'a> {
 }
 
 impl Service {
-    /// Binds the devices `req` names, with every member of their IOMMU group that has to move.
+    /// Binds the devices `req` names, with every member of their IOMMU group that has to move:
+    /// read the named devices → policy → one group → lock → holder → guards → plan (a dry run
+    /// answers here) → quota → write-ahead lease → execute or roll back → commit.
     pub(super) fn bind(
         &self,
         peer: &Peer,
