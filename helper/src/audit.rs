@@ -5,10 +5,49 @@
 //!
 //! Values that need it are quoted, with `"` and `\` escaped and control characters replaced, so a
 //! line can never be split or forged by text that reached it from a client or from sysfs.
+//!
+//! The service fills a [`Record`] beside its answer (the decision, the deciding rule, the devices
+//! concerned); the connection handler writes the request's line from it ([`request`]) whatever
+//! the answer was. Other events ([`Line`]) are written where they happen.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use vfio_gate_protocol::{PciAddress, Request, RuleRef, WireError};
+
+use crate::peer::Peer;
+
+/// What a request's line says besides the request and its result, filled in by the service as it
+/// decides.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// `Some(true)` allowed, `Some(false)` denied, `None` when no decision was reached or needed
+    /// (a list, a malformed request).
+    pub allowed: Option<bool>,
+    /// The rule that decided, if one did.
+    pub rule: Option<RuleRef>,
+    /// Every device the request touched or asked about.
+    pub devices: Vec<PciAddress>,
+}
+
+impl Record {
+    /// The request is refused; the rule named so far (if any) stays.
+    pub fn deny(&mut self) {
+        self.allowed = Some(false);
+    }
+
+    /// The request is refused by `rule` (`None`: by default, no rule allowed it).
+    pub fn deny_by(&mut self, rule: Option<RuleRef>) {
+        self.allowed = Some(false);
+        self.rule = rule;
+    }
+
+    /// The request is allowed.
+    pub fn allow(&mut self) {
+        self.allowed = Some(true);
+    }
+}
 
 /// Builds one audit line.
 #[derive(Debug)]
@@ -64,6 +103,71 @@ impl Line {
         let mut buf = self.text.clone();
         buf.push('\n');
         let _ = std::io::stderr().lock().write_all(buf.as_bytes());
+    }
+}
+
+/// Writes the line of one request: who asked, what, the [`Record`], the result and how long it
+/// took. `request` is `None` for a frame that did not decode.
+pub fn request(
+    peer: &Peer,
+    request: Option<&Request>,
+    record: &Record,
+    result: &Result<(), WireError>,
+    started: Instant,
+) {
+    let mut line = Line::new("request");
+    line.field("peer_uid", peer.uid)
+        .field("peer_gid", peer.gid)
+        .field("peer_pid", peer.pid)
+        .field("request", request.map_or("invalid", Request::kind));
+    if let Some(Request::Bind {
+        driver,
+        group,
+        dry_run,
+        ..
+    }) = request
+    {
+        line.field("driver", driver);
+        if *group {
+            line.field("group", "yes");
+        }
+        if *dry_run {
+            line.field("dry_run", "yes");
+        }
+    }
+    if !record.devices.is_empty() {
+        let devices: Vec<String> = record.devices.iter().map(ToString::to_string).collect();
+        line.field("devices", devices.join(","));
+    }
+    if let Some(allowed) = record.allowed {
+        line.field("decision", if allowed { "allow" } else { "deny" });
+    }
+    if let Some(rule) = &record.rule {
+        line.field("rule", &rule.name)
+            .field("rule_at", format!("{}:{}", rule.file, rule.line));
+    }
+    match result {
+        Ok(()) => line.field("result", "ok"),
+        Err(e) => line.field("result", error_kind(e)).field("error", e),
+    };
+    line.duration(started.elapsed()).emit();
+}
+
+/// The `result=` word of a failed request.
+fn error_kind(e: &WireError) -> &'static str {
+    match e {
+        WireError::Denied { .. } => "denied",
+        WireError::NotFound { .. } => "not-found",
+        WireError::Busy { .. } => "busy",
+        WireError::BadRequest { .. } => "bad-request",
+        WireError::VersionMismatch { .. } => "version-mismatch",
+        WireError::Failed { .. } => "failed",
+        WireError::Refused { .. } => "refused",
+        WireError::NeedsGroup { .. } => "needs-group",
+        WireError::Held { .. } => "held",
+        WireError::NotAdmin { .. } => "not-admin",
+        WireError::Unavailable { .. } => "unavailable",
+        _ => "internal",
     }
 }
 

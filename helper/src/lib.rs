@@ -13,41 +13,64 @@
 //!
 //! # Shape
 //!
-//! [`run`] is the whole start-up, top to bottom: take the listening socket ([`activation`]), load
-//! and check the policy, open the state directory ([`state`]), then serve ([`server`]). Each
-//! request is decided and carried out by [`service`], which drives the sequences in [`ops`]
-//! through the narrow [`sysfs::Kernel`] interface — the only write path to sysfs. Every request
-//! leaves one line on stderr ([`audit`]).
+//! [`run`] is the whole start-up, one named step per line: take the listening socket
+//! ([`activation`]) → close every other inherited descriptor → load and check the policy, names
+//! resolved from the account files → open the state directory ([`state`]) → drop to CAP_CHOWN
+//! ([`sandbox::caps`]) → enter the landlock domain ([`sandbox::landlock`]) → reconcile the leases
+//! a previous helper left with sysfs → serve ([`server`]). Nothing a client sends is read before
+//! the last step, and a step that fails is told to the clients already waiting.
+//!
+//! Every tree the helper touches — sysfs, procfs, the account files, the state directory,
+//! `/dev/vfio` — has its root in one [`roots::Roots`] value built from the options
+//! ([`options`]), and that value is what the sandbox grants, the name reader, the in-use guard's
+//! host view, the kernel interface and the service all use.
+//!
+//! Per request, [`server`] reads a frame, asks [`peer`] who sent it, and hands the request to
+//! [`service`], which decides (policy, guards and plan from `vfio-gate-host`) and acts by driving
+//! the bind and release sequences in [`sequence`] through the narrow [`kernel::Kernel`]
+//! interface — the only write path to sysfs. The service answers with an [`service::Outcome`]
+//! (the response, and a group now tied to the connection) and fills an [`audit::Record`] from
+//! which the server writes the request's line on stderr ([`audit`]). [`fault`] stops a test build
+//! dead at a named step.
+//!
+//! The crate denies `unsafe_code`; the few raw calls nix does not wrap are in one private module,
+//! `sys`, each with its safety argument.
+
+#![deny(unsafe_code)]
 
 pub mod activation;
 pub mod audit;
 pub mod fault;
-pub mod ops;
+pub mod kernel;
 pub mod options;
 pub mod peer;
+pub mod roots;
 pub mod sandbox;
+pub mod sequence;
 pub mod server;
 pub mod service;
 pub mod state;
+// The one module allowed raw calls, each with its `// SAFETY:` reasoning.
+#[allow(unsafe_code)]
 mod sys;
-pub mod sysfs;
-
-// The read-only parts live in vfio-gate-host; these paths keep naming them from the helper.
-pub use vfio_gate_host::{groups, guards, plan, usage};
 
 use std::os::unix::net::UnixListener;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use vfio_gate_host::groups::ViabilityRule;
+use vfio_gate_host::usage::HostView;
 use vfio_gate_policy::{EtcFiles, Policy, PolicyError};
 
 use crate::activation::{ActivationEnv, ActivationError};
-use crate::groups::ViabilityRule;
+use crate::kernel::Sysfs;
 use crate::options::Options;
+use crate::roots::Roots;
+use crate::sandbox::landlock;
 use crate::server::{Limits, ServeError};
 use crate::service::{Service, Tuning};
 use crate::state::{StateDir, StateError};
-use crate::sysfs::Sysfs;
 
 /// Why the helper stopped before or while serving.
 #[derive(Debug, thiserror::Error)]
@@ -63,87 +86,138 @@ pub enum StartupError {
     #[error("refusing to start: dropping capabilities: {0}")]
     Caps(#[from] sandbox::caps::CapsError),
     #[error("refusing to start: {0}")]
-    Sandbox(#[from] sandbox::landlock::SandboxError),
+    Sandbox(#[from] landlock::SandboxError),
     #[error(transparent)]
     Serve(#[from] ServeError),
 }
 
 /// Start-up, in order; nothing from a client is read before the last step.
 pub fn run(opts: &Options) -> Result<(), StartupError> {
+    let roots = &opts.roots;
     let listener = take_socket(opts)?;
-    match set_up(opts) {
-        Ok((policy, state, sandbox)) => serve(opts, listener, policy, state, &sandbox),
-        Err(e) => {
-            // Clients already queued on the socket would otherwise wait for an answer until
-            // they time out: tell them why nothing is served, then exit.
-            server::refuse_all(&listener, &e.to_string(), Duration::from_secs(1));
-            Err(e)
-        }
-    }
+    close_inherited_fds(&listener)?;
+    // From here on a refusal is also told to the clients already waiting on the socket.
+    let refuse = |e| refuse_waiting_clients(&listener, e);
+    let policy = load_policy(&opts.policy, roots).map_err(refuse)?;
+    let state = open_state_dir(roots).map_err(refuse)?;
+    // What the domain grants, listed while every path is still visible.
+    let grants = landlock::grants(roots);
+    drop_capabilities().map_err(refuse)?;
+    let sandbox = enter_landlock(&grants, &policy).map_err(refuse)?;
+    let release = kernel_release();
+    let limits = limits(&policy);
+    let service = build_service(roots, policy, state, &release);
+    service.reconcile();
+    announce(opts, &release, &sandbox, &limits);
+    serve(listener, service, limits)
 }
 
-/// Steps 2 to 5: policy, state directory, capabilities, landlock.
-fn set_up(opts: &Options) -> Result<(Policy, StateDir, sandbox::landlock::Report), StartupError> {
-    let policy = load_policy(opts)?;
-    let state = StateDir::open(&opts.state_dir)?;
-    fault::arm(&opts.state_dir);
-    let grants = sandbox_grants(opts);
-    sandbox::caps::drop_to_chown()?;
-    let settings = policy.settings().clone();
-    let sandbox =
-        sandbox::landlock::enforce(&grants, settings.sandbox_floor, settings.allow_unsandboxed)?;
-    Ok((policy, state, sandbox))
-}
-
-/// Step 1: the listening socket, and nothing else inherited.
+/// The listening socket: the activator's (`LISTEN_FDS`, `LISTEN_PID` checked) or our own
+/// (`--listen PATH`).
 fn take_socket(opts: &Options) -> Result<UnixListener, StartupError> {
-    let listener =
-        activation::take_listener(opts.listen.as_deref(), &ActivationEnv::from_process())?;
-    sandbox::close_inherited_fds(&listener).map_err(StartupError::Fds)?;
-    Ok(listener)
+    Ok(activation::take_listener(
+        opts.listen.as_deref(),
+        &ActivationEnv::from_process(),
+    )?)
 }
 
-/// What the landlock domain will allow, computed while every path is still visible.
-fn sandbox_grants(opts: &Options) -> sandbox::landlock::Grants {
-    sandbox::landlock::Layout {
-        sysfs_root: opts.sysfs_root.clone(),
-        proc_root: "/proc".into(),
-        state_dir: opts.state_dir.clone(),
-        vfio_dir: opts.vfio_dir.clone(),
+/// Nothing inherited but the socket and stdin/stdout/stderr.
+fn close_inherited_fds(listener: &UnixListener) -> Result<(), StartupError> {
+    sandbox::close_inherited_fds(listener).map_err(StartupError::Fds)
+}
+
+/// Answers the clients already queued on the socket with why nothing will be served (they would
+/// otherwise wait until they time out), then hands the error on.
+fn refuse_waiting_clients(listener: &UnixListener, e: StartupError) -> StartupError {
+    server::refuse_all(listener, &e.to_string(), Duration::from_secs(1));
+    e
+}
+
+/// The policy and its drop-ins, checked; user and group names resolved once, here, from the
+/// account files under the etc root (no NSS inside the helper). Logged with its hash.
+fn load_policy(path: &Path, roots: &Roots) -> Result<Policy, StartupError> {
+    let policy = Policy::load(path, &EtcFiles::new(&roots.etc))?;
+    // Ties every later decision to the exact text it was made under.
+    let files: Vec<String> = policy
+        .sources()
+        .iter()
+        .map(|s| format!("{}={}", s.path, s.sha256))
+        .collect();
+    audit::Line::new("policy-load")
+        .field("policy", path.display())
+        .field("sha256", policy.sha256())
+        .field("files", files.join(" "))
+        .field("rules", policy.rules().len())
+        .emit();
+    for finding in policy.findings() {
+        audit::Line::new("policy-warning")
+            .field("policy", path.display())
+            .field("warning", format!("{}: {}", finding.at(), finding.message))
+            .field("at", finding.at())
+            .emit();
     }
-    .grants()
+    Ok(policy)
 }
 
-/// The last step: build the service inside the sandbox and serve until idle.
-fn serve(
-    opts: &Options,
-    listener: UnixListener,
-    policy: Policy,
-    state: StateDir,
-    sandbox: &sandbox::landlock::Report,
-) -> Result<(), StartupError> {
-    let limits = Limits {
+/// The lease records' directory, checked; fault injection (test builds) reads its trigger there.
+fn open_state_dir(roots: &Roots) -> Result<StateDir, StartupError> {
+    let state = StateDir::open(&roots.state)?;
+    fault::arm(&roots.state);
+    Ok(state)
+}
+
+/// CAP_CHOWN and nothing else, for good.
+fn drop_capabilities() -> Result<(), StartupError> {
+    Ok(sandbox::caps::drop_to_chown()?)
+}
+
+/// The landlock domain for `grants`, held to the policy's floor.
+fn enter_landlock(
+    grants: &landlock::Grants,
+    policy: &Policy,
+) -> Result<landlock::Report, StartupError> {
+    let settings = policy.settings();
+    Ok(landlock::enforce(
+        grants,
+        settings.sandbox_floor,
+        settings.allow_unsandboxed,
+    )?)
+}
+
+/// The running kernel's release, which picks the IOMMU-group viability rule.
+fn kernel_release() -> String {
+    nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+fn limits(policy: &Policy) -> Limits {
+    Limits {
         idle_timeout: policy.settings().idle_timeout,
         ..Limits::default()
-    };
-    let release = nix::sys::utsname::uname()
-        .map(|u| u.release().to_string_lossy().into_owned())
-        .unwrap_or_default();
+    }
+}
+
+/// The request handler over the real kernel and host, inside the sandbox.
+fn build_service(roots: &Roots, policy: Policy, state: StateDir, release: &str) -> Service {
+    let kernel = Arc::new(Sysfs::new(&roots.sys, &roots.vfio));
+    let host = Box::new(HostView::new(&roots.sys, &roots.proc));
     let tuning = Tuning {
-        vfio_dir: opts.vfio_dir.clone(),
-        viability: ViabilityRule::for_release(&release),
+        viability: ViabilityRule::for_release(release),
         ..Tuning::default()
     };
-    let kernel = Arc::new(Sysfs::new(&opts.sysfs_root, &opts.vfio_dir));
-    let host = Box::new(usage::HostView::new(&opts.sysfs_root, "/proc"));
-    let service = Service::new(kernel, host, policy, state, tuning);
+    Service::new(kernel, host, policy, state, roots.clone(), tuning)
+}
+
+/// The start line, and the warnings every start of a test build or an unsandboxed helper gives.
+fn announce(opts: &Options, release: &str, sandbox: &landlock::Report, limits: &Limits) {
     audit::Line::new("start")
         .field("version", env!("CARGO_PKG_VERSION"))
         .field("policy", opts.policy.display())
-        .field("sysfs_root", opts.sysfs_root.display())
-        .field("state_dir", opts.state_dir.display())
-        .field("vfio_dir", opts.vfio_dir.display())
-        .field("kernel", &release)
+        .field("sysfs_root", opts.roots.sys.display())
+        .field("state_dir", opts.roots.state.display())
+        .field("vfio_dir", opts.roots.vfio.display())
+        .field("kernel", release)
         .field("landlock_abi", sandbox.abi)
         .field("sandbox", sandbox.status)
         .field("sandbox_missing", sandbox.missing.join("; "))
@@ -158,7 +232,7 @@ fn serve(
             )
             .emit();
     }
-    if sandbox.status == "none" {
+    if sandbox.status == landlock::Status::Unsandboxed {
         audit::Line::new("UNSANDBOXED")
             .field(
                 "warning",
@@ -166,31 +240,9 @@ fn serve(
             )
             .emit();
     }
-    server::serve(listener, Arc::new(service), limits)?;
-    Ok(())
 }
 
-fn load_policy(opts: &Options) -> Result<Policy, PolicyError> {
-    // Names are resolved once, here, from the files themselves: no NSS inside the helper.
-    let policy = Policy::load(&opts.policy, &EtcFiles::new("/"))?;
-    // Ties every later decision to the exact text it was made under.
-    let files: Vec<String> = policy
-        .sources()
-        .iter()
-        .map(|s| format!("{}={}", s.path, s.sha256))
-        .collect();
-    audit::Line::new("policy-load")
-        .field("policy", opts.policy.display())
-        .field("sha256", policy.sha256())
-        .field("files", files.join(" "))
-        .field("rules", policy.rules().len())
-        .emit();
-    for finding in policy.findings() {
-        audit::Line::new("policy-warning")
-            .field("policy", opts.policy.display())
-            .field("warning", format!("{}: {}", finding.at(), finding.message))
-            .field("at", finding.at())
-            .emit();
-    }
-    Ok(policy)
+/// Serves until idle.
+fn serve(listener: UnixListener, service: Service, limits: Limits) -> Result<(), StartupError> {
+    Ok(server::serve(listener, Arc::new(service), limits)?)
 }

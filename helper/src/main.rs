@@ -1,5 +1,7 @@
 //! `vfio-gated`: see the library documentation.
 
+#![forbid(unsafe_code)]
+
 use std::process::ExitCode;
 
 use vfio_gated::options::{Command, USAGE};

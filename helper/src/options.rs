@@ -1,12 +1,14 @@
-//! Command-line options. Hand-parsed: the helper takes four paths and nothing else, and keeps its
-//! dependency list short.
+//! Command-line options. Hand-parsed: the helper takes a handful of paths and nothing else, and
+//! keeps its dependency list short. The roots of the trees it works on become one [`Roots`].
 
 use std::ffi::OsString;
 use std::path::PathBuf;
 
+use crate::roots::Roots;
+
 pub const USAGE: &str = "\
 usage: vfio-gated [--listen PATH] [--policy FILE] [--sysfs-root DIR] [--state-dir DIR]
-                  [--vfio-dir DIR]
+                  [--vfio-dir DIR] [--proc-root DIR] [--etc-root DIR]
 
 The vfio-gate privileged helper. Normally started by systemd socket activation
 (vfio-gate.socket); --listen PATH serves a socket of its own instead.
@@ -16,6 +18,8 @@ The vfio-gate privileged helper. Normally started by systemd socket activation
   --sysfs-root DIR   sysfs mount to act on (default /sys)
   --state-dir DIR    lease records (default /run/vfio-gate)
   --vfio-dir DIR     VFIO group nodes handed to users (default /dev/vfio)
+  --proc-root DIR    procfs mount read by the in-use guard (default /proc)
+  --etc-root DIR     read accounts from DIR/etc/passwd and DIR/etc/group (default /)
   --help, --version
 ";
 
@@ -24,9 +28,8 @@ The vfio-gate privileged helper. Normally started by systemd socket activation
 pub struct Options {
     pub listen: Option<PathBuf>,
     pub policy: PathBuf,
-    pub sysfs_root: PathBuf,
-    pub state_dir: PathBuf,
-    pub vfio_dir: PathBuf,
+    /// `--sysfs-root`, `--proc-root`, `--etc-root`, `--state-dir`, `--vfio-dir`.
+    pub roots: Roots,
 }
 
 impl Default for Options {
@@ -34,9 +37,7 @@ impl Default for Options {
         Self {
             listen: None,
             policy: "/etc/vfio-gate/policy.toml".into(),
-            sysfs_root: "/sys".into(),
-            state_dir: "/run/vfio-gate".into(),
-            vfio_dir: "/dev/vfio".into(),
+            roots: Roots::default(),
         }
     }
 }
@@ -75,6 +76,8 @@ impl Command {
                 Some("--sysfs-root") => "--sysfs-root",
                 Some("--state-dir") => "--state-dir",
                 Some("--vfio-dir") => "--vfio-dir",
+                Some("--proc-root") => "--proc-root",
+                Some("--etc-root") => "--etc-root",
                 _ => return Err(UsageError::Unknown(arg.to_string_lossy().into_owned())),
             };
             if seen.contains(&name) {
@@ -85,9 +88,11 @@ impl Command {
             match name {
                 "--listen" => opts.listen = Some(value),
                 "--policy" => opts.policy = value,
-                "--sysfs-root" => opts.sysfs_root = value,
-                "--state-dir" => opts.state_dir = value,
-                _ => opts.vfio_dir = value,
+                "--sysfs-root" => opts.roots.sys = value,
+                "--state-dir" => opts.roots.state = value,
+                "--vfio-dir" => opts.roots.vfio = value,
+                "--proc-root" => opts.roots.proc = value,
+                _ => opts.roots.etc = value,
             }
         }
         Ok(Command::Run(opts))
@@ -114,14 +119,38 @@ mod tests {
             "p",
             "--state-dir",
             "d",
+            "--proc-root",
+            "/tmp/proc",
+            "--etc-root",
+            "/tmp/root",
         ])
         .unwrap() else {
             panic!()
         };
         assert_eq!(o.listen.as_deref(), Some(std::path::Path::new("/tmp/s")));
-        assert_eq!(o.sysfs_root, PathBuf::from("/tmp/sys"));
         assert_eq!(o.policy, PathBuf::from("p"));
-        assert_eq!(o.state_dir, PathBuf::from("d"));
+        assert_eq!(
+            o.roots,
+            Roots {
+                sys: "/tmp/sys".into(),
+                proc: "/tmp/proc".into(),
+                etc: "/tmp/root".into(),
+                state: "d".into(),
+                vfio: "/dev/vfio".into(),
+            }
+        );
+        assert_eq!(o.roots.passwd(), PathBuf::from("/tmp/root/etc/passwd"));
+    }
+
+    #[test]
+    fn every_root_defaults_to_production() {
+        let Command::Run(o) = parse(&[]).unwrap() else {
+            panic!()
+        };
+        let r = o.roots;
+        let paths = [&r.sys, &r.proc, &r.etc, &r.state, &r.vfio].map(|p| p.display().to_string());
+        assert_eq!(paths, ["/sys", "/proc", "/", "/run/vfio-gate", "/dev/vfio"]);
+        assert_eq!(r.group(), PathBuf::from("/etc/group"));
     }
 
     #[test]

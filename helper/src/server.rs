@@ -16,13 +16,13 @@ use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use vfio_gate_protocol::{
-    BusyReason, FrameError, MAX_REQUEST_FRAME, Request, Response, WireError, decode_request,
+    BusyReason, FrameError, MAX_REQUEST_FRAME, Response, WireError, decode_request,
     encode_response, read_frame, write_frame,
 };
 
 use crate::audit;
 use crate::peer::Peer;
-use crate::service::{Service, Verdict};
+use crate::service::{Outcome, Service};
 
 /// Limits of the accept loop.
 #[derive(Debug, Clone)]
@@ -233,8 +233,8 @@ fn connection(mut stream: UnixStream, service: &Service, limits: &Limits) {
     }
 }
 
-/// Serves requests on one connection until it ends. `tied` collects the groups bound with
-/// `hold` on it.
+/// Serves requests on one connection until it ends. `tied` collects the groups that the service's
+/// outcomes tied to the connection (binds with `hold`).
 fn conversation(
     stream: &mut UnixStream,
     peer: &Peer,
@@ -261,7 +261,13 @@ fn conversation(
                 let err = WireError::BadRequest {
                     reason: e.to_string(),
                 };
-                audit_line(peer, None, &Verdict::default(), &Err(err.clone()), started);
+                audit::request(
+                    peer,
+                    None,
+                    &audit::Record::default(),
+                    &Err(err.clone()),
+                    started,
+                );
                 if reply {
                     send(stream, &Response::Error(err));
                 }
@@ -269,22 +275,18 @@ fn conversation(
             }
         };
         let started = Instant::now();
-        let (response, verdict, request) = match decode_request(&payload) {
-            Ok(req) => {
-                let (resp, verdict) = service.handle(peer, &req);
-                (resp, verdict, Some(req))
-            }
-            Err(e) => (Response::Error(e.into()), Verdict::default(), None),
+        let mut record = audit::Record::default();
+        let (outcome, request) = match decode_request(&payload) {
+            Ok(req) => (service.handle(peer, &req, &mut record), Some(req)),
+            Err(e) => (Outcome::reply(Response::Error(e.into())), None),
         };
-        if let Some(group) = verdict.held_group {
-            tied.push(group);
-        }
-        let result = match &response {
+        tied.extend(outcome.tied);
+        let result = match &outcome.response {
             Response::Error(e) => Err(e.clone()),
             _ => Ok(()),
         };
-        audit_line(peer, request.as_ref(), &verdict, &result, started);
-        if !send(stream, &response) {
+        audit::request(peer, request.as_ref(), &record, &result, started);
+        if !send(stream, &outcome.response) {
             return;
         }
     }
@@ -316,70 +318,71 @@ fn send(stream: &mut UnixStream, response: &Response) -> bool {
     write_frame(stream, &frame).is_ok()
 }
 
-fn error_kind(e: &WireError) -> &'static str {
-    match e {
-        WireError::Denied { .. } => "denied",
-        WireError::NotFound { .. } => "not-found",
-        WireError::Busy { .. } => "busy",
-        WireError::BadRequest { .. } => "bad-request",
-        WireError::VersionMismatch { .. } => "version-mismatch",
-        WireError::Failed { .. } => "failed",
-        WireError::Refused { .. } => "refused",
-        WireError::NeedsGroup { .. } => "needs-group",
-        WireError::Held { .. } => "held",
-        WireError::NotAdmin { .. } => "not-admin",
-        WireError::Unavailable { .. } => "unavailable",
-        _ => "internal",
-    }
-}
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::path::Path;
 
-fn audit_line(
-    peer: &Peer,
-    request: Option<&Request>,
-    verdict: &Verdict,
-    result: &Result<(), WireError>,
-    started: Instant,
-) {
-    let mut line = audit::Line::new("request");
-    line.field("peer_uid", peer.uid)
-        .field("peer_gid", peer.gid)
-        .field("peer_pid", peer.pid)
-        .field("request", request.map_or("invalid", Request::kind));
-    match request {
-        Some(Request::Bind {
-            driver,
-            group,
-            dry_run,
-            ..
-        }) => {
-            line.field("driver", driver);
-            if *group {
-                line.field("group", "yes");
-            }
-            if *dry_run {
-                line.field("dry_run", "yes");
-            }
-        }
-        Some(Request::Release { .. } | Request::List | Request::Explain { .. }) | None => {}
+    use vfio_gate_host::PciView;
+    use vfio_gate_policy::{EtcFiles, Policy};
+    use vfio_gate_protocol::{
+        Driver, MAX_RESPONSE_FRAME, Request, decode_response, encode_request, read_frame,
+    };
+
+    use super::*;
+    use crate::kernel::sim::SimKernel;
+    use crate::roots::Roots;
+    use crate::service::Tuning;
+    use crate::state::StateDir;
+
+    /// A service on the simulated kernel whose policy lets this process's user have 01:00.0.
+    fn service(tmp: &Path, kernel: &Arc<SimKernel>) -> Service {
+        let uid = nix::unistd::getuid().as_raw();
+        let text = format!(
+            "[[rule]]\nname = \"me\"\nsubjects = {{ uids = [{uid}] }}\n\
+             devices = [{{ address = \"01:00.0\" }}]\ndrivers = [\"vfio-pci\"]\n"
+        );
+        let policy = Policy::parse(&text, "policy.toml", &EtcFiles::new(tmp)).unwrap();
+        let roots = Roots {
+            state: tmp.join("state"),
+            ..Roots::default()
+        };
+        let state = StateDir::open(&roots.state).unwrap();
+        Service::new(
+            kernel.clone(),
+            Box::new(kernel.clone()),
+            policy,
+            state,
+            roots,
+            Tuning::default(),
+        )
     }
-    if !verdict.devices.is_empty() {
-        let devices: Vec<String> = verdict.devices.iter().map(ToString::to_string).collect();
-        line.field("devices", devices.join(","));
+
+    #[test]
+    fn a_group_tied_by_the_outcome_of_a_request_is_released_when_its_connection_closes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let kernel = Arc::new(SimKernel::guest_layout());
+        let service = service(tmp.path(), &kernel);
+        let (mut client, end) = UnixStream::pair().unwrap();
+        let handler = std::thread::spawn(move || connection(end, &service, &Limits::default()));
+        let nic = "01:00.0".parse().unwrap();
+        let req = Request::Bind {
+            devices: vec![nic],
+            driver: Driver::VfioPci,
+            group: false,
+            dry_run: false,
+            hold: true,
+        };
+        client.write_all(&encode_request(&req).unwrap()).unwrap();
+        let answer = read_frame(&mut client, MAX_RESPONSE_FRAME).unwrap();
+        let resp = decode_response(&answer).unwrap();
+        assert!(matches!(resp, Response::Bound(_)), "{resp:?}");
+        let driver = |k: &SimKernel| k.driver(nic).unwrap().map(|d| d.to_string());
+        assert_eq!(driver(&kernel).as_deref(), Some("vfio-pci"));
+        // `vfio-gate run` exits (or dies): the connection closes, the group goes back.
+        drop(client);
+        handler.join().unwrap();
+        assert_eq!(driver(&kernel).as_deref(), Some("e1000e"));
+        assert_eq!(kernel.node(8), None);
     }
-    if let Some(allowed) = verdict.allowed {
-        line.field("decision", if allowed { "allow" } else { "deny" });
-    }
-    if let Some(rule) = &verdict.rule {
-        line.field("rule", &rule.name)
-            .field("rule_at", format!("{}:{}", rule.file, rule.line));
-    }
-    match result {
-        Ok(()) => {
-            line.field("result", "ok");
-        }
-        Err(e) => {
-            line.field("result", error_kind(e)).field("error", e);
-        }
-    }
-    line.duration(started.elapsed()).emit();
 }

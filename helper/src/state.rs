@@ -21,10 +21,10 @@ use nix::errno::Errno;
 use nix::fcntl::{OFlag, open, openat, renameat};
 use nix::sys::stat::{Mode, fstat};
 use nix::unistd::{UnlinkatFlags, fsync, geteuid, unlinkat};
+use vfio_gate_host::DriverName;
 use vfio_gate_protocol::{Driver, PciAddress};
 
-use crate::ops::Original;
-use crate::sysfs::DriverName;
+use crate::sequence::Original;
 
 const MAGIC: &str = "vfio-gate-lease 3";
 const SUFFIX: &str = ".lease";

@@ -1,4 +1,7 @@
-//! The helper's only unsafe code: the two syscalls nix does not wrap for us.
+//! The helper's only unsafe code: the calls nix 0.32 does not wrap — `SO_PEERGROUPS`,
+//! `PR_GET/SET_SECUREBITS`, `close_range(2)` — and taking ownership of the inherited activation
+//! socket. The crate root denies `unsafe_code`; this module alone is allowed it, and each block
+//! says why it is sound. (`no_new_privs` goes through `nix::sys::prctl`.)
 //!
 //! Safety assumptions, stated once: every pointer handed to the kernel points into a live Rust
 //! buffer whose length is passed alongside it, and file descriptors are borrowed for the duration
@@ -78,28 +81,6 @@ pub fn securebits() -> io::Result<u32> {
 pub fn set_securebits(bits: u32) -> io::Result<()> {
     // SAFETY: PR_SET_SECUREBITS takes the bits by value; no memory is shared with the kernel.
     let rc = unsafe { libc::prctl(libc::PR_SET_SECUREBITS, libc::c_ulong::from(bits), 0, 0, 0) };
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
-}
-
-/// Whether `no_new_privs` is set (`PR_GET_NO_NEW_PRIVS`).
-pub fn no_new_privs() -> io::Result<bool> {
-    // SAFETY: PR_GET_NO_NEW_PRIVS takes no pointer arguments and only returns a value.
-    let rc = unsafe { libc::prctl(libc::PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) };
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(rc == 1)
-    }
-}
-
-/// Sets `no_new_privs`: nothing this process runs can gain privileges (irrevocable).
-pub fn set_no_new_privs() -> io::Result<()> {
-    // SAFETY: PR_SET_NO_NEW_PRIVS takes its flag by value; no memory is shared with the kernel.
-    let rc = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
     if rc < 0 {
         Err(io::Error::last_os_error())
     } else {

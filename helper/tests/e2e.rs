@@ -100,36 +100,51 @@ devices = [{{ class = "01xxxx" }}]
 
 fn spawn_with(policy: &str, extra_env: &[(&str, &str)]) -> Helper {
     let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("sys");
+    fixture_sysfs(&dir.path().join("sys"));
+    spawn_in(dir, policy, extra_env, &[])
+}
+
+/// The fixture sysfs: a NIC (01:00.0, group 8) on e1000e and an NVMe drive (03:00.0, group 10).
+fn fixture_sysfs(root: &Path) {
     std::fs::create_dir_all(root.join("bus/pci/devices")).unwrap();
     std::fs::write(root.join("bus/pci/drivers_probe"), "").unwrap();
     device(
-        &root,
+        root,
         "0000:01:00.0",
         ["0x8086", "0x10d3", "0x8086", "0x0000", "0x020000"],
         Some("e1000e"),
         8,
     );
     device(
-        &root,
+        root,
         "0000:03:00.0",
         ["0x1b36", "0x0010", "0x1af4", "0x1100", "0x010802"],
         Some("nvme"),
         10,
     );
+}
+
+/// Starts the helper on the fixture sysfs in `dir/sys`, with `args` after the usual ones.
+fn spawn_in(
+    dir: tempfile::TempDir,
+    policy: &str,
+    extra_env: &[(&str, &str)],
+    args: &[&Path],
+) -> Helper {
     let policy_path = dir.path().join("policy.toml");
     write_policy(&policy_path, policy);
     let child = Command::new(HELPER)
         .arg("--listen")
         .arg(dir.path().join("gate.sock"))
         .arg("--sysfs-root")
-        .arg(&root)
+        .arg(dir.path().join("sys"))
         .arg("--policy")
         .arg(&policy_path)
         .arg("--state-dir")
         .arg(dir.path().join("state"))
         .arg("--vfio-dir")
         .arg(dir.path().join("dev-vfio"))
+        .args(args)
         .envs(extra_env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -404,4 +419,83 @@ fn a_bad_policy_is_explained_to_waiting_clients_and_nothing_is_served() {
         .unwrap();
     assert!(err.contains("refusing to start"), "{err}");
     assert!(!err.contains("event=start"), "nothing was served: {err}");
+}
+
+#[test]
+fn every_root_is_read_where_the_options_say_inside_the_sandbox() {
+    let dir = tempfile::tempdir().unwrap();
+    let sys = dir.path().join("sys");
+    fixture_sysfs(&sys);
+    // The NVMe drive's namespace, mounted according to the fixture's procfs only.
+    let disk = sys.join("devices/pci0000:00/0000:03:00.0/nvme/nvme0/nvme0n1");
+    std::fs::create_dir_all(disk.join("holders")).unwrap();
+    std::fs::write(disk.join("dev"), "259:0\n").unwrap();
+    std::fs::create_dir_all(sys.join("class/block")).unwrap();
+    symlink(&disk, sys.join("class/block/nvme0n1")).unwrap();
+    let proc_root = dir.path().join("proc");
+    std::fs::create_dir_all(proc_root.join("self")).unwrap();
+    std::fs::write(
+        proc_root.join("self/mountinfo"),
+        "30 1 259:0 / /fixture-data rw,relatime - ext4 /dev/nvme0n1 rw\n",
+    )
+    .unwrap();
+    std::fs::write(
+        proc_root.join("swaps"),
+        "Filename\tType\tSize\tUsed\tPriority\n",
+    )
+    .unwrap();
+    // Accounts that exist only under the etc root: a user the policy names, and their group.
+    let etc_root = dir.path().join("accounts");
+    std::fs::create_dir_all(etc_root.join("etc")).unwrap();
+    std::fs::write(
+        etc_root.join("etc/passwd"),
+        "fixture-user:x:4242:4242::/nonexistent:/bin/false\n",
+    )
+    .unwrap();
+    std::fs::write(
+        etc_root.join("etc/group"),
+        "fixture-vms:x:4343:fixture-user\n",
+    )
+    .unwrap();
+    let policy = r#"
+[settings]
+idle_timeout = 30
+
+[[rule]]
+name = "the fixture's group"
+subjects = { groups = ["fixture-vms"] }
+devices = [{ address = "03:00.0" }]
+drivers = ["vfio-pci"]
+"#;
+    let h = spawn_in(
+        dir,
+        policy,
+        &[],
+        &[
+            Path::new("--proc-root"),
+            &proc_root,
+            Path::new("--etc-root"),
+            &etc_root,
+        ],
+    );
+    // Root is an admin: ask on behalf of the fixture's user.
+    let resp = ask(
+        &mut connect(&h),
+        &Request::Explain {
+            device: "03:00.0".parse().unwrap(),
+            driver: Some(Driver::VfioPci),
+            uid: Some(4242),
+        },
+    );
+    let Response::Explained(e) = resp else {
+        panic!("{resp:?}")
+    };
+    // The account and its group came from the etc root (through the sandbox), the policy's
+    // names were resolved there at load, and the mount from the proc root.
+    assert_eq!(e.uid, 4242);
+    assert!(e.verdicts[0].allowed, "{e:?}");
+    assert_eq!(e.guards[0].guard, vfio_gate_protocol::Guard::HostInUse);
+    assert!(e.guards[0].reason.contains("/fixture-data"), "{e:?}");
+    let log = h.stderr();
+    assert!(!log.contains("event=policy-warning"), "{log}");
 }

@@ -3,7 +3,7 @@
 //!
 //! `the_ruleset_confines_a_child` re-runs this test binary as a child process that runs only
 //! `sandboxed_child` (which does nothing in a normal run): the child builds the helper's grants
-//! for a temporary [`Layout`], applies `ruleset(&grants)` with `restrict_self`, then tries what
+//! for temporary [`Roots`], applies `ruleset(&grants)` with `restrict_self`, then tries what
 //! must fail and what the helper needs, printing one line per attempt. A child process, because
 //! a landlock domain cannot be left: the test process itself stays unconfined.
 //!
@@ -22,7 +22,8 @@ use std::path::Path;
 use std::process::Command;
 
 use landlock::{LandlockStatus, RulesetStatus};
-use vfio_gated::sandbox::landlock::{Layout, ruleset};
+use vfio_gated::roots::Roots;
+use vfio_gated::sandbox::landlock::{grants, ruleset};
 
 /// The temporary tree's root, for the child.
 const CHILD_ENV: &str = "VFIO_GATE_SANDBOX_CHILD";
@@ -85,15 +86,19 @@ fn build_tree(root: &Path) {
     fs::create_dir_all(root.join("state")).unwrap();
     write(root, "vfio/vfio", "");
     write(root, "etc/passwd", "root:x:0:0:root:/root:/bin/sh\n");
+    write(root, "etc/group", "root:x:0:\n");
+    write(root, "etc/shadow", "root:*:1::::::\n");
     fs::create_dir_all(root.join("tmp")).unwrap();
 }
 
-fn layout(root: &Path) -> Layout {
-    Layout {
-        sysfs_root: root.join("sys"),
-        proc_root: root.join("proc"),
-        state_dir: root.join("state"),
-        vfio_dir: root.join("vfio"),
+/// Every root in the temporary tree: the sandbox must follow each of them there.
+fn roots(root: &Path) -> Roots {
+    Roots {
+        sys: root.join("sys"),
+        proc: root.join("proc"),
+        etc: root.to_owned(),
+        state: root.join("state"),
+        vfio: root.join("vfio"),
     }
 }
 
@@ -157,6 +162,10 @@ fn the_ruleset_confines_a_child() {
         "allowed write sys/bus/pci/devices/0000:01:00.0/driver_override",
         "allowed write sys/bus/pci/drivers/e1000e/unbind",
         "allowed write, rename, remove in state",
+        "denied read etc/shadow: EACCES",
+        "allowed read etc/passwd",
+        "allowed read etc/group",
+        "allowed read proc/self/mountinfo",
     ] {
         assert!(stdout.contains(must), "missing {must:?} in:\n{stdout}");
     }
@@ -236,7 +245,7 @@ fn sandboxed_child() {
     let name_ = format!("vfio-gate-sandbox-test-{}", std::process::id());
     let _unix = UnixListener::bind_addr(&SocketAddr::from_abstract_name(&name_).unwrap()).unwrap();
 
-    let grants = layout(root).grants();
+    let grants = grants(&roots(root));
     let status = ruleset(&grants).unwrap().restrict_self().unwrap();
     let abi = match status.landlock {
         LandlockStatus::Available { effective_abi, .. } => effective_abi as i32,
@@ -252,7 +261,7 @@ fn sandboxed_child() {
     let p = |rel: &str| root.join(rel);
 
     c.denied("write etc/passwd", open_w(&p("etc/passwd")), eacces);
-    c.denied("read etc/passwd", read(&p("etc/passwd")), eacces);
+    c.denied("read etc/shadow", read(&p("etc/shadow")), eacces);
     c.denied(
         "create in tmp",
         OpenOptions::new()
@@ -360,6 +369,9 @@ fn sandboxed_child() {
     );
     c.allowed("read proc/self/mountinfo", read(&p("proc/self/mountinfo")));
     c.allowed("read proc/swaps", read(&p("proc/swaps")));
+    // The accounts under the etc root (an admin's `explain --user`), and nothing beside them.
+    c.allowed("read etc/passwd", read(&p("etc/passwd")));
+    c.allowed("read etc/group", read(&p("etc/group")));
     c.allowed(
         "open vfio/vfio read-write",
         OpenOptions::new()

@@ -16,7 +16,10 @@
 //! - [`guards`] turns those facts into refusals no policy can override.
 //! - [`plan`] decides, purely, what binding some devices of a group does to every member.
 //!
-//! Nothing here writes anything: the helper's `sysfs` module is the only writer in vfio-gate.
+//! Nothing here writes anything — the helper's `kernel` module is the only writer in vfio-gate —
+//! and nothing here is `unsafe`.
+
+#![forbid(unsafe_code)]
 
 pub mod explain;
 pub mod groups;

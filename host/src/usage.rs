@@ -274,22 +274,19 @@ pub struct HostView {
 }
 
 impl HostView {
-    /// A view of the trees at `sys_root` and `proc_root` (`/sys` and `/proc` in production).
+    /// The host seen through the sysfs and procfs trees at `sys_root` and `proc_root` (`/sys` and
+    /// `/proc` in production).
     ///
-    /// IPv4 addresses come from [`GetIfAddrs`] when `proc_root` is `/proc` itself, and from an
-    /// empty [`StaticAddresses`] otherwise (a fixture tree has no kernel to ask; its IPv4 routes
-    /// still count). [`HostView::with_address_source`] overrides the choice.
+    /// A real procfs answers for the process that reads it: `PROC/self/mountinfo` lists the mounts
+    /// of the caller's mount namespace, `PROC/net/*` its network namespace. IPv4 addresses per
+    /// interface are in no file, so they come from [`GetIfAddrs`] — the caller's network
+    /// namespace — whatever `proc_root` is. A view of trees that are not the running kernel's (a
+    /// fixture) says where its addresses come from with [`HostView::with_address_source`].
     pub fn new(sys_root: impl Into<PathBuf>, proc_root: impl Into<PathBuf>) -> Self {
-        let proc_ = proc_root.into();
-        let ipv4: Box<dyn AddressSource> = if proc_ == Path::new("/proc") {
-            Box::new(GetIfAddrs)
-        } else {
-            Box::new(StaticAddresses::new())
-        };
         Self {
             sys: sys_root.into(),
-            proc_,
-            ipv4,
+            proc_: proc_root.into(),
+            ipv4: Box::new(GetIfAddrs),
         }
     }
 
@@ -919,8 +916,9 @@ mod tests {
             fx
         }
 
+        /// No kernel behind the fixture: no IPv4 addresses unless a test gives some.
         fn view(&self) -> HostView {
-            HostView::new(&self.sys, &self.proc_)
+            HostView::new(&self.sys, &self.proc_).with_address_source(StaticAddresses::new())
         }
 
         fn usage(&self, dev: &str) -> Vec<Usage> {
@@ -1608,9 +1606,12 @@ mod tests {
     }
 
     #[test]
-    fn the_real_proc_gets_the_real_address_source() {
-        // Constructing reads nothing.
+    fn ipv4_addresses_come_from_the_running_kernel_unless_a_source_is_given() {
+        // Constructing reads nothing. The root does not choose the source: no path comparison.
         assert!(format!("{:?}", HostView::new("/sys", "/proc")).contains("GetIfAddrs"));
-        assert!(format!("{:?}", HostView::new("/x/sys", "/x/proc")).contains("StaticAddresses"));
+        assert!(format!("{:?}", HostView::new("/x/sys", "/x/proc")).contains("GetIfAddrs"));
+        let fixture =
+            HostView::new("/x/sys", "/x/proc").with_address_source(StaticAddresses::new());
+        assert!(format!("{fixture:?}").contains("StaticAddresses"));
     }
 }

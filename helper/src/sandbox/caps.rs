@@ -110,7 +110,7 @@ pub fn drop_to_chown() -> Result<(), CapsError> {
     for set in [CapSet::Effective, CapSet::Permitted] {
         caps::set(None, set, &only).map_err(|source| CapsError::Change { set, source })?;
     }
-    crate::sys::set_no_new_privs().map_err(CapsError::NoNewPrivs)
+    nix::sys::prctl::set_no_new_privs().map_err(|e| CapsError::NoNewPrivs(e.into()))
 }
 
 /// What the process holds now, for the start log line.
@@ -136,6 +136,6 @@ pub fn summary() -> String {
         show(CapSet::Inheritable),
         show(CapSet::Ambient),
         crate::sys::securebits().unwrap_or(0),
-        crate::sys::no_new_privs().unwrap_or(false),
+        nix::sys::prctl::get_no_new_privs().unwrap_or(false),
     )
 }

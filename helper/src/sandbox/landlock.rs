@@ -1,10 +1,11 @@
 //! The landlock domain the helper serves from.
 //!
-//! Built from the helper's own paths at start-up ([`Layout::grants`]) and applied once, before any
+//! Built from the helper's own [`Roots`] at start-up ([`grants`]) and applied once, before any
 //! thread exists, so every connection thread and every writer thread inherits it:
 //! - **read** the sysfs trees the helper reads (`bus/pci`, `devices`, `kernel/iommu_groups`,
 //!   `class/{block,net,nvme-subsystem}`, `fs/btrfs`), `/proc/self`, `/proc/swaps` (the
-//!   in-use guards) and `/etc/passwd`, `/etc/group` (an admin's `explain --user`);
+//!   in-use guards) and `/etc/passwd`, `/etc/group` (an admin's `explain --user`), each under its
+//!   root;
 //! - **write** only the sysfs files the helper writes: `bus/pci/drivers_probe`, each loaded
 //!   driver's `unbind`, each device's `driver_override` — found at start-up, so a driver loaded
 //!   later is not writable until the next start (the helper exits when idle);
@@ -20,6 +21,8 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::roots::Roots;
+
 use landlock::{
     ABI, Access, AccessFs, AccessNet, BitFlags, LandlockStatus, PathBeneath, PathFd, Ruleset,
     RulesetAttr, RulesetCreated, RulesetCreatedAttr, RulesetStatus, Scope,
@@ -27,15 +30,6 @@ use landlock::{
 
 /// The landlock ABI the helper is written for.
 pub const TARGET_ABI: ABI = ABI::V10;
-
-/// Where the helper's files are.
-#[derive(Debug, Clone)]
-pub struct Layout {
-    pub sysfs_root: PathBuf,
-    pub proc_root: PathBuf,
-    pub state_dir: PathBuf,
-    pub vfio_dir: PathBuf,
-}
 
 /// The paths a ruleset grants, and how.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -69,51 +63,72 @@ pub enum SandboxError {
     },
 }
 
+/// How much of the ruleset the kernel enforces (landlock's [`RulesetStatus`], after the policy's
+/// floor and `allow_unsandboxed` have been applied).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// Everything the helper asks for ([`TARGET_ABI`]).
+    Full,
+    /// What this kernel's ABI supports, at or above the policy's `sandbox_floor`.
+    Partial,
+    /// Nothing: no landlock, and the policy says `allow_unsandboxed = true`.
+    Unsandboxed,
+}
+
+impl std::fmt::Display for Status {
+    /// The start line's `sandbox=` value.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Status::Full => "full",
+            Status::Partial => "partial",
+            Status::Unsandboxed => "none",
+        })
+    }
+}
+
 /// How the sandbox ended up, for the start log line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Report {
     /// The kernel's landlock ABI (0: none).
     pub abi: i32,
-    /// `full`, `partial` or `none`.
-    pub status: &'static str,
+    pub status: Status,
     /// What the kernel's ABI lacks compared with [`TARGET_ABI`].
     pub missing: Vec<&'static str>,
 }
 
-impl Layout {
-    /// The production layout around a sysfs root and a state directory.
-    pub fn grants(&self) -> Grants {
-        let sys = &self.sysfs_root;
-        let mut g = Grants::default();
-        for rel in [
-            "bus/pci",
-            "devices",
-            "kernel/iommu_groups",
-            "class/block",
-            "class/net",
-            "class/nvme-subsystem",
-            "fs/btrfs",
-        ] {
-            g.read.push(sys.join(rel));
-        }
-        g.read.push(self.proc_root.join("self"));
-        g.read.push(self.proc_root.join("swaps"));
-        // Accounts, for an admin's `explain --user`.
-        g.read.push("/etc/passwd".into());
-        g.read.push("/etc/group".into());
-
-        let pci = sys.join("bus/pci");
-        g.write_files.push(pci.join("drivers_probe"));
-        g.write_files
-            .extend(children(&pci.join("drivers")).map(|d| d.join("unbind")));
-        g.write_files
-            .extend(children(&pci.join("devices")).map(|d| d.join("driver_override")));
-        g.write_files.retain(|p| p.exists());
-
-        g.read_write.push(self.state_dir.clone());
-        g.devices.push(self.vfio_dir.clone());
-        g
+/// What the helper's domain grants for the trees at `roots`. Call it while every path is still
+/// visible: the writable files are listed from the sysfs tree as it is now.
+pub fn grants(roots: &Roots) -> Grants {
+    let sys = &roots.sys;
+    let mut g = Grants::default();
+    for rel in [
+        "bus/pci",
+        "devices",
+        "kernel/iommu_groups",
+        "class/block",
+        "class/net",
+        "class/nvme-subsystem",
+        "fs/btrfs",
+    ] {
+        g.read.push(sys.join(rel));
     }
+    g.read.push(roots.proc.join("self"));
+    g.read.push(roots.proc.join("swaps"));
+    // Accounts, for an admin's `explain --user`.
+    g.read.push(roots.passwd());
+    g.read.push(roots.group());
+
+    let pci = sys.join("bus/pci");
+    g.write_files.push(pci.join("drivers_probe"));
+    g.write_files
+        .extend(children(&pci.join("drivers")).map(|d| d.join("unbind")));
+    g.write_files
+        .extend(children(&pci.join("devices")).map(|d| d.join("driver_override")));
+    g.write_files.retain(|p| p.exists());
+
+    g.read_write.push(roots.state.clone());
+    g.devices.push(roots.vfio.clone());
+    g
 }
 
 fn children(dir: &Path) -> impl Iterator<Item = PathBuf> {
@@ -191,7 +206,7 @@ pub fn enforce(
         missing: missing.clone(),
     };
     match status.ruleset {
-        RulesetStatus::NotEnforced if allow_unsandboxed => Ok(report("none")),
+        RulesetStatus::NotEnforced if allow_unsandboxed => Ok(report(Status::Unsandboxed)),
         RulesetStatus::NotEnforced => {
             Err(SandboxError::Unavailable(format!("{:?}", status.landlock)))
         }
@@ -200,7 +215,52 @@ pub fn enforce(
             floor,
             missing: missing.join(", "),
         }),
-        RulesetStatus::PartiallyEnforced => Ok(report("partial")),
-        RulesetStatus::FullyEnforced => Ok(report("full")),
+        RulesetStatus::PartiallyEnforced => Ok(report(Status::Partial)),
+        RulesetStatus::FullyEnforced => Ok(report(Status::Full)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_start_line_words_for_each_status() {
+        // `sandbox=full|partial|none` on the start line (docs/audit.md).
+        let words = [Status::Full, Status::Partial, Status::Unsandboxed].map(|s| s.to_string());
+        assert_eq!(words, ["full", "partial", "none"]);
+    }
+
+    #[test]
+    fn every_root_reaches_the_grants() {
+        let roots = Roots {
+            sys: "/r/sys".into(),
+            proc: "/r/proc".into(),
+            etc: "/r/accounts".into(),
+            state: "/r/state".into(),
+            vfio: "/r/vfio".into(),
+        };
+        let g = grants(&roots);
+        for read in [
+            "/r/sys/bus/pci",
+            "/r/proc/self",
+            "/r/proc/swaps",
+            "/r/accounts/etc/passwd",
+            "/r/accounts/etc/group",
+        ] {
+            assert!(g.read.contains(&PathBuf::from(read)), "{read}: {g:?}");
+        }
+        assert_eq!(g.read_write, [PathBuf::from("/r/state")]);
+        assert_eq!(g.devices, [PathBuf::from("/r/vfio")]);
+        // Nothing outside the roots: the production paths appear only through Roots::default.
+        let all = g
+            .read
+            .iter()
+            .chain(&g.write_files)
+            .chain(&g.read_write)
+            .chain(&g.devices);
+        for p in all {
+            assert!(p.starts_with("/r"), "{p:?} is outside the roots");
+        }
     }
 }

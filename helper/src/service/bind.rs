@@ -1,258 +1,293 @@
-//! Binding: the whole-group plan, the write-ahead lease, all-or-nothing execution, and the
-//! hand-over of `/dev/vfio/<group>`.
+//! Binding: the policy, the one IOMMU group, the holder, the guards, the whole-group plan, the
+//! write-ahead lease, all-or-nothing execution, and the hand-over of `/dev/vfio/<group>`.
 
-// See the parent module about the `(WireError, Verdict)` error type.
-#![allow(clippy::result_large_err)]
+use std::time::{Duration, Instant};
 
-use super::*;
+use vfio_gate_host::PciView;
+use vfio_gate_host::groups::{Member, viable};
+use vfio_gate_host::plan::{self, MemberState, PlanError, PolicyAnswers};
+use vfio_gate_policy::Decision;
+use vfio_gate_protocol::{
+    BindReport, BusyReason, DenyReason, Driver, MAX_BIND_DEVICES, PciAddress, Plan, Response,
+    RuleRef, StepAction, WireError,
+};
+
+use super::{Outcome, Service, internal, now, sysfs_error};
+use crate::audit::{self, Record};
+use crate::kernel::{Kernel, NodeOwner};
+use crate::peer::Peer;
+use crate::sequence::{self, Rollback};
+use crate::state::{Lease, LeasedDevice, Phase};
+
+/// A bind as the client asked for it (`Request::Bind`).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct BindRequest<'a> {
+    /// The devices named, primary first.
+    pub devices: &'a [PciAddress],
+    pub driver: Driver,
+    /// The client agrees that members it did not name move too (`--group`).
+    pub whole_group: bool,
+    /// Plan and check only; change nothing.
+    pub dry_run: bool,
+    /// Tie the lease to the connection (`vfio-gate run`).
+    pub hold: bool,
+}
 
 impl Service {
+    /// Binds the devices `req` names, with every member of their IOMMU group that has to move:
+    /// read the named devices → policy → one group → lock → holder → guards → plan (a dry run
+    /// answers here) → quota → write-ahead lease → execute or roll back → commit.
     pub(super) fn bind(
         &self,
         peer: &Peer,
-        named: &[PciAddress],
-        driver: Driver,
-        whole_group: bool,
-        dry_run: bool,
-        hold: bool,
-    ) -> Result<(Response, Verdict), (WireError, Verdict)> {
-        let mut verdict = Verdict {
-            devices: named.to_vec(),
-            ..Verdict::default()
-        };
-        let bad = |reason: String, v: &Verdict| (WireError::BadRequest { reason }, v.clone());
-        let Some(&primary) = named.first() else {
-            return Err(bad("a bind names at least one device".into(), &verdict));
-        };
-        if named.len() > MAX_BIND_DEVICES {
-            return Err(bad(
-                format!("a bind names at most {MAX_BIND_DEVICES} devices"),
-                &verdict,
-            ));
-        }
-        if (1..named.len()).any(|i| named[..i].contains(&named[i])) {
-            return Err(bad("a device is named twice".into(), &verdict));
-        }
-        let mut named_states = Vec::with_capacity(named.len());
-        for &dev in named {
-            named_states.push(
-                self.member_state(dev)
-                    .map_err(|e| (sysfs_error(dev, e), verdict.clone()))?,
-            );
-        }
+        req: BindRequest<'_>,
+        record: &mut Record,
+    ) -> Result<Outcome, WireError> {
+        record.devices = req.devices.to_vec();
+        let named = self.read_named(req.devices)?;
         // The policy first: a request it denies is answered with the deciding rule, whatever the
         // device's state. Then the guards, which no policy can override.
+        self.check_policy(peer, &named, req.driver, record)?;
+        let group = self.one_group(&named, record)?;
+        let _lock = self.lock();
+        self.check_holder(peer, group, record)?;
+        // The guards under the lock: the host's use of a device changes as drivers move (a NIC's
+        // interface vanishes while another client's bind runs), and the group's holder answers
+        // first.
+        self.check_guards(&named, record)?;
+        let members = self.group_states(group).map_err(internal)?;
+        let plan = self.plan(peer, group, &members, &named, req, record)?;
+        self.check_companions(group, &plan, &members, req, record)?;
+        if req.dry_run {
+            return Ok(Outcome::reply(self.bound(group, plan, req.driver, true)));
+        }
+        self.check_quota(peer, record)?;
+        let lease = self.write_ahead(peer, group, &plan, req.hold)?;
+        self.execute_or_roll_back(&lease, peer, req.driver)?;
+        self.commit(lease)?;
+        Ok(Outcome {
+            response: self.bound(group, plan, req.driver, false),
+            tied: req.hold.then_some(group),
+        })
+    }
+
+    /// The named devices, as sysfs shows them: one to [`MAX_BIND_DEVICES`], none twice.
+    fn read_named(&self, named: &[PciAddress]) -> Result<Vec<MemberState>, WireError> {
+        let bad = |reason: String| WireError::BadRequest { reason };
+        if named.is_empty() {
+            return Err(bad("a bind names at least one device".into()));
+        }
+        if named.len() > MAX_BIND_DEVICES {
+            return Err(bad(format!(
+                "a bind names at most {MAX_BIND_DEVICES} devices"
+            )));
+        }
+        if (1..named.len()).any(|i| named[..i].contains(&named[i])) {
+            return Err(bad("a device is named twice".into()));
+        }
+        named
+            .iter()
+            .map(|&dev| self.member_state(dev).map_err(|e| sysfs_error(dev, e)))
+            .collect()
+    }
+
+    /// The policy's answer for each named device; the first that is denied decides.
+    fn check_policy(
+        &self,
+        peer: &Peer,
+        named: &[MemberState],
+        driver: Driver,
+        record: &mut Record,
+    ) -> Result<(), WireError> {
         let subject = peer.subject();
-        for m in &named_states {
+        for m in named {
             if let Decision::Deny(rule) = self.policy.decide(&subject, &m.facts, driver) {
                 let short = m.facts.address.short();
-                let reason = match &rule {
+                let detail = match &rule {
                     Some(r) => format!("rule {r} denies binding {short} to {driver}"),
                     None => format!("no policy rule lets you bind {short} to {driver}"),
                 };
-                verdict.allowed = Some(false);
-                verdict.rule = rule.clone();
-                return Err((
-                    WireError::Denied {
-                        why: DenyReason::Policy,
-                        rule,
-                        detail: reason,
-                    },
-                    verdict,
-                ));
+                record.deny_by(rule.clone());
+                return Err(WireError::Denied {
+                    why: DenyReason::Policy,
+                    rule,
+                    detail,
+                });
             }
         }
+        Ok(())
+    }
+
+    /// The IOMMU group every named device is in: a bind moves one group.
+    fn one_group(&self, named: &[MemberState], record: &mut Record) -> Result<u32, WireError> {
+        let primary = named[0].facts.address;
         let Some(group) = self
             .kernel
             .iommu_group(primary)
-            .map_err(|e| (sysfs_error(primary, e), verdict.clone()))?
+            .map_err(|e| sysfs_error(primary, e))?
         else {
             // No IOMMU group: the guard says so, and how to turn the IOMMU on.
-            self.guard(&named_states[0], &verdict)?;
-            return Err((internal(format!("{primary} has no IOMMU group")), verdict));
+            self.guard(&named[0], record)?;
+            return Err(internal(format!("{primary} has no IOMMU group")));
         };
-        for &dev in &named[1..] {
+        for m in &named[1..] {
+            let dev = m.facts.address;
             let g = self.kernel.iommu_group(dev).ok().flatten();
             if g != Some(group) {
-                return Err(bad(
-                    format!(
+                return Err(WireError::BadRequest {
+                    reason: format!(
                         "{} is in IOMMU group {group} but {} is in {}: bind one group at a time",
                         primary.short(),
                         dev.short(),
                         g.map_or("none".into(), |g| g.to_string())
                     ),
-                    &verdict,
-                ));
+                });
             }
         }
+        Ok(group)
+    }
 
-        let _guard = self.lock();
-        match self.state.read(group) {
-            Ok(Some(lease)) if lease.owner_uid == peer.uid => {
-                let held: Vec<String> = lease.devices.iter().map(|d| d.device.short()).collect();
-                return Err((
-                    WireError::Busy {
-                        why: BusyReason::YouHoldIt {
-                            group,
-                            devices: lease.devices.iter().map(|d| d.device).collect(),
-                        },
-                        detail: format!(
-                            "you already hold group {group} ({}); release it first (vfio-gate release {})",
-                            held.join(", "),
-                            held[0]
-                        ),
-                    },
-                    verdict,
-                ));
-            }
-            Ok(Some(lease)) => {
-                verdict.allowed = Some(false);
-                return Err((
-                    WireError::Held {
-                        group: Some(group),
-                        uid: lease.owner_uid,
-                        since: lease.since,
-                    },
-                    verdict,
-                ));
-            }
-            Ok(None) => {}
-            Err(e) => return Err((internal(e), verdict)),
+    /// A group belongs to one user at a time: refuse if anyone (the caller included) holds it.
+    fn check_holder(&self, peer: &Peer, group: u32, record: &mut Record) -> Result<(), WireError> {
+        let Some(lease) = self.state.read(group).map_err(internal)? else {
+            return Ok(());
+        };
+        if lease.owner_uid != peer.uid {
+            record.deny();
+            return Err(WireError::Held {
+                group: Some(group),
+                uid: lease.owner_uid,
+                since: lease.since,
+            });
         }
-        // The guards under the lock: the host's use of a device changes as drivers move (a NIC's
-        // interface vanishes while another client's bind runs), and the group's owner answers
-        // first.
-        for m in &named_states {
-            self.guard(m, &verdict)?;
-        }
+        let held: Vec<String> = lease.devices.iter().map(|d| d.device.short()).collect();
+        Err(WireError::Busy {
+            why: BusyReason::YouHoldIt {
+                group,
+                devices: lease.devices.iter().map(|d| d.device).collect(),
+            },
+            detail: format!(
+                "you already hold group {group} ({}); release it first (vfio-gate release {})",
+                held.join(", "),
+                held[0]
+            ),
+        })
+    }
 
-        let members = self
-            .kernel
-            .group_members(group)
-            .and_then(|ms| {
-                ms.into_iter()
-                    .map(|d| self.member_state(d))
-                    .collect::<Result<Vec<_>, _>>()
-            })
-            .map_err(|e| (internal(e), verdict.clone()))?;
+    /// The built-in guards for each of `members`.
+    fn check_guards<'m>(
+        &self,
+        members: impl IntoIterator<Item = &'m MemberState>,
+        record: &mut Record,
+    ) -> Result<(), WireError> {
+        members.into_iter().try_for_each(|m| self.guard(m, record))
+    }
+
+    /// What the bind does to every member of `group`, decided by the policy for each member it
+    /// moves; recorded as allowed, with the rule that lets the primary device move.
+    fn plan(
+        &self,
+        peer: &Peer,
+        group: u32,
+        members: &[MemberState],
+        named: &[MemberState],
+        req: BindRequest<'_>,
+        record: &mut Record,
+    ) -> Result<Plan, WireError> {
+        let subject = peer.subject();
         let asking = PolicyAnswers {
             policy: &self.policy,
             subject: &subject,
-            primary: named_states[0].facts,
-            driver,
+            primary: named[0].facts,
+            driver: req.driver,
         };
-        let plan = match plan::plan(
+        let plan = plan::plan(
             group,
-            &members,
-            named,
-            driver,
+            members,
+            req.devices,
+            req.driver,
             &asking,
             self.tuning.viability,
-        ) {
-            Ok(p) => p,
+        );
+        match plan {
+            Ok(plan) => {
+                record.allow();
+                record.rule = primary_rule(&plan, req.devices[0]);
+                record.devices = moved(&plan);
+                Ok(plan)
+            }
             Err(PlanError::Denied { rule, reason, .. }) => {
-                verdict.allowed = Some(false);
-                verdict.rule = rule.clone();
-                return Err((
-                    WireError::Denied {
-                        why: DenyReason::Policy,
-                        rule,
-                        detail: reason,
-                    },
-                    verdict,
-                ));
+                record.deny_by(rule.clone());
+                Err(WireError::Denied {
+                    why: DenyReason::Policy,
+                    rule,
+                    detail: reason,
+                })
             }
             Err(PlanError::Impossible { device, reason }) => {
-                verdict.allowed = Some(false);
-                return Err((
-                    WireError::Denied {
-                        why: DenyReason::GroupPlan { device },
-                        rule: None,
-                        detail: reason,
-                    },
-                    verdict,
-                ));
+                record.deny();
+                Err(WireError::Denied {
+                    why: DenyReason::GroupPlan { device },
+                    rule: None,
+                    detail: reason,
+                })
             }
-        };
-        verdict.allowed = Some(true);
-        verdict.rule = plan.steps.iter().find_map(|s| match &s.action {
-            StepAction::Bind { rule, .. } if s.device == primary => Some(rule.clone()),
-            _ => None,
-        });
-        verdict.devices = plan
-            .steps
-            .iter()
-            .filter(|s| matches!(s.action, StepAction::Bind { .. }))
-            .map(|s| s.device)
-            .collect();
+        }
+    }
+
+    /// The members the plan moves that the client did not name: refused unless the client agreed
+    /// to move the whole group, and guarded like the named ones.
+    fn check_companions(
+        &self,
+        group: u32,
+        plan: &Plan,
+        members: &[MemberState],
+        req: BindRequest<'_>,
+        record: &mut Record,
+    ) -> Result<(), WireError> {
+        let moved = moved(plan);
         let companions: Vec<&MemberState> = members
             .iter()
-            .filter(|m| {
-                !named.contains(&m.facts.address) && verdict.devices.contains(&m.facts.address)
-            })
+            .filter(|m| !req.devices.contains(&m.facts.address) && moved.contains(&m.facts.address))
             .collect();
-        if !whole_group && plan::moves_companions(&plan, named) {
-            let moved: Vec<String> = companions
-                .iter()
-                .map(|m| {
-                    format!(
-                        "{} ({})",
-                        m.facts.address.short(),
-                        m.driver.as_ref().map_or("no driver", |d| d.as_str())
-                    )
-                })
-                .collect();
-            verdict.allowed = Some(false);
-            return Err((
-                WireError::NeedsGroup {
-                    group,
-                    // The frontend says which devices were named; the reason says what stands
-                    // in the way.
-                    reason: format!(
-                        "{} must leave {} host driver for pci-stub",
-                        moved.join(", "),
-                        if moved.len() == 1 { "its" } else { "their" }
-                    ),
-                    plan,
-                },
-                verdict,
-            ));
+        if !req.whole_group && plan::moves_companions(plan, req.devices) {
+            record.deny();
+            return Err(needs_group(group, plan, &companions));
         }
-        for m in &companions {
-            self.guard(m, &verdict)?;
-        }
-        if dry_run {
-            return Ok((
-                Response::Bound(BindReport {
-                    plan,
-                    dry_run: true,
-                    vfio_node: (driver == Driver::VfioPci).then(|| self.node_path(group)),
-                }),
-                verdict,
-            ));
-        }
+        self.check_guards(companions, record)
+    }
 
-        if let Some(max) = self.policy.settings().max_groups_per_user {
-            let held = self.leases_of(peer.uid).len();
-            if held >= max as usize {
-                verdict.allowed = Some(false);
-                return Err((
-                    WireError::Denied {
-                        why: DenyReason::GroupLimit {
-                            held: u32::try_from(held).unwrap_or(u32::MAX),
-                            max,
-                        },
-                        rule: None,
-                        detail: format!(
-                            "you already hold {held} IOMMU group(s), the policy's limit (max_groups_per_user = {max}); release one first"
-                        ),
-                    },
-                    verdict,
-                ));
-            }
+    /// The policy's cap on groups held at once by one user.
+    fn check_quota(&self, peer: &Peer, record: &mut Record) -> Result<(), WireError> {
+        let Some(max) = self.policy.settings().max_groups_per_user else {
+            return Ok(());
+        };
+        let held = self.leases_of(peer.uid).len();
+        if held < max as usize {
+            return Ok(());
         }
+        record.deny();
+        Err(WireError::Denied {
+            why: DenyReason::GroupLimit {
+                held: u32::try_from(held).unwrap_or(u32::MAX),
+                max,
+            },
+            rule: None,
+            detail: format!(
+                "you already hold {held} IOMMU group(s), the policy's limit (max_groups_per_user = {max}); release one first"
+            ),
+        })
+    }
 
-        // Write-ahead: the lease, with every original state, exists before the first write.
+    /// Write-ahead: the lease, with every moved member's original state, is on disk before the
+    /// first sysfs write.
+    fn write_ahead(
+        &self,
+        peer: &Peer,
+        group: u32,
+        plan: &Plan,
+        hold: bool,
+    ) -> Result<Lease, WireError> {
         let mut lease = Lease {
             group,
             owner_uid: peer.uid,
@@ -265,8 +300,8 @@ impl Service {
         };
         for s in &plan.steps {
             if let StepAction::Bind { driver, .. } = s.action {
-                let original = ops::original_state(&self.kernel, s.device)
-                    .map_err(|e| (sysfs_error(s.device, e), verdict.clone()))?;
+                let original = sequence::original_state(&self.kernel, s.device)
+                    .map_err(|e| sysfs_error(s.device, e))?;
                 lease.devices.push(LeasedDevice {
                     device: s.device,
                     driver,
@@ -275,63 +310,68 @@ impl Service {
                 });
             }
         }
-        self.state
-            .write(&lease)
-            .map_err(|e| (internal(e), verdict.clone()))?;
+        self.state.write(&lease).map_err(internal)?;
         crate::fault::point("bind:lease-written");
-        if let Err(reason) = self.execute(&lease, peer, driver) {
-            let restored = self.undo(&lease, lease.devices.len());
-            let reason = match restored {
-                Ok(()) => {
-                    let _ = self.state.remove(group);
-                    format!("{reason}; every member of group {group} was put back as it was")
-                }
-                Err(why) => format!(
-                    "{reason}; putting group {group} back did not complete ({why}); the lease is kept so an admin can see it"
-                ),
-            };
-            return Err((WireError::Failed { reason }, verdict));
-        }
+        Ok(lease)
+    }
+
+    /// Carries the lease out; on any failure puts every member back and says how that went.
+    fn execute_or_roll_back(
+        &self,
+        lease: &Lease,
+        peer: &Peer,
+        driver: Driver,
+    ) -> Result<(), WireError> {
+        let Err(reason) = self.execute(lease, peer, driver) else {
+            return Ok(());
+        };
+        let group = lease.group;
+        let reason = match self.undo(lease, lease.devices.len()) {
+            Ok(()) => {
+                let _ = self.state.remove(group);
+                format!("{reason}; every member of group {group} was put back as it was")
+            }
+            Err(why) => format!(
+                "{reason}; putting group {group} back did not complete ({why}); the lease is kept so an admin can see it"
+            ),
+        };
+        Err(WireError::Failed { reason })
+    }
+
+    /// The bind is done: the lease says so.
+    fn commit(&self, mut lease: Lease) -> Result<(), WireError> {
         lease.phase = Phase::Applied;
         lease.updated = now();
-        self.state
-            .write(&lease)
-            .map_err(|e| (internal(e), verdict.clone()))?;
+        self.state.write(&lease).map_err(internal)?;
         crate::fault::point("bind:lease-applied");
-        if hold {
-            verdict.held_group = Some(group);
-        }
-        Ok((
-            Response::Bound(BindReport {
-                plan,
-                dry_run: false,
-                vfio_node: (driver == Driver::VfioPci).then(|| self.node_path(group)),
-            }),
-            verdict,
-        ))
+        Ok(())
+    }
+
+    /// The answer to a bind (or a dry run) of `plan`.
+    fn bound(&self, group: u32, plan: Plan, driver: Driver, dry_run: bool) -> Response {
+        Response::Bound(BindReport {
+            plan,
+            dry_run,
+            vfio_node: (driver == Driver::VfioPci).then(|| self.node_path(group)),
+        })
     }
 
     /// Binds every member of the lease, then hands the group node over. Undoes nothing itself:
     /// on error the caller rolls back the whole group.
     pub(super) fn execute(&self, lease: &Lease, peer: &Peer, driver: Driver) -> Result<(), String> {
         for d in &lease.devices {
-            ops::bind(&self.kernel, d.device, d.driver, &d.original).map_err(|e| e.to_string())?;
+            sequence::bind(&self.kernel, d.device, d.driver, &d.original)
+                .map_err(|e| e.to_string())?;
         }
         crate::fault::point("bind:members-bound");
         if driver != Driver::VfioPci {
             return Ok(());
         }
-        let members: Vec<_> = self
-            .kernel
-            .group_members(lease.group)
-            .and_then(|ms| {
-                ms.into_iter()
-                    .map(|d| self.member_state(d))
-                    .collect::<Result<Vec<_>, _>>()
-            })
+        let members: Vec<Member> = self
+            .group_states(lease.group)
             .map_err(|e| e.to_string())?
             .into_iter()
-            .map(|m| crate::groups::Member {
+            .map(|m| Member {
                 address: m.facts.address,
                 kind: m.kind,
                 driver: m.driver,
@@ -391,7 +431,9 @@ impl Service {
     pub(super) fn undo(&self, lease: &Lease, n: usize) -> Result<(), String> {
         let mut problems = Vec::new();
         for d in lease.devices[..n].iter().rev() {
-            if let Rollback::Incomplete(why) = ops::roll_back(&self.kernel, d.device, &d.original) {
+            if let Rollback::Incomplete(why) =
+                sequence::roll_back(&self.kernel, d.device, &d.original)
+            {
                 problems.push(format!("{}: {why}", d.device.short()));
             }
         }
@@ -401,5 +443,46 @@ impl Service {
         } else {
             Err(problems.join("; "))
         }
+    }
+}
+
+/// The devices `plan` moves.
+fn moved(plan: &Plan) -> Vec<PciAddress> {
+    plan.steps
+        .iter()
+        .filter(|s| matches!(s.action, StepAction::Bind { .. }))
+        .map(|s| s.device)
+        .collect()
+}
+
+/// The rule that lets `primary` move.
+fn primary_rule(plan: &Plan, primary: PciAddress) -> Option<RuleRef> {
+    plan.steps.iter().find_map(|s| match &s.action {
+        StepAction::Bind { rule, .. } if s.device == primary => Some(rule.clone()),
+        _ => None,
+    })
+}
+
+/// The refusal of a plan that moves members the client did not name.
+fn needs_group(group: u32, plan: &Plan, companions: &[&MemberState]) -> WireError {
+    let moved: Vec<String> = companions
+        .iter()
+        .map(|m| {
+            format!(
+                "{} ({})",
+                m.facts.address.short(),
+                m.driver.as_ref().map_or("no driver", |d| d.as_str())
+            )
+        })
+        .collect();
+    WireError::NeedsGroup {
+        group,
+        // The frontend says which devices were named; the reason says what stands in the way.
+        reason: format!(
+            "{} must leave {} host driver for pci-stub",
+            moved.join(", "),
+            if moved.len() == 1 { "its" } else { "their" }
+        ),
+        plan: plan.clone(),
     }
 }

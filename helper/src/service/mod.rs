@@ -1,49 +1,68 @@
 //! What the helper does with one decoded request: decide, act, answer.
 //!
 //! The caller's identity comes from the kernel ([`Peer`]); the request only names devices and a
-//! target driver, both already validated by the protocol types. A bind is planned for the whole
-//! IOMMU group ([`crate::plan`]), checked against the built-in guards ([`crate::guards`]) and the
-//! policy, recorded in a lease before the first write ([`crate::state`]), carried out all or
-//! nothing, and finished by handing `/dev/vfio/<group>` to the caller. Every sysfs mutation, and
-//! the lease bookkeeping around it, happens under one lock, so concurrent clients cannot
+//! target driver, both already validated by the protocol types. A bind (`bind.rs`) reads the named
+//! devices, asks the policy, finds their one IOMMU group, then — under the lock — checks who holds
+//! the group, the built-in guards ([`vfio_gate_host::guards`]) and the whole-group plan
+//! ([`vfio_gate_host::plan`]); a dry run ends there. Otherwise the per-user quota, a lease written
+//! before the first sysfs write ([`crate::state`]), the writes all or nothing
+//! ([`crate::sequence`]), and the commit, with `/dev/vfio/<group>` handed to the caller. A
+//! release (`release.rs`) runs the same sequence backwards; `explain` decides without acting;
+//! [`Service::reconcile`] brings leases left by a previous helper to an end. Every sysfs mutation,
+//! and the lease bookkeeping around it, happens under one lock, so concurrent clients cannot
 //! interleave writes or race for a group.
-
-// Handlers return `Result<_, (WireError, Verdict)>` so `?` carries the audit verdict with the
-// error. The error is large but built at most once per request: boxing it would buy nothing.
-#![allow(clippy::result_large_err)]
+//!
+//! Each handler answers with an [`Outcome`] — the response, and the group whose lease is now tied
+//! to the connection, if any — and notes on the side, in an [`crate::audit::Record`], what the
+//! request's audit line says: the decision, the deciding rule, the devices concerned.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use vfio_gate_policy::{Decision, Policy};
+use vfio_gate_host::groups::ViabilityRule;
+use vfio_gate_host::guards::{self, HostUse};
+use vfio_gate_host::plan::{self, MemberState};
+use vfio_gate_host::{PciView, SysfsError};
+use vfio_gate_policy::{Policy, Subject};
 use vfio_gate_protocol::{
-    BindReport, BusyReason, DenyReason, DeviceInfo, Driver, Holder, MAX_BIND_DEVICES, PciAddress,
-    ReleaseReport, ReleaseTarget, ReleasedGroup, Request, Response, RestoredDevice, RuleRef,
-    StepAction, WireError,
+    BusyReason, DeviceInfo, Holder, PciAddress, Request, Response, WireError,
 };
 
-use crate::audit;
-use crate::groups::{ViabilityRule, viable};
-use crate::guards::{self, HostUse};
-use crate::ops::{self, Rollback};
+use crate::audit::Record;
+use crate::kernel::{Bounded, Kernel};
 use crate::peer::Peer;
-use crate::plan::{self, MemberState, PlanError, PolicyAnswers};
-use crate::state::{Lease, LeasedDevice, Phase, StateDir};
-use crate::sysfs::{Bounded, Kernel, NodeOwner, PciView, SysfsError};
+use crate::roots::Roots;
+use crate::state::StateDir;
 
-/// What the audit line needs besides the response.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Verdict {
-    /// `Some(true)` allowed, `Some(false)` denied, `None` when no decision was needed (list).
-    pub allowed: Option<bool>,
-    pub rule: Option<RuleRef>,
-    /// Every device the request touched or asked about.
-    pub devices: Vec<PciAddress>,
-    /// A bind with `hold` created this group's lease, tied to the requesting connection: the
-    /// connection handler releases it when the connection closes.
-    pub held_group: Option<u32>,
+mod bind;
+mod explain;
+mod reconcile;
+mod release;
+#[cfg(test)]
+mod tests;
+
+use bind::BindRequest;
+
+/// What a handled request leaves for its connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// The answer to send.
+    pub response: Response,
+    /// The IOMMU group whose lease a `hold` bind (`vfio-gate run`) just tied to this connection:
+    /// the connection handler releases it when the connection closes
+    /// ([`Service::release_tied`]).
+    pub tied: Option<u32>,
+}
+
+impl Outcome {
+    /// An answer that ties nothing to the connection.
+    pub fn reply(response: Response) -> Self {
+        Self {
+            response,
+            tied: None,
+        }
+    }
 }
 
 /// Knobs of the service, with production defaults.
@@ -53,8 +72,6 @@ pub struct Tuning {
     pub write_timeout: Duration,
     /// How long to wait for `/dev/vfio/<group>` to appear after a bind.
     pub node_timeout: Duration,
-    /// Where group nodes live, for reports (`/dev/vfio`).
-    pub vfio_dir: PathBuf,
     pub viability: ViabilityRule,
 }
 
@@ -63,7 +80,6 @@ impl Default for Tuning {
         Self {
             write_timeout: Duration::from_secs(10),
             node_timeout: Duration::from_secs(10),
-            vfio_dir: "/dev/vfio".into(),
             viability: ViabilityRule::DmaOwnership,
         }
     }
@@ -75,6 +91,8 @@ pub struct Service {
     host: Box<dyn HostUse>,
     policy: Policy,
     state: StateDir,
+    /// Where group nodes are (for reports) and accounts are read (an admin's `explain --user`).
+    roots: Roots,
     tuning: Tuning,
     mutations: Mutex<()>,
     /// Tied leases whose connection is gone but whose group a process still holds open: released
@@ -115,35 +133,36 @@ fn sysfs_error(dev: PciAddress, e: SysfsError) -> WireError {
     }
 }
 
-mod bind;
-mod explain;
-mod reconcile;
-mod release;
-#[cfg(test)]
-mod tests;
-
 impl Service {
+    /// A handler over `kernel` and `host`, deciding under `policy`, keeping leases in `state`.
+    /// Touches nothing: [`Service::reconcile`] is the start-up step that does.
     pub fn new(
         kernel: Arc<dyn Kernel>,
         host: Box<dyn HostUse>,
         policy: Policy,
         state: StateDir,
+        roots: Roots,
         tuning: Tuning,
     ) -> Self {
-        let service = Self {
+        Self {
             kernel: Bounded::new(kernel, tuning.write_timeout),
             host,
             policy,
             state,
+            roots,
             tuning,
             mutations: Mutex::new(()),
             orphans: Mutex::default(),
-        };
-        let guard = service.lock();
-        service.reconcile_leases();
-        service.reconcile_nodes();
-        drop(guard);
-        service
+        }
+    }
+
+    /// Brings every lease a previous helper left to a consistent end with sysfs, and every group
+    /// node's owner in line with the leases (`reconcile.rs`). Start-up calls it once, before
+    /// serving; constructing a service changes nothing.
+    pub fn reconcile(&self) {
+        let _lock = self.lock();
+        self.reconcile_leases();
+        self.reconcile_nodes();
     }
 
     pub fn policy(&self) -> &Policy {
@@ -157,111 +176,126 @@ impl Service {
     }
 
     fn node_path(&self, group: u32) -> String {
-        self.tuning
-            .vfio_dir
+        self.roots
+            .vfio
             .join(group.to_string())
             .display()
             .to_string()
     }
 
-    /// Handles one request from `peer`.
-    pub fn handle(&self, peer: &Peer, req: &Request) -> (Response, Verdict) {
+    /// Handles one request from `peer`, noting in `record` what its audit line says.
+    pub fn handle(&self, peer: &Peer, req: &Request, record: &mut Record) -> Outcome {
         let result = match req {
-            Request::List => self.list(peer).map(|r| (r, Verdict::default())),
+            Request::List => self.list(peer).map(Outcome::reply),
             Request::Bind {
                 devices,
                 driver,
                 group,
                 dry_run,
                 hold,
-            } => self.bind(peer, devices, *driver, *group, *dry_run, *hold),
-            Request::Release { target } => self.release(peer, *target),
+            } => {
+                let req = BindRequest {
+                    devices,
+                    driver: *driver,
+                    whole_group: *group,
+                    dry_run: *dry_run,
+                    hold: *hold,
+                };
+                self.bind(peer, req, record)
+            }
+            Request::Release { target } => self.release(peer, *target, record).map(Outcome::reply),
             Request::Explain {
                 device,
                 driver,
                 uid,
-            } => self.explain(peer, *device, *driver, *uid),
+            } => self
+                .explain(peer, *device, *driver, *uid, record)
+                .map(Outcome::reply),
         };
-        match result {
-            Ok(ok) => ok,
-            Err((e, verdict)) => (Response::Error(e), verdict),
-        }
+        result.unwrap_or_else(|e| Outcome::reply(Response::Error(e)))
     }
 
-    fn list(&self, peer: &Peer) -> Result<Response, (WireError, Verdict)> {
-        let fail = |e| (internal(e), Verdict::default());
+    /// Every PCI device, with what the caller may bind it to and who holds it.
+    fn list(&self, peer: &Peer) -> Result<Response, WireError> {
         let subject = peer.subject();
+        let holders = self.holders();
+        let devices = self.kernel.devices().map_err(internal)?;
+        Ok(Response::Devices(
+            devices
+                .into_iter()
+                .filter_map(|dev| self.device_info(dev, &subject, &holders))
+                .collect(),
+        ))
+    }
+
+    /// Who holds each leased device.
+    fn holders(&self) -> BTreeMap<PciAddress, Holder> {
         let (leases, _) = self.state.all();
         let mut holders = BTreeMap::new();
         for l in &leases {
             for d in &l.devices {
-                holders.insert(
-                    d.device,
-                    Holder {
-                        uid: l.owner_uid,
-                        driver: d.driver,
-                        since: l.since,
-                        group: Some(l.group),
-                        tied: l.tied,
-                    },
-                );
+                let holder = Holder {
+                    uid: l.owner_uid,
+                    driver: d.driver,
+                    since: l.since,
+                    group: Some(l.group),
+                    tied: l.tied,
+                };
+                holders.insert(d.device, holder);
             }
         }
-        let mut out = Vec::new();
-        for dev in self.kernel.devices().map_err(fail)? {
-            // A device can vanish between the directory listing and the reads: skip it.
-            let Ok(facts) = self.kernel.facts(dev) else {
-                continue;
-            };
-            out.push(DeviceInfo {
-                address: dev,
-                vendor: facts.vendor,
-                device: facts.device,
-                subsystem_vendor: facts.subsystem_vendor,
-                subsystem_device: facts.subsystem_device,
-                class: facts.class,
-                driver: self
-                    .kernel
-                    .driver(dev)
-                    .ok()
-                    .flatten()
-                    .map(|d| d.to_string()),
-                driver_override: self
-                    .kernel
-                    .driver_override(dev)
-                    .ok()
-                    .flatten()
-                    .map(|d| d.to_string()),
-                iommu_group: self.kernel.iommu_group(dev).ok().flatten(),
-                allowed: self.policy.allowed_drivers(&subject, &facts),
-                holder: holders.get(&dev).cloned(),
-            });
-        }
-        Ok(Response::Devices(out))
+        holders
+    }
+
+    /// One line of `list`; `None` for a device that vanished since the directory listing.
+    fn device_info(
+        &self,
+        dev: PciAddress,
+        subject: &Subject,
+        holders: &BTreeMap<PciAddress, Holder>,
+    ) -> Option<DeviceInfo> {
+        let facts = self.kernel.facts(dev).ok()?;
+        let name = |n: Option<vfio_gate_host::DriverName>| n.map(|d| d.to_string());
+        Some(DeviceInfo {
+            address: dev,
+            vendor: facts.vendor,
+            device: facts.device,
+            subsystem_vendor: facts.subsystem_vendor,
+            subsystem_device: facts.subsystem_device,
+            class: facts.class,
+            driver: name(self.kernel.driver(dev).ok().flatten()),
+            driver_override: name(self.kernel.driver_override(dev).ok().flatten()),
+            iommu_group: self.kernel.iommu_group(dev).ok().flatten(),
+            allowed: self.policy.allowed_drivers(subject, &facts),
+            holder: holders.get(&dev).cloned(),
+        })
     }
 
     fn member_state(&self, dev: PciAddress) -> Result<MemberState, SysfsError> {
         plan::member_state(&self.kernel, dev)
     }
 
-    fn guard(&self, m: &MemberState, verdict: &Verdict) -> Result<(), (WireError, Verdict)> {
-        let deny = |e: WireError| {
-            (
-                e,
-                Verdict {
-                    allowed: Some(false),
-                    ..verdict.clone()
-                },
-            )
-        };
-        match guards::check(&self.kernel, &*self.host, m.facts.address, m.kind) {
-            Ok(None) => Ok(()),
-            Ok(Some(r)) => Err(deny(WireError::Refused {
+    /// Every member of `group`, as sysfs shows it now.
+    fn group_states(&self, group: u32) -> Result<Vec<MemberState>, SysfsError> {
+        self.kernel
+            .group_members(group)?
+            .into_iter()
+            .map(|d| self.member_state(d))
+            .collect()
+    }
+
+    /// The built-in guards for one device; a refusal, or a guard that cannot tell, denies.
+    fn guard(&self, m: &MemberState, record: &mut Record) -> Result<(), WireError> {
+        let refusal = match guards::check(&self.kernel, &*self.host, m.facts.address, m.kind) {
+            Ok(None) => return Ok(()),
+            Ok(Some(r)) => WireError::Refused {
                 device: r.device,
                 guard: r.guard,
                 reason: r.reason,
-            })),
-            Err(e) => Err(deny(internal(e))),
-        }
+            },
+            Err(e) => internal(e),
+        };
+        record.deny();
+        Err(refusal)
     }
 }

@@ -1,9 +1,12 @@
 //! Bringing leases and group nodes back in line with sysfs: at start, and after changes.
 
-// See the parent module about the `(WireError, Verdict)` error type.
-#![allow(clippy::result_large_err)]
+use vfio_gate_host::PciView;
+use vfio_gate_protocol::Driver;
 
-use super::*;
+use super::Service;
+use crate::audit;
+use crate::kernel::{Kernel, NodeOwner};
+use crate::state::{Lease, Phase};
 
 impl Service {
     /// Gives `/dev/vfio/<group>` back to root, if it still exists.
@@ -65,72 +68,93 @@ impl Service {
                 .field("error", p)
                 .emit();
         }
-        for mut lease in leases {
-            let group = lease.group;
-            let before = lease.devices.len();
-            lease.devices.retain(|d| {
-                let same = self.same_device(d);
-                if !same {
-                    let action = if self.kernel.exists(d.device) {
-                        "left alone: a different device is at that address now"
-                    } else {
-                        "dropped: the device is gone"
-                    };
-                    audit::Line::new("reconcile")
-                        .field("group", group)
-                        .field("device", d.device)
-                        .field("action", action)
-                        .emit();
-                }
-                same
-            });
-            if lease.devices.is_empty() {
-                let _ = self.state.remove(group);
-                continue;
+        for lease in leases {
+            if let Some(lease) = self.drop_vanished_members(lease) {
+                self.settle(lease);
             }
-            if lease.devices.len() != before {
-                let _ = self.state.write(&lease);
-            }
-            let all_on_target = lease.devices.iter().all(|d| {
-                self.kernel
-                    .driver(d.device)
-                    .ok()
-                    .flatten()
-                    .is_some_and(|n| n.is(d.driver))
-            });
-            let n = lease.devices.len();
-            let (action, result) = match lease.phase {
-                Phase::Applied if lease.tied => {
-                    self.release_orphan(group, None);
-                    continue;
-                }
-                Phase::Applied if all_on_target => ("kept", Ok(())),
-                Phase::Intent | Phase::Applied => {
-                    let r = self.undo(&lease, n);
-                    if r.is_ok() {
-                        let _ = self.state.remove(group);
-                    }
-                    let action = if lease.phase == Phase::Intent {
-                        "rolled back a bind the previous helper did not finish"
-                    } else {
-                        "rolled back: members were no longer on their drivers"
-                    };
-                    (action, r)
-                }
-                Phase::Releasing => (
-                    "finished a release the previous helper did not finish",
-                    self.release_group(lease.clone())
-                        .map(|_| ())
-                        .map_err(|e| e.to_string()),
-                ),
-            };
-            let mut line = audit::Line::new("reconcile");
-            line.field("group", group).field("action", action);
-            match result {
-                Ok(()) => line.field("result", "ok"),
-                Err(e) => line.field("result", "failed").field("error", e),
-            };
-            line.emit();
         }
+    }
+
+    /// Drops from `lease` every member that is gone or is now a different device (each
+    /// reported), and keeps the record in step. `None` when no member is left: the lease is
+    /// removed.
+    fn drop_vanished_members(&self, mut lease: Lease) -> Option<Lease> {
+        let group = lease.group;
+        let before = lease.devices.len();
+        lease.devices.retain(|d| {
+            let same = self.same_device(d);
+            if !same {
+                let action = if self.kernel.exists(d.device) {
+                    "left alone: a different device is at that address now"
+                } else {
+                    "dropped: the device is gone"
+                };
+                audit::Line::new("reconcile")
+                    .field("group", group)
+                    .field("device", d.device)
+                    .field("action", action)
+                    .emit();
+            }
+            same
+        });
+        if lease.devices.is_empty() {
+            let _ = self.state.remove(group);
+            return None;
+        }
+        if lease.devices.len() != before {
+            let _ = self.state.write(&lease);
+        }
+        Some(lease)
+    }
+
+    /// Ends one lease as its phase says, and reports what was done: a tied lease is released, an
+    /// applied one whose members are all on their target driver kept, an unfinished or undone
+    /// bind rolled back, an unfinished release finished.
+    fn settle(&self, lease: Lease) {
+        let group = lease.group;
+        let all_on_target = lease.devices.iter().all(|d| {
+            self.kernel
+                .driver(d.device)
+                .ok()
+                .flatten()
+                .is_some_and(|n| n.is(d.driver))
+        });
+        let (action, result) = match lease.phase {
+            Phase::Applied if lease.tied => {
+                self.release_orphan(group, None);
+                return;
+            }
+            Phase::Applied if all_on_target => ("kept", Ok(())),
+            Phase::Intent => (
+                "rolled back a bind the previous helper did not finish",
+                self.roll_back_lease(&lease),
+            ),
+            Phase::Applied => (
+                "rolled back: members were no longer on their drivers",
+                self.roll_back_lease(&lease),
+            ),
+            Phase::Releasing => (
+                "finished a release the previous helper did not finish",
+                self.release_group(lease)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
+            ),
+        };
+        let mut line = audit::Line::new("reconcile");
+        line.field("group", group).field("action", action);
+        match result {
+            Ok(()) => line.field("result", "ok"),
+            Err(e) => line.field("result", "failed").field("error", e),
+        };
+        line.emit();
+    }
+
+    /// Puts every member of `lease` back and, if that worked, removes the lease.
+    fn roll_back_lease(&self, lease: &Lease) -> Result<(), String> {
+        let result = self.undo(lease, lease.devices.len());
+        if result.is_ok() {
+            let _ = self.state.remove(lease.group);
+        }
+        result
     }
 }

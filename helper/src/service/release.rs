@@ -1,12 +1,104 @@
 //! Releasing: one group, the caller's, or a user's (admins); and the leases tied to a
 //! connection that closed, retried while a VM still holds the group.
 
-// See the parent module about the `(WireError, Verdict)` error type.
-#![allow(clippy::result_large_err)]
+use std::collections::BTreeSet;
+use std::sync::MutexGuard;
 
-use super::*;
+use vfio_gate_host::{PciView, SysfsError};
+use vfio_gate_protocol::{
+    BusyReason, DenyReason, Driver, PciAddress, ReleaseReport, ReleaseTarget, ReleasedGroup,
+    Response, RestoredDevice, WireError,
+};
+
+use super::{Service, internal, now};
+use crate::audit::{self, Record};
+use crate::kernel::{Kernel, NodeOwner};
+use crate::peer::Peer;
+use crate::sequence::{self, ReleaseError};
+use crate::state::{Lease, LeasedDevice, Phase};
 
 impl Service {
+    /// Gives back the groups `target` names, for `peer`: who may release what, then each group
+    /// in turn, under the lock.
+    pub(super) fn release(
+        &self,
+        peer: &Peer,
+        target: ReleaseTarget,
+        record: &mut Record,
+    ) -> Result<Response, WireError> {
+        let admin = self.policy.is_admin(&peer.subject());
+        let _lock = self.lock();
+        let leases = self.leases_to_release(peer, target, admin, record)?;
+        record.allow();
+        record.devices = leases
+            .iter()
+            .flat_map(|l| l.devices.iter().map(|d| d.device))
+            .collect();
+        let groups = leases
+            .into_iter()
+            .map(|lease| self.release_group(lease))
+            .collect::<Result<_, _>>()?;
+        Ok(Response::Released(ReleaseReport { groups }))
+    }
+
+    /// The leases `target` names that `peer` (an admin if `admin`) may release.
+    fn leases_to_release(
+        &self,
+        peer: &Peer,
+        target: ReleaseTarget,
+        admin: bool,
+        record: &mut Record,
+    ) -> Result<Vec<Lease>, WireError> {
+        match target {
+            ReleaseTarget::Device(dev) => {
+                record.devices = vec![dev];
+                self.lease_of_device(peer, dev, admin, record)
+                    .map(|lease| vec![lease])
+            }
+            ReleaseTarget::Mine => Ok(self.leases_of(peer.uid)),
+            ReleaseTarget::User(uid) if uid == peer.uid || admin => Ok(self.leases_of(uid)),
+            ReleaseTarget::User(_) => {
+                record.deny();
+                Err(WireError::NotAdmin {
+                    detail: "only an admin (root, or [settings] admins in the policy) may release another user's devices".to_string(),
+                })
+            }
+        }
+    }
+
+    /// The lease that holds `dev`, if its holder is `peer` or `peer` is an admin.
+    fn lease_of_device(
+        &self,
+        peer: &Peer,
+        dev: PciAddress,
+        admin: bool,
+        record: &mut Record,
+    ) -> Result<Lease, WireError> {
+        let Some(lease) = self.find_lease(dev)? else {
+            if !self.kernel.exists(dev) {
+                return Err(WireError::NotFound { device: dev });
+            }
+            record.deny();
+            return Err(WireError::Denied {
+                why: DenyReason::NotHeld { device: dev },
+                rule: None,
+                detail: format!(
+                    "{} is not held through vfio-gate; there is nothing to release",
+                    dev.short()
+                ),
+            });
+        };
+        if lease.owner_uid != peer.uid && !admin {
+            record.deny();
+            return Err(WireError::Held {
+                group: Some(lease.group),
+                uid: lease.owner_uid,
+                since: lease.since,
+            });
+        }
+        Ok(lease)
+    }
+
     pub(super) fn find_lease(&self, dev: PciAddress) -> Result<Option<Lease>, WireError> {
         if let Some(g) = self.kernel.iommu_group(dev).ok().flatten()
             && let Some(l) = self.state.read(g).map_err(internal)?
@@ -16,77 +108,6 @@ impl Service {
         // The device may have vanished (and its group with it): look through every lease.
         let (leases, _) = self.state.all();
         Ok(leases.into_iter().find(|l| l.device(dev).is_some()))
-    }
-
-    /// Gives back the groups `target` names, for `peer`.
-    pub(super) fn release(
-        &self,
-        peer: &Peer,
-        target: ReleaseTarget,
-    ) -> Result<(Response, Verdict), (WireError, Verdict)> {
-        let mut verdict = Verdict::default();
-        let admin = self.policy.is_admin(&peer.subject());
-        let _guard = self.lock();
-        let leases: Vec<Lease> = match target {
-            ReleaseTarget::Device(dev) => {
-                verdict.devices = vec![dev];
-                let Some(lease) = self.find_lease(dev).map_err(|e| (e, verdict.clone()))? else {
-                    if !self.kernel.exists(dev) {
-                        return Err((WireError::NotFound { device: dev }, verdict));
-                    }
-                    verdict.allowed = Some(false);
-                    return Err((
-                        WireError::Denied {
-                            why: DenyReason::NotHeld { device: dev },
-                            rule: None,
-                            detail: format!(
-                                "{} is not held through vfio-gate; there is nothing to release",
-                                dev.short()
-                            ),
-                        },
-                        verdict,
-                    ));
-                };
-                if lease.owner_uid != peer.uid && !admin {
-                    verdict.allowed = Some(false);
-                    return Err((
-                        WireError::Held {
-                            group: Some(lease.group),
-                            uid: lease.owner_uid,
-                            since: lease.since,
-                        },
-                        verdict,
-                    ));
-                }
-                vec![lease]
-            }
-            ReleaseTarget::Mine => self.leases_of(peer.uid),
-            ReleaseTarget::User(uid) => {
-                if uid != peer.uid && !admin {
-                    verdict.allowed = Some(false);
-                    return Err((
-                        WireError::NotAdmin {
-                            detail: "only an admin (root, or [settings] admins in the policy) may release another user's devices".to_string(),
-                        },
-                        verdict,
-                    ));
-                }
-                self.leases_of(uid)
-            }
-        };
-        verdict.allowed = Some(true);
-        verdict.devices = leases
-            .iter()
-            .flat_map(|l| l.devices.iter().map(|d| d.device))
-            .collect();
-        let mut groups = Vec::new();
-        for lease in leases {
-            groups.push(
-                self.release_group(lease)
-                    .map_err(|e| (e, verdict.clone()))?,
-            );
-        }
-        Ok((Response::Released(ReleaseReport { groups }), verdict))
     }
 
     pub(super) fn leases_of(&self, uid: u32) -> Vec<Lease> {
@@ -99,37 +120,58 @@ impl Service {
     /// mutation lock held.
     pub(super) fn release_group(&self, mut lease: Lease) -> Result<ReleasedGroup, WireError> {
         let group = lease.group;
-        let vfio = lease.devices.iter().any(|d| d.driver == Driver::VfioPci);
-        if vfio {
-            // Take the node back before looking: the helper opens only nodes it owns (it keeps
-            // no CAP_DAC_OVERRIDE), and a user who is releasing should lose it anyway.
-            self.reset_node(group);
-            if self.kernel.group_in_use(group).unwrap_or(true) {
-                let _ = self.kernel.chown_group_node(
-                    group,
-                    NodeOwner {
-                        uid: lease.owner_uid,
-                        gid: lease.owner_gid,
-                        mode: self.policy.settings().node_mode,
-                    },
-                );
-                return Err(WireError::Busy {
-                    why: BusyReason::GroupInUse { group },
-                    detail: format!(
-                        "group {group} is in use — stop the VM first (a process holds {})",
-                        self.node_path(group)
-                    ),
-                });
-            }
-        }
+        self.take_node_back(&lease)?;
         lease.phase = Phase::Releasing;
         lease.updated = now();
         self.state.write(&lease).map_err(internal)?;
         crate::fault::point("release:lease-releasing");
+        let devices = self.restore_members(&mut lease)?;
+        self.reset_node(group);
+        crate::fault::point("release:node-reset");
+        self.state.remove(group).map_err(internal)?;
+        Ok(ReleasedGroup {
+            group: Some(group),
+            owner_uid: lease.owner_uid,
+            devices,
+        })
+    }
+
+    /// For a group on vfio-pci, takes `/dev/vfio/<group>` back from its holder before looking
+    /// whether a process has it open: the helper opens only nodes it owns (it keeps no
+    /// CAP_DAC_OVERRIDE), and a user who is releasing should lose it anyway. A group in use is
+    /// given back to its holder and refused.
+    fn take_node_back(&self, lease: &Lease) -> Result<(), WireError> {
+        let group = lease.group;
+        if !lease.devices.iter().any(|d| d.driver == Driver::VfioPci) {
+            return Ok(());
+        }
+        self.reset_node(group);
+        if !self.kernel.group_in_use(group).unwrap_or(true) {
+            return Ok(());
+        }
+        let holder = NodeOwner {
+            uid: lease.owner_uid,
+            gid: lease.owner_gid,
+            mode: self.policy.settings().node_mode,
+        };
+        let _ = self.kernel.chown_group_node(group, holder);
+        Err(WireError::Busy {
+            why: BusyReason::GroupInUse { group },
+            detail: format!(
+                "group {group} is in use — stop the VM first (a process holds {})",
+                self.node_path(group)
+            ),
+        })
+    }
+
+    /// Restores the members of `lease`, last bound first, recording the progress in the lease so
+    /// that a helper that dies midway finishes only what is left. Members gone or replaced are
+    /// left alone. Returns what was restored, in bind order.
+    fn restore_members(&self, lease: &mut Lease) -> Result<Vec<RestoredDevice>, WireError> {
         let mut restored = Vec::new();
         while let Some(d) = lease.devices.last().cloned() {
             if self.same_device(&d) {
-                match ops::release(&self.kernel, d.device, &d.original) {
+                match sequence::release(&self.kernel, d.device, &d.original) {
                     Ok(r) => restored.push(RestoredDevice {
                         device: d.device,
                         expected_driver: r.expected.map(|n| n.to_string()),
@@ -137,48 +179,23 @@ impl Service {
                     }),
                     Err(e) => {
                         // Keep what is still held, so a retry releases exactly that.
-                        let _ = self.state.write(&lease);
-                        return Err(match e {
-                            ops::ReleaseError::Step { source, dev, .. }
-                                if matches!(
-                                    source,
-                                    SysfsError::Blocked { .. } | SysfsError::StillBlocked { .. }
-                                ) =>
-                            {
-                                WireError::Busy {
-                                    why: BusyReason::BlockedInKernel { device: dev },
-                                    detail: format!(
-                                        "{source}; the release of group {group} will finish when you retry after the VM is gone"
-                                    ),
-                                }
-                            }
-                            other => WireError::Failed {
-                                reason: format!("{other}; the lease is kept, retry the release"),
-                            },
-                        });
+                        let _ = self.state.write(lease);
+                        return Err(release_error(lease.group, e));
                     }
                 }
             } else {
                 audit::Line::new("lease-member-gone")
-                    .field("group", group)
+                    .field("group", lease.group)
                     .field("device", d.device)
                     .emit();
             }
             lease.devices.pop();
-            // Record the progress, so a helper that dies now finishes only what is left.
             if !lease.devices.is_empty() {
-                let _ = self.state.write(&lease);
+                let _ = self.state.write(lease);
             }
         }
-        self.reset_node(group);
-        crate::fault::point("release:node-reset");
-        self.state.remove(group).map_err(internal)?;
         restored.reverse();
-        Ok(ReleasedGroup {
-            group: Some(group),
-            owner_uid: lease.owner_uid,
-            devices: restored,
-        })
+        Ok(restored)
     }
 
     /// Whether the device recorded in a lease is still the one at that address: present, with
@@ -236,5 +253,28 @@ impl Service {
             }
         }
         line.emit();
+    }
+}
+
+/// The answer to a release that stopped at a member: busy while the kernel blocks the write (a
+/// VM still holds the device), failed otherwise; the lease is kept either way.
+fn release_error(group: u32, e: ReleaseError) -> WireError {
+    match e {
+        ReleaseError::Step { source, dev, .. }
+            if matches!(
+                source,
+                SysfsError::Blocked { .. } | SysfsError::StillBlocked { .. }
+            ) =>
+        {
+            WireError::Busy {
+                why: BusyReason::BlockedInKernel { device: dev },
+                detail: format!(
+                    "{source}; the release of group {group} will finish when you retry after the VM is gone"
+                ),
+            }
+        }
+        other => WireError::Failed {
+            reason: format!("{other}; the lease is kept, retry the release"),
+        },
     }
 }

@@ -1,9 +1,21 @@
 //! The service on the simulated kernel: decisions, plans, guards, leases, reconciliation.
 
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use vfio_gate_policy::{NameResolver, Policy};
+use vfio_gate_protocol::{
+    DenyReason, Driver, Guard, PciAddress, Plan, ReleaseReport, ReleaseTarget, Request, Response,
+    StepAction, WireError,
+};
+
 use super::*;
-use crate::sysfs::{SimDevice, SimKernel, SimOp};
-use vfio_gate_policy::NameResolver;
-use vfio_gate_protocol::{Guard, Plan};
+use crate::audit::Record;
+use crate::kernel::sim::{SimDevice, SimKernel, SimOp};
+use crate::kernel::{Kernel, NodeOwner};
+use crate::roots::Roots;
+use crate::sequence;
+use crate::state::{Lease, LeasedDevice, Phase, StateDir};
 
 struct Names;
 impl NameResolver for Names {
@@ -95,6 +107,26 @@ struct Fixture {
     service: Service,
 }
 
+/// The service's roots for a test: the accounts in `tmp/root/etc`, leases in `tmp/state`, and
+/// the production `/dev/vfio` (never opened: the simulated kernel holds the nodes).
+fn roots(tmp: &std::path::Path) -> Roots {
+    let etc = tmp.join("root/etc");
+    std::fs::create_dir_all(&etc).unwrap();
+    std::fs::write(
+        etc.join("passwd"),
+        "alice:x:1000:1000::/home/alice:/bin/sh\n\
+         bob:x:1001:1001::/home/bob:/bin/sh\n\
+         carol:x:1002:1002::/home/carol:/bin/sh\n",
+    )
+    .unwrap();
+    std::fs::write(etc.join("group"), "vm-users:x:1100:alice\n").unwrap();
+    Roots {
+        etc: tmp.join("root"),
+        state: tmp.join("state"),
+        ..Roots::default()
+    }
+}
+
 fn fixture() -> Fixture {
     let tmp = tempfile::tempdir().unwrap();
     let kernel = Arc::new(SimKernel::guest_layout());
@@ -116,7 +148,8 @@ fn fixture() -> Fixture {
     ));
     kernel.load_driver("igb");
     let policy = Policy::parse(POLICY, "policy.toml", &Names).unwrap();
-    let state = StateDir::open(&tmp.path().join("state")).unwrap();
+    let roots = roots(tmp.path());
+    let state = StateDir::open(&roots.state).unwrap();
     let tuning = Tuning {
         write_timeout: Duration::from_millis(300),
         node_timeout: Duration::from_millis(300),
@@ -127,8 +160,10 @@ fn fixture() -> Fixture {
         Box::new(kernel.clone()),
         policy,
         state,
+        roots,
         tuning,
     );
+    service.reconcile();
     Fixture {
         _tmp: tmp,
         kernel,
@@ -146,12 +181,25 @@ fn bind_req(devs: &[&str], driver: Driver, group: bool, dry_run: bool) -> Reques
     }
 }
 
-fn bind(s: &Service, p: &Peer, dev: &str, driver: Driver) -> (Response, Verdict) {
-    s.handle(p, &bind_req(&[dev], driver, false, false))
+/// Handles `req` as the connection handler does: the outcome, and the audit record beside it.
+fn outcome(s: &Service, p: &Peer, req: &Request) -> (Outcome, Record) {
+    let mut record = Record::default();
+    let outcome = s.handle(p, req, &mut record);
+    (outcome, record)
 }
 
-fn release(s: &Service, p: &Peer, dev: &str) -> (Response, Verdict) {
-    s.handle(
+fn handle(s: &Service, p: &Peer, req: &Request) -> (Response, Record) {
+    let (outcome, record) = outcome(s, p, req);
+    (outcome.response, record)
+}
+
+fn bind(s: &Service, p: &Peer, dev: &str, driver: Driver) -> (Response, Record) {
+    handle(s, p, &bind_req(&[dev], driver, false, false))
+}
+
+fn release(s: &Service, p: &Peer, dev: &str) -> (Response, Record) {
+    handle(
+        s,
         p,
         &Request::Release {
             target: ReleaseTarget::Device(a(dev)),
@@ -176,13 +224,13 @@ fn summary(plan: &Plan) -> Vec<String> {
 #[test]
 fn alice_binds_and_releases_and_gets_the_node() {
     let f = fixture();
-    let (resp, verdict) = bind(&f.service, &alice(), "01:00.0", Driver::VfioPci);
+    let (resp, record) = bind(&f.service, &alice(), "01:00.0", Driver::VfioPci);
     let Response::Bound(report) = resp else {
         panic!("{resp:?}")
     };
     assert_eq!(summary(&report.plan), ["01:00.0 -> vfio-pci"]);
     assert_eq!(report.vfio_node.as_deref(), Some("/dev/vfio/8"));
-    assert_eq!(verdict.rule.unwrap().name, "alice's NIC and test devices");
+    assert_eq!(record.rule.unwrap().name, "alice's NIC and test devices");
     assert_eq!(driver_of(&f.kernel, "01:00.0").as_deref(), Some("vfio-pci"));
     assert_eq!(
         f.kernel.node(8),
@@ -212,10 +260,10 @@ fn alice_binds_and_releases_and_gets_the_node() {
 }
 
 #[test]
-fn group_11_needs_group_then_binds_edu_with_e1000_on_stub() {
+fn group_11_needs_group_and_a_dry_run_writes_nothing() {
     let f = fixture();
     let before = f.kernel.log();
-    let (resp, verdict) = bind(&f.service, &alice(), "05:02.0", Driver::VfioPci);
+    let (resp, record) = bind(&f.service, &alice(), "05:02.0", Driver::VfioPci);
     let Response::Error(WireError::NeedsGroup {
         group,
         plan,
@@ -230,11 +278,12 @@ fn group_11_needs_group_then_binds_edu_with_e1000_on_stub() {
         summary(&plan),
         ["04:00.0 keep", "05:01.0 -> pci-stub", "05:02.0 -> vfio-pci"]
     );
-    assert_eq!(verdict.allowed, Some(false));
+    assert_eq!(record.allowed, Some(false));
     assert_eq!(f.kernel.log(), before, "a refusal writes nothing");
 
     // --dry-run: the same plan, nothing written.
-    let (resp, _) = f.service.handle(
+    let (resp, _) = handle(
+        &f.service,
         &alice(),
         &bind_req(&["05:02.0"], Driver::VfioPci, true, true),
     );
@@ -248,8 +297,13 @@ fn group_11_needs_group_then_binds_edu_with_e1000_on_stub() {
     );
     assert_eq!(f.kernel.log(), before, "a dry run writes nothing");
     assert_eq!(f.service.state.read(11).unwrap(), None);
+}
 
-    let (resp, _) = f.service.handle(
+#[test]
+fn group_11_binds_edu_with_e1000_on_stub_for_one_holder_at_a_time() {
+    let f = fixture();
+    let (resp, _) = handle(
+        &f.service,
         &alice(),
         &bind_req(&["05:02.0"], Driver::VfioPci, true, false),
     );
@@ -304,7 +358,8 @@ fn a_failure_midway_through_a_group_plan_restores_every_member() {
     let f = fixture();
     // 05:01.0 goes to pci-stub first, then 05:02.0's probe fails.
     f.kernel.fail_next(SimOp::Probe, a("05:02.0"), libc::EIO);
-    let (resp, _) = f.service.handle(
+    let (resp, _) = handle(
+        &f.service,
         &alice(),
         &bind_req(&["05:02.0"], Driver::VfioPci, true, false),
     );
@@ -343,13 +398,13 @@ fn guards_refuse_whatever_the_policy_says() {
         ("0c:00.0", Guard::NoIommuGroup),
     ] {
         for driver in Driver::ALL {
-            let (resp, verdict) = bind(&f.service, &alice(), dev, driver);
+            let (resp, record) = bind(&f.service, &alice(), dev, driver);
             match resp {
                 Response::Error(WireError::Refused {
                     guard: g, reason, ..
                 }) => {
                     assert_eq!(g, guard, "{dev}: {reason}");
-                    assert_eq!(verdict.allowed, Some(false));
+                    assert_eq!(record.allowed, Some(false));
                 }
                 other => panic!("{dev} {driver}: {other:?}"),
             }
@@ -382,7 +437,7 @@ fn release_of_a_group_in_use_is_refused_at_once() {
     assert!(started.elapsed() < Duration::from_secs(1));
     // Others are served meanwhile.
     assert!(matches!(
-        f.service.handle(&bob(), &Request::List).0,
+        handle(&f.service, &bob(), &Request::List).0,
         Response::Devices(_)
     ));
     f.kernel.let_go_group(8);
@@ -416,12 +471,12 @@ fn decisions_table() {
     for (peer, dev, driver, expected) in table {
         let f = fixture();
         let before = f.kernel.log();
-        let (resp, verdict) = bind(&f.service, peer, dev, *driver);
+        let (resp, record) = bind(&f.service, peer, dev, *driver);
         match (expected, &resp) {
-            (Ok(rule), Response::Bound(_)) => assert_eq!(verdict.rule.unwrap().name, *rule),
+            (Ok(rule), Response::Bound(_)) => assert_eq!(record.rule.unwrap().name, *rule),
             (Err(rule), Response::Error(WireError::Denied { rule: got, .. })) => {
                 assert_eq!(got.as_ref().map(|r| r.name.as_str()), *rule, "{dev}");
-                assert_eq!(verdict.allowed, Some(false));
+                assert_eq!(record.allowed, Some(false));
                 assert_eq!(f.kernel.log(), before, "a denied bind writes nothing");
             }
             _ => panic!("{peer:?} {dev} {driver}: expected {expected:?}, got {resp:?}"),
@@ -461,7 +516,7 @@ fn bad_requests() {
         bind_req(&["01:00.0", "01:00.0"], Driver::VfioPci, false, false),
         bind_req(&["01:00.0", "00:06.0"], Driver::VfioPci, false, false),
     ] {
-        let (resp, _) = f.service.handle(&alice(), &req);
+        let (resp, _) = handle(&f.service, &alice(), &req);
         assert!(
             matches!(resp, Response::Error(WireError::BadRequest { .. })),
             "{req:?}: {resp:?}"
@@ -514,15 +569,8 @@ fn nodes_are_reconciled_with_the_leases_at_start() {
     ));
     // The node was re-created behind vfio-gate's back (udev, a rebind): root's again.
     f.kernel.chown_group_node(8, NodeOwner::ROOT).unwrap();
-    let again = Service::new(
-        f.kernel.clone(),
-        Box::new(f.kernel.clone()),
-        Policy::parse(POLICY, "policy.toml", &Names).unwrap(),
-        StateDir::open(f.service.state.path()).unwrap(),
-        Tuning::default(),
-    );
+    let _again = restart(&f);
     assert_eq!(f.kernel.node(8).unwrap().uid, 1000);
-    drop(again);
 }
 
 #[test]
@@ -530,7 +578,7 @@ fn list_shows_what_the_caller_may_do_and_who_holds_what() {
     let f = fixture();
     let (resp, _) = bind(&f.service, &alice(), "00:06.1", Driver::PciStub);
     assert!(matches!(resp, Response::Bound(_)), "{resp:?}");
-    let Response::Devices(devs) = f.service.handle(&bob(), &Request::List).0 else {
+    let Response::Devices(devs) = handle(&f.service, &bob(), &Request::List).0 else {
         panic!()
     };
     assert!(
@@ -542,7 +590,7 @@ fn list_shows_what_the_caller_may_do_and_who_holds_what() {
     let tdev = devs.iter().find(|d| d.address == a("00:06.1")).unwrap();
     assert_eq!(tdev.holder.as_ref().map(|h| h.uid), Some(1000));
     assert_eq!(tdev.driver.as_deref(), Some("pci-stub"));
-    let Response::Devices(devs) = f.service.handle(&alice(), &Request::List).0 else {
+    let Response::Devices(devs) = handle(&f.service, &alice(), &Request::List).0 else {
         panic!()
     };
     let nic = devs.iter().find(|d| d.address == a("01:00.0")).unwrap();
@@ -570,12 +618,20 @@ fn hold_req(devs: &[&str], driver: Driver, group: bool) -> Request {
     }
 }
 
+/// A new helper over the same kernel and state directory, started as `run` starts it.
 fn restart(f: &Fixture) -> Service {
+    let service = unreconciled(f);
+    service.reconcile();
+    service
+}
+
+fn unreconciled(f: &Fixture) -> Service {
     Service::new(
         f.kernel.clone(),
         Box::new(f.kernel.clone()),
         Policy::parse(POLICY, "policy.toml", &Names).unwrap(),
         StateDir::open(f.service.state.path()).unwrap(),
+        f.service.roots.clone(),
         Tuning {
             write_timeout: Duration::from_millis(300),
             node_timeout: Duration::from_millis(300),
@@ -587,13 +643,22 @@ fn restart(f: &Fixture) -> Service {
 #[test]
 fn a_held_bind_is_released_when_its_connection_goes() {
     let f = fixture();
-    let (resp, verdict) = f
-        .service
-        .handle(&alice(), &hold_req(&["01:00.0"], Driver::VfioPci, false));
-    assert!(matches!(resp, Response::Bound(_)), "{resp:?}");
-    assert_eq!(verdict.held_group, Some(8));
+    let (outcome, _) = outcome(
+        &f.service,
+        &alice(),
+        &hold_req(&["01:00.0"], Driver::VfioPci, false),
+    );
+    assert!(
+        matches!(outcome.response, Response::Bound(_)),
+        "{outcome:?}"
+    );
+    assert_eq!(
+        outcome.tied,
+        Some(8),
+        "the tie is the outcome's, for the connection"
+    );
     assert!(f.service.state.read(8).unwrap().unwrap().tied);
-    let Response::Devices(devs) = f.service.handle(&bob(), &Request::List).0 else {
+    let Response::Devices(devs) = handle(&f.service, &bob(), &Request::List).0 else {
         panic!()
     };
     let nic = devs.iter().find(|d| d.address == a("01:00.0")).unwrap();
@@ -617,9 +682,11 @@ fn an_untied_lease_survives_a_restart_and_a_tied_one_does_not() {
         bind(&f.service, &alice(), "01:00.0", Driver::VfioPci).0,
         Response::Bound(_)
     ));
-    let (resp, _) = f
-        .service
-        .handle(&alice(), &hold_req(&["05:02.0"], Driver::VfioPci, true));
+    let (resp, _) = handle(
+        &f.service,
+        &alice(),
+        &hold_req(&["05:02.0"], Driver::VfioPci, true),
+    );
     assert!(matches!(resp, Response::Bound(_)), "{resp:?}");
     let _again = restart(&f);
     assert_eq!(
@@ -653,8 +720,8 @@ fn a_half_done_bind_is_rolled_back_at_start() {
             LeasedDevice {
                 device: a("05:01.0"),
                 driver: Driver::PciStub,
-                original: ops::Original {
-                    driver: crate::sysfs::DriverName::new("e1000"),
+                original: sequence::Original {
+                    driver: vfio_gate_host::DriverName::new("e1000"),
                     driver_override: None,
                 },
                 ids: (0x8086, 0x100e),
@@ -662,7 +729,7 @@ fn a_half_done_bind_is_rolled_back_at_start() {
             LeasedDevice {
                 device: a("05:02.0"),
                 driver: Driver::VfioPci,
-                original: ops::Original {
+                original: sequence::Original {
                     driver: None,
                     driver_override: None,
                 },
@@ -671,7 +738,7 @@ fn a_half_done_bind_is_rolled_back_at_start() {
         ],
     };
     f.service.state.write(&lease).unwrap();
-    let stub = crate::sysfs::DriverName::new("pci-stub").unwrap();
+    let stub = vfio_gate_host::DriverName::new("pci-stub").unwrap();
     f.kernel.set_override(a("05:01.0"), Some(&stub)).unwrap();
     f.kernel.unbind(a("05:01.0")).unwrap();
     f.kernel.probe(a("05:01.0")).unwrap();
@@ -685,7 +752,8 @@ fn a_half_done_bind_is_rolled_back_at_start() {
 #[test]
 fn a_half_done_release_is_finished_and_strangers_are_left_alone() {
     let f = fixture();
-    let (resp, _) = f.service.handle(
+    let (resp, _) = handle(
+        &f.service,
         &alice(),
         &bind_req(&["05:02.0"], Driver::VfioPci, true, false),
     );
@@ -695,9 +763,8 @@ fn a_half_done_release_is_finished_and_strangers_are_left_alone() {
     f.service.state.write(&lease).unwrap();
     // A different device appeared where the e1000 was.
     f.kernel.remove_device(a("05:01.0"));
-    f.kernel.add_device(
-        crate::sysfs::SimDevice::endpoint("05:01.0", 0x10ec, 0x8139, 0x020000, None).in_group(11),
-    );
+    f.kernel
+        .add_device(SimDevice::endpoint("05:01.0", 0x10ec, 0x8139, 0x020000, None).in_group(11));
     let _again = restart(&f);
     assert_eq!(
         driver_of(&f.kernel, "05:02.0"),
@@ -737,14 +804,14 @@ fn admins_release_anyone_users_only_their_own() {
         Response::Bound(_)
     ));
     let release_user = |p: &Peer, uid| {
-        f.service
-            .handle(
-                p,
-                &Request::Release {
-                    target: ReleaseTarget::User(uid),
-                },
-            )
-            .0
+        handle(
+            &f.service,
+            p,
+            &Request::Release {
+                target: ReleaseTarget::User(uid),
+            },
+        )
+        .0
     };
     assert!(matches!(
         release_user(&bob(), 1000),
@@ -761,7 +828,8 @@ fn admins_release_anyone_users_only_their_own() {
     assert_eq!(r.groups.len(), 1, "the pci-stub group");
     assert_eq!(driver_of(&f.kernel, "00:06.1"), None);
     // --all for a user who holds nothing releases nothing, successfully.
-    let (resp, _) = f.service.handle(
+    let (resp, _) = handle(
+        &f.service,
         &bob(),
         &Request::Release {
             target: ReleaseTarget::Mine,
@@ -781,7 +849,8 @@ fn release_all_gives_back_every_group_of_the_caller() {
         bind(&f.service, &alice(), "00:1b.0", Driver::VfioPci).0,
         Response::Bound(_)
     ));
-    let (resp, _) = f.service.handle(
+    let (resp, _) = handle(
+        &f.service,
         &alice(),
         &Request::Release {
             target: ReleaseTarget::Mine,
@@ -808,12 +877,14 @@ fn node_mode_and_group_limit_come_from_the_policy() {
         1,
     );
     let policy = Policy::parse(&text, "policy.toml", &Names).unwrap();
-    let state = StateDir::open(&tmp.path().join("state")).unwrap();
+    let roots = roots(tmp.path());
+    let state = StateDir::open(&roots.state).unwrap();
     let service = Service::new(
         kernel.clone(),
         Box::new(kernel.clone()),
         policy,
         state,
+        roots,
         Tuning::default(),
     );
     assert!(matches!(
@@ -849,16 +920,16 @@ fn explain_says_what_a_bind_would_meet_without_doing_it() {
     let f = fixture();
     let before = f.kernel.log();
     let explain = |p: &Peer, dev: &str, uid| {
-        f.service
-            .handle(
-                p,
-                &Request::Explain {
-                    device: a(dev),
-                    driver: None,
-                    uid,
-                },
-            )
-            .0
+        handle(
+            &f.service,
+            p,
+            &Request::Explain {
+                device: a(dev),
+                driver: None,
+                uid,
+            },
+        )
+        .0
     };
     let Response::Explained(e) = explain(&alice(), "05:02.0", None) else {
         panic!()
@@ -889,4 +960,139 @@ fn explain_says_what_a_bind_would_meet_without_doing_it() {
         Response::Error(WireError::NotAdmin { .. })
     ));
     assert_eq!(f.kernel.log(), before, "explain writes nothing");
+}
+
+#[test]
+fn an_admin_explains_for_a_user_named_in_the_services_etc_root() {
+    let f = fixture();
+    let explain = |uid| {
+        handle(
+            &f.service,
+            &carol(),
+            &Request::Explain {
+                device: a("05:02.0"),
+                driver: None,
+                uid: Some(uid),
+            },
+        )
+        .0
+    };
+    // alice's groups come from the fixture's etc/group: only vm-users lets her have 05:02.0.
+    let Response::Explained(e) = explain(1000) else {
+        panic!()
+    };
+    assert_eq!(e.uid, 1000);
+    assert!(e.verdicts[0].allowed);
+    // A uid the fixture's passwd does not have, whatever this machine's /etc/passwd says.
+    let resp = explain(0);
+    let Response::Error(WireError::BadRequest { reason }) = resp else {
+        panic!("{resp:?}")
+    };
+    let passwd = f.service.roots.passwd();
+    assert!(reason.contains(&*passwd.to_string_lossy()), "{reason}");
+}
+
+#[test]
+fn only_a_hold_bind_that_happened_ties_its_group_to_the_connection() {
+    let f = fixture();
+    let hold = |devs: &[&str], dry_run| Request::Bind {
+        devices: devs.iter().map(|d| a(d)).collect(),
+        driver: Driver::VfioPci,
+        group: false,
+        dry_run,
+        hold: true,
+    };
+    let tie = |p: &Peer, req: &Request| {
+        let (o, _) = outcome(&f.service, p, req);
+        (o.tied, o.response)
+    };
+    // A dry run, a refusal, a bind without hold and a bind the kernel fails tie nothing.
+    let (tied, resp) = tie(&alice(), &hold(&["01:00.0"], true));
+    assert!(matches!(resp, Response::Bound(_)), "{resp:?}");
+    assert_eq!(tied, None, "dry run");
+    let (tied, resp) = tie(&bob(), &hold(&["03:00.0"], false));
+    assert!(
+        matches!(resp, Response::Error(WireError::Denied { .. })),
+        "{resp:?}"
+    );
+    assert_eq!(tied, None, "denied");
+    let (tied, resp) = tie(
+        &alice(),
+        &bind_req(&["00:1b.0"], Driver::VfioPci, false, false),
+    );
+    assert!(matches!(resp, Response::Bound(_)), "{resp:?}");
+    assert_eq!(tied, None, "no hold");
+    f.kernel.fail_next(SimOp::Probe, a("01:00.0"), libc::EIO);
+    let (tied, resp) = tie(&alice(), &hold(&["01:00.0"], false));
+    assert!(
+        matches!(resp, Response::Error(WireError::Failed { .. })),
+        "{resp:?}"
+    );
+    assert_eq!(tied, None, "rolled back");
+    // The real thing.
+    let (tied, resp) = tie(&alice(), &hold(&["01:00.0"], false));
+    assert!(matches!(resp, Response::Bound(_)), "{resp:?}");
+    assert_eq!(tied, Some(8));
+    assert!(f.service.state.read(8).unwrap().unwrap().tied);
+}
+
+#[test]
+fn the_audit_record_says_what_decided_at_each_step() {
+    let f = fixture();
+    let (_, record) = handle(&f.service, &alice(), &Request::List);
+    assert_eq!(record, Record::default(), "a list decides nothing");
+    let (_, record) = handle(
+        &f.service,
+        &alice(),
+        &bind_req(&[], Driver::VfioPci, false, false),
+    );
+    assert_eq!(record, Record::default(), "malformed: no decision");
+
+    let (_, record) = bind(&f.service, &bob(), "03:00.0", Driver::VfioPci);
+    assert_eq!(record.allowed, Some(false));
+    assert_eq!(record.rule.unwrap().name, "never storage");
+    assert_eq!(record.devices, [a("03:00.0")]);
+
+    // The plan allowed it, the client did not agree to move the companion: denied, and the
+    // record keeps the rule and every device the plan would have moved.
+    let (_, record) = bind(&f.service, &alice(), "05:02.0", Driver::VfioPci);
+    assert_eq!(record.allowed, Some(false));
+    assert_eq!(record.rule.unwrap().name, "group 11");
+    assert_eq!(record.devices, [a("05:01.0"), a("05:02.0")]);
+
+    let (_, record) = bind(&f.service, &alice(), "01:00.0", Driver::VfioPci);
+    assert_eq!(record.allowed, Some(true));
+    let (_, record) = release(&f.service, &bob(), "01:00.0");
+    assert_eq!(
+        (record.allowed, record.devices),
+        (Some(false), vec![a("01:00.0")])
+    );
+    let (_, record) = release(&f.service, &alice(), "01:00.0");
+    assert_eq!(record.allowed, Some(true));
+}
+
+#[test]
+fn constructing_a_service_changes_nothing_reconciling_does() {
+    let f = fixture();
+    assert!(matches!(
+        bind(&f.service, &alice(), "01:00.0", Driver::VfioPci).0,
+        Response::Bound(_)
+    ));
+    // The previous helper died in the middle of binding group 8.
+    let mut lease = f.service.state.read(8).unwrap().unwrap();
+    lease.phase = Phase::Intent;
+    f.service.state.write(&lease).unwrap();
+    f.kernel.chown_group_node(8, NodeOwner::ROOT).unwrap();
+    let before = f.kernel.log();
+
+    let again = unreconciled(&f);
+    assert_eq!(f.kernel.log(), before, "nothing written by the constructor");
+    assert_eq!(
+        f.service.state.read(8).unwrap().unwrap().phase,
+        Phase::Intent
+    );
+
+    again.reconcile();
+    assert_eq!(driver_of(&f.kernel, "01:00.0").as_deref(), Some("e1000e"));
+    assert_eq!(f.service.state.read(8).unwrap(), None);
 }

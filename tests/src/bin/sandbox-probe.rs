@@ -2,7 +2,7 @@
 //! real.
 //!
 //! Forks first, while this process is single-threaded. The child builds the helper's own ruleset
-//! from the real paths (`vfio_gated::sandbox::landlock::{Layout, ruleset}`: sysfs `/sys`, procfs
+//! from the real paths (`vfio_gated::sandbox::landlock::{grants, ruleset}`: sysfs `/sys`, procfs
 //! `/proc`, the state directory, `/dev/vfio`), applies it with `restrict_self`, then tries what
 //! the sandbox must refuse and what the helper needs, and prints one line per attempt:
 //!
@@ -35,7 +35,8 @@ use nix::errno::Errno;
 use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, fork, getppid};
-use vfio_gated::sandbox::landlock::{Layout, ruleset};
+use vfio_gated::roots::Roots;
+use vfio_gated::sandbox::landlock::{grants, ruleset};
 
 const USAGE: &str = "usage: sandbox-probe [--expect-abi N] [--state-dir DIR]";
 const SYS: &str = "/sys";
@@ -222,13 +223,12 @@ fn child(args: &Args, tcp: Option<&TcpListener>, abstract_name: Option<&str>) ->
         .map(|e| e.path())
         .find(|d| d.join("unbind").exists());
 
-    let layout = Layout {
-        sysfs_root: SYS.into(),
-        proc_root: "/proc".into(),
-        state_dir: args.state_dir.clone(),
-        vfio_dir: "/dev/vfio".into(),
+    let roots = Roots {
+        sys: SYS.into(),
+        state: args.state_dir.clone(),
+        ..Roots::default()
     };
-    let grants = layout.grants();
+    let grants = grants(&roots);
     let status = match ruleset(&grants).map(|rs| rs.restrict_self()) {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {

@@ -1,6 +1,6 @@
 //! `vfio-viability GROUP`: vfio-gate's verdict on an IOMMU group beside the kernel's.
 //!
-//! vfio-gate decides viability itself ([`vfio_gated::groups::viable`], from each member's kind and
+//! vfio-gate decides viability itself ([`vfio_gate_host::groups::viable`], from each member's kind and
 //! driver as sysfs shows them, under the rule of the running kernel's release); the kernel answers
 //! `VFIO_GROUP_GET_STATUS` on `/dev/vfio/GROUP`. Prints one line: `agree viable`,
 //! `agree not-viable`, or `DISAGREE: vfio-gate says …, the kernel says …` (exit 1), then the
@@ -14,8 +14,8 @@ mod vfio;
 
 use std::process::ExitCode;
 
-use vfio_gated::groups::{Member, ViabilityRule, classify, viable};
-use vfio_gated::sysfs::{PciView, Sysfs};
+use vfio_gate_host::groups::{Member, ViabilityRule, classify, viable};
+use vfio_gate_host::{PciView, SysfsView};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -46,7 +46,7 @@ fn compare(group: u32) -> Result<bool, String> {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map_err(|e| format!("reading the kernel release: {e}"))?;
     let rule = ViabilityRule::for_release(release.trim());
-    let sysfs = Sysfs::new("/sys", "/dev/vfio");
+    let sysfs = SysfsView::new("/sys");
     let addresses = sysfs
         .group_members(group)
         .map_err(|e| format!("members of group {group}: {e}"))?;

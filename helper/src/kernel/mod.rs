@@ -3,9 +3,10 @@
 //! Everything the helper does to a device is one of three writes — `driver_override`, the current
 //! driver's `unbind`, the bus's `drivers_probe` — plus reads of a handful of attributes. [`Kernel`]
 //! names exactly those operations. [`Sysfs`] implements them on a sysfs tree whose root is a
-//! parameter (`/sys` in production, a fixture directory in tests); [`SimKernel`] implements the
-//! same semantics in memory, with fault injection, so the sequences in [`crate::ops`] are tested
-//! fast, failures included, without touching any real device.
+//! parameter (`/sys` in production, a fixture directory in tests). In test builds only,
+//! `sim::SimKernel` implements the same semantics in memory, with fault injection, so the
+//! sequences in [`crate::sequence`] and the service are tested fast, failures included, without
+//! touching any real device; it is not part of the release library.
 //!
 //! This module is the only place in vfio-gate that writes to sysfs, and the only place that
 //! changes `/dev/vfio/<group>` nodes (their owner and mode: the user's key to the group).
@@ -13,18 +14,15 @@
 //! still holds) cannot wedge the helper.
 
 mod bounded;
-mod real;
-mod sim;
+#[cfg(test)]
+pub mod sim;
+mod sysfs;
 
+use vfio_gate_host::{DriverName, PciView, SysfsError};
 use vfio_gate_protocol::PciAddress;
 
 pub use bounded::Bounded;
-pub use real::Sysfs;
-pub use sim::{SimDevice, SimKernel, SimOp};
-
-pub use vfio_gate_host::{DriverName, PciView, SysfsError, SysfsView};
-/// The identity of a device as sysfs reports it, used by the policy matchers.
-pub use vfio_gate_policy::DeviceFacts;
+pub use sysfs::Sysfs;
 
 /// The operations vfio-gate performs on the kernel's PCI driver model: the reads of
 /// [`PciView`], the state of group nodes, and the writes — the whole write surface.

@@ -12,9 +12,11 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use vfio_gate_host::{DriverName, PciView, SysfsError};
+use vfio_gate_policy::DeviceFacts;
 use vfio_gate_protocol::PciAddress;
 
-use super::{DeviceFacts, DriverName, Kernel, NodeOwner, PciView, SysfsError};
+use super::{Kernel, NodeOwner};
 
 /// A [`Kernel`] whose writes give up waiting after `timeout`.
 pub struct Bounded {
@@ -165,7 +167,7 @@ impl Kernel for Bounded {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sysfs::SimKernel;
+    use crate::kernel::sim::SimKernel;
     use std::time::Instant;
 
     #[test]

@@ -9,9 +9,10 @@
 
 use std::fmt;
 
+use vfio_gate_host::{DriverName, SysfsError};
 use vfio_gate_protocol::{Driver, PciAddress};
 
-use crate::sysfs::{DriverName, Kernel, SysfsError};
+use crate::kernel::Kernel;
 
 /// The state of a device before vfio-gate touched it: what release and rollback restore.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -251,7 +252,7 @@ pub fn release(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sysfs::{SimKernel, SimOp};
+    use crate::kernel::sim::{SimKernel, SimOp};
 
     fn a(s: &str) -> PciAddress {
         s.parse().unwrap()

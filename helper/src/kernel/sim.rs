@@ -1,4 +1,5 @@
-//! A simulated kernel: the semantics of [`Kernel`] in memory, for fast tests of the sequences.
+//! A simulated kernel: the semantics of [`Kernel`] in memory, for fast tests of the sequences and
+//! the service. Compiled for tests only (`#[cfg(test)]`): never in the release library.
 //!
 //! It models what the real kernel does and what bites careful implementations (see
 //! `shared/anchors.md`): `driver_override` neither unbinds nor loads a module; a probe binds the
@@ -15,9 +16,11 @@ use std::io;
 use std::path::PathBuf;
 use std::sync::{Condvar, Mutex, MutexGuard};
 
+use vfio_gate_host::{DriverName, PciView, SysfsError};
+use vfio_gate_policy::DeviceFacts;
 use vfio_gate_protocol::PciAddress;
 
-use super::{DeviceFacts, DriverName, Kernel, NodeOwner, PciView, SysfsError};
+use super::{Kernel, NodeOwner};
 
 /// One simulated PCI function.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -564,7 +567,7 @@ mod node_tests {
     }
 }
 
-impl crate::guards::HostUse for SimKernel {
+impl vfio_gate_host::guards::HostUse for SimKernel {
     fn uses(&self, dev: PciAddress) -> Result<Vec<String>, String> {
         self.read(dev, |d| d.host_uses.clone())
             .map_err(|e| e.to_string())

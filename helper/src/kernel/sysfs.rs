@@ -5,9 +5,11 @@ use std::io::{self, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+use vfio_gate_host::{DriverName, PciView, SysfsError, SysfsView};
+use vfio_gate_policy::DeviceFacts;
 use vfio_gate_protocol::PciAddress;
 
-use super::{DeviceFacts, DriverName, Kernel, NodeOwner, PciView, SysfsError, SysfsView};
+use super::{Kernel, NodeOwner};
 
 /// The PCI part of a sysfs tree rooted at `root` (`/sys` in production), and the VFIO group
 /// nodes in `vfio_dir`.
