@@ -38,7 +38,10 @@
 //! connection), [`output`] (tables, sentences, JSON), [`pci_ids`] (vendor, device and class
 //! names), [`users`] (uids and names), [`localtime`] ("since 17:02"), [`error`] (errors, next
 //! steps, exit codes), [`messages`] (how errors, warnings and notes reach stderr, and stdout
-//! under `--json`).
+//! under `--json`), `sys` (the crate's only `unsafe` code: signal handlers, what `run`'s command
+//! starts with, `localtime_r`; everything else uses nix's safe wrappers).
+
+#![deny(unsafe_code)]
 
 pub mod audit;
 pub mod cli;
@@ -51,4 +54,5 @@ pub mod offline;
 pub mod output;
 pub mod pci_ids;
 pub mod supervise;
+mod sys;
 pub mod users;

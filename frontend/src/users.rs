@@ -80,8 +80,7 @@ fn parse_uid_of(reader: impl BufRead, name: &str) -> Option<u32> {
 /// The effective uid of this process: the one the helper sees (`SO_PEERCRED`) and hands group
 /// nodes to.
 pub fn my_uid() -> u32 {
-    // SAFETY: geteuid has no preconditions, cannot fail and touches no memory of ours.
-    unsafe { libc::geteuid() }
+    nix::unistd::geteuid().as_raw()
 }
 
 #[cfg(test)]
