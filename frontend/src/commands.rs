@@ -20,7 +20,7 @@ use crate::offline::{self, Evaluator, Host};
 use crate::output::{self, NodeOwner, ReleaseJson};
 use crate::pci_ids::PciNames;
 use crate::supervise::{self, Outcome, Supervisor};
-use crate::users::{self, PASSWD, UserNames};
+use crate::users::{self, ETC_ROOT, UserNames};
 
 /// What every subcommand gets besides its own arguments.
 #[derive(Debug)]
@@ -43,7 +43,7 @@ fn unexpected(request: &Request, got: &Response) -> Error {
 fn add_context(err: Error) -> Error {
     match err {
         Error::Helper(WireError::Held { group, uid, since }) => {
-            let users = UserNames::load(Path::new(PASSWD), &BTreeSet::from([uid]));
+            let users = UserNames::load(Path::new(ETC_ROOT), &BTreeSet::from([uid]));
             Error::Held {
                 group,
                 uid,
@@ -69,7 +69,7 @@ pub fn list(ctx: &Context<'_>, _args: &ListArgs, out: &mut impl Write) -> Result
         writeln!(out, "The helper sees no PCI devices.").map_err(Error::Output)?;
     } else {
         let names = PciNames::load(ctx.pci_ids, &output::wanted_names(&devices));
-        let users = UserNames::load(Path::new(PASSWD), &output::holder_uids(&devices));
+        let users = UserNames::load(Path::new(ETC_ROOT), &output::holder_uids(&devices));
         output::device_table(&devices, &names, &users)
             .write_to(out)
             .map_err(Error::Output)?;
@@ -142,7 +142,7 @@ pub fn bind(ctx: &Context<'_>, args: &BindArgs, out: &mut impl Write) -> Result<
                 .iter()
                 .filter_map(|n| n.as_ref().ok().map(|o| o.uid))
                 .collect();
-            let users = UserNames::load(Path::new(PASSWD), &owner);
+            let users = UserNames::load(Path::new(ETC_ROOT), &owner);
             text.push_str(&output::bind_outcome(
                 &report,
                 devices[0],
@@ -197,7 +197,7 @@ pub fn release(
         let me = users::my_uid();
         let mut uids = output::owner_uids(&report);
         uids.remove(&me);
-        let users = UserNames::load(Path::new(PASSWD), &uids);
+        let users = UserNames::load(Path::new(ETC_ROOT), &uids);
         let nothing = match (args.target(), &args.user) {
             (ReleaseTarget::User(uid), Some(user)) if uid != me => {
                 format!("Nothing to release: {} holds no device.", user.display())
@@ -334,11 +334,11 @@ pub fn explain(
         output::write_json(out, &report).map_err(Error::Output)?;
     } else {
         let names = PciNames::load(ctx.pci_ids, &audit::explain_names(&report));
-        let passwd = match &args.policy {
-            Some(_) => args.host.etc().join("etc/passwd"),
-            None => PASSWD.into(),
+        let etc_root = match &args.policy {
+            Some(_) => args.host.etc(),
+            None => ETC_ROOT.into(),
         };
-        let users = UserNames::load(&passwd, &audit::explain_uids(&report));
+        let users = UserNames::load(&etc_root, &audit::explain_uids(&report));
         let text = audit::explain_text(&report, &names, &users, &source);
         out.write_all(text.as_bytes()).map_err(Error::Output)?;
     }
@@ -353,10 +353,10 @@ fn explain_online(
     let uid = match &args.user {
         None => None,
         Some(value) => Some(
-            UserArg::resolve(value, Path::new(PASSWD))
+            UserArg::resolve(value, Path::new(ETC_ROOT))
                 .map_err(|_| Error::UnknownUser {
                     value: value.clone(),
-                    passwd: PASSWD.into(),
+                    passwd: users::passwd(Path::new(ETC_ROOT)),
                 })?
                 .uid,
         ),

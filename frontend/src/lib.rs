@@ -18,9 +18,10 @@
 //! - The frontend never writes sysfs and never asks for privilege. The one program it starts is
 //!   the command of `vfio-gate run`, as the calling user, with the caller's environment. The
 //!   commands that ask the helper read only the PCI ID database (for names) and `/etc/passwd`
-//!   (for user names, and for the uid of `--user NAME`), and neither is required: when they are
-//!   missing, ids and uids are shown instead. After a bind it `stat`s the `/dev/vfio/N` the
-//!   helper reports, to say truthfully whose it is.
+//!   with `/etc/group` (for user names, and for the uid of `--user NAME`, with the policy
+//!   crate's reader, the helper's), and none is required: when they are missing, ids and uids
+//!   are shown instead. After a bind it `stat`s the `/dev/vfio/N` the helper reports, to say
+//!   truthfully whose it is.
 //! - The offline audit commands (`explain --policy`, `policy check`, `policy report`) read the
 //!   policy files, `/sys`, `/proc` (for the in-use guard), `/etc/passwd` and `/etc/group`, and
 //!   evaluate them with the helper's own crates (`vfio-gate-policy`, `vfio-gate-host`), so their

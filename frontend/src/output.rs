@@ -593,10 +593,8 @@ ADDRESS       IDS        CLASS               DRIVER    GROUP  ALLOWED           
             include_str!("../tests/data/pci.ids").as_bytes(),
             &wanted_names(&[d.clone(), unknown.clone()]),
         );
-        let users = UserNames::parse(
-            "alice:x:1000:1100::/:/bin/sh\n".as_bytes(),
-            &holder_uids(&[d.clone()]),
-        );
+        assert_eq!(holder_uids(&[d.clone()]), BTreeSet::from([1000]));
+        let users = UserNames::from_pairs([(1000, "alice")]);
         let text = render(&device_table(&[unknown, d], &names, &users));
         let lines: Vec<&str> = text.lines().collect();
         assert!(lines[0].ends_with("HOLDER       NAME"), "{text}");
@@ -749,10 +747,7 @@ IOMMU group 11:
 
     #[test]
     fn bind_outcome_names_the_node_its_owner_and_the_release_command() {
-        let users = UserNames::parse(
-            "alice:x:1000:1000::/:/bin/sh\n".as_bytes(),
-            &BTreeSet::from([1000]),
-        );
+        let users = UserNames::from_pairs([(1000, "alice")]);
         let r = report(Some("/dev/vfio/11"), false);
         let owner = Ok(NodeOwner {
             uid: 1000,
@@ -902,10 +897,7 @@ IOMMU group 11:
 
     #[test]
     fn release_summary_groups_devices_and_names_other_holders() {
-        let users = UserNames::parse(
-            "bob:x:1001:1001::/:/bin/sh\n".as_bytes(),
-            &BTreeSet::from([1001]),
-        );
+        let users = UserNames::from_pairs([(1001, "bob")]);
         let r = ReleaseReport {
             groups: vec![
                 group(
