@@ -29,31 +29,40 @@
 //!   group/world-writable, no symlinks), so a policy they accept is one the helper accepts.
 //! - Identity is not part of any request; the helper takes it from the kernel.
 //! - Every failure maps to one [`Status`](error::Status) (the exit code) and, where there is one,
-//!   a next step the user can take. The table lives in [`error`] and in `--help`.
+//!   a next step the user can take, both from [`Error::details`](error::Error::details), which
+//!   feeds stderr and the `--json` error alike. The table lives in [`error`] and in `--help`.
+//! - The next step comes from the helper's typed reasons, never from its wording.
+//! - Only `sys.rs` holds `unsafe` code; the crate denies it everywhere else.
 //!
-//! Map: [`cli`] (clap argument structs; their doc comments are the help text), [`client`]
-//! (requests and responses over the socket, retries at the helper's connection limit),
-//! [`commands`] (what each subcommand does), [`offline`] (the audit commands' own evaluation of
-//! a policy on this host), [`audit`] (explanations, lint findings and reports, as text and
-//! JSON), [`supervise`] (the command of `vfio-gate run`: signals, waiting, watching the
-//! connection), [`output`] (tables, sentences, JSON), [`pci_ids`] (vendor, device and class
-//! names), [`users`] (uids and names), [`localtime`] ("since 17:02"), [`error`] (errors, next
-//! steps, exit codes), [`messages`] (how errors, warnings and notes reach stderr, and stdout
-//! under `--json`), `sys` (the crate's only `unsafe` code: signal handlers, what `run`'s command
-//! starts with, `localtime_r`; everything else uses nix's safe wrappers).
+//! # Map
+//!
+//! | module | concern |
+//! |---|---|
+//! | `main.rs` | parse, run one subcommand, map the outcome to an exit status |
+//! | [`cli`] | the clap argument structs; their doc comments are the help text |
+//! | [`cmd`] | a module per subcommand (`list`, `bind`, `release`, `run`, `explain`, `policy_check`, `policy_report`): its request, its text and its JSON; the [`Context`](cmd::Context) they share |
+//! | [`render`] | what their output shares: tables, the group plan, words for groups, guards, ids and policy files, the JSON writer |
+//! | [`error`] | what can fail; per failure one [`ErrorDetails`](error::ErrorDetails): exit status, kind, next step and facts |
+//! | [`messages`] | how errors, warnings and notes reach stderr, and stdout under `--json` |
+//! | [`client`] | requests and responses over the socket, retries at the helper's connection limit |
+//! | [`offline`] | the audit commands' own evaluation of a policy on this host, with the helper's crates |
+//! | [`supervise`] | the command of `vfio-gate run`: signals, waiting, watching the connection |
+//! | `sys` | the only `unsafe` code: signal handlers, what `run`'s command starts with, `localtime_r` |
+//! | [`pci_ids`] | vendor, device and class names from the PCI ID database |
+//! | [`users`] | user names and uids, with the policy crate's reader of `/etc/passwd` |
+//! | [`localtime`] | "since 17:02" |
 
 #![deny(unsafe_code)]
 
-pub mod audit;
 pub mod cli;
 pub mod client;
-pub mod commands;
+pub mod cmd;
 pub mod error;
 pub mod localtime;
 pub mod messages;
 pub mod offline;
-pub mod output;
 pub mod pci_ids;
+pub mod render;
 pub mod supervise;
 mod sys;
 pub mod users;

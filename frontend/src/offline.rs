@@ -20,6 +20,7 @@ use vfio_gate_host::{PciView, SysfsError, SysfsView};
 use vfio_gate_policy::{DeviceFacts, EtcFiles, Policy, PolicyError, Subject, Subjects, accounts};
 use vfio_gate_protocol::{Driver, ExplainReport, GuardFinding, PciAddress, RuleRef};
 
+use crate::cli::HostArgs;
 use crate::error::Error;
 
 /// Where the offline commands read the host.
@@ -29,6 +30,16 @@ pub struct Host {
     pub sysfs: PathBuf,
     /// The root whose `etc/passwd` and `etc/group` name users and groups (`/`).
     pub etc: PathBuf,
+}
+
+impl From<&HostArgs> for Host {
+    /// `--sysfs-root` and `--etc-root`, else `/sys` and `/`.
+    fn from(args: &HostArgs) -> Self {
+        Self {
+            sysfs: args.sysfs(),
+            etc: args.etc(),
+        }
+    }
 }
 
 impl Host {
