@@ -290,7 +290,7 @@ pub struct HolderDetails<'a> {
     pub since: u64,
 }
 
-impl<'a> ErrorDetails<'a> {
+impl ErrorDetails<'_> {
     fn new(status: Status, kind: &'static str) -> Self {
         Self {
             status,
@@ -314,31 +314,6 @@ impl<'a> ErrorDetails<'a> {
             ..self
         }
     }
-
-    fn socket(self, socket: &'a Path) -> Self {
-        Self {
-            socket: Some(socket),
-            ..self
-        }
-    }
-
-    fn device(self, device: PciAddress) -> Self {
-        Self {
-            device: Some(device),
-            ..self
-        }
-    }
-
-    fn group(self, group: Option<u32>) -> Self {
-        Self { group, ..self }
-    }
-
-    fn plan(self, plan: &'a Plan) -> Self {
-        Self {
-            plan: Some(plan),
-            ..self
-        }
-    }
 }
 
 const HELPER_LOG: &str = "the helper's log (journalctl -u vfio-gated.service)";
@@ -351,9 +326,9 @@ impl Error {
     pub fn details(&self) -> ErrorDetails<'_> {
         use ErrorDetails as D;
         match self {
-            Error::Connect { socket, source } => D::new(Status::Unreachable, "unreachable")
-                .socket(socket)
-                .step(match source.kind() {
+            Error::Connect { socket, source } => D {
+                socket: Some(socket),
+                ..D::new(Status::Unreachable, "unreachable").step(match source.kind() {
                     io::ErrorKind::ConnectionRefused => format!(
                         "The socket exists but no helper is listening on it. Try: systemctl \
                          restart vfio-gate.socket (or run vfio-gated --listen PATH as root and \
@@ -367,29 +342,33 @@ impl Error {
                           --now vfio-gate.socket (or run vfio-gated --listen PATH as root and \
                           pass --socket PATH)"
                         .to_owned(),
-                }),
+                })
+            },
             Error::Receive {
                 socket,
                 source: FrameError::TooLarge { .. } | FrameError::Empty,
-            } => D::new(Status::Failure, "protocol").socket(socket).step(format!(
-                "The helper's answer is not a vfio-gate frame. {ONE_RELEASE}; if they do match, \
-                 this is a bug: please report it"
-            )),
-            Error::Send { socket, .. } | Error::Receive { socket, .. } => {
-                D::new(Status::Failure, "connection")
-                    .socket(socket)
-                    .step(format!(
-                        "The helper closed the connection without answering; it may have \
-                         crashed. See {HELPER_LOG}, then try again"
-                    ))
-            }
-            Error::Timeout { socket, .. } => D::new(Status::Failure, "timeout")
-                .socket(socket)
-                .step(format!(
+            } => D {
+                socket: Some(socket),
+                ..D::new(Status::Failure, "protocol").step(format!(
+                    "The helper's answer is not a vfio-gate frame. {ONE_RELEASE}; if they do \
+                     match, this is a bug: please report it"
+                ))
+            },
+            Error::Send { socket, .. } | Error::Receive { socket, .. } => D {
+                socket: Some(socket),
+                ..D::new(Status::Failure, "connection").step(format!(
+                    "The helper closed the connection without answering; it may have crashed. \
+                     See {HELPER_LOG}, then try again"
+                ))
+            },
+            Error::Timeout { socket, .. } => D {
+                socket: Some(socket),
+                ..D::new(Status::Failure, "timeout").step(format!(
                     "A bind or release can wait on the kernel, for example while a VM still has \
                      /dev/vfio/<group> open. See {HELPER_LOG}; try again later, or with a longer \
                      --timeout"
-                )),
+                ))
+            },
             Error::Decode(DecodeError::VersionMismatch { .. }) => {
                 D::new(Status::VersionMismatch, "version_mismatch").step(ONE_RELEASE)
             }
@@ -402,13 +381,12 @@ impl Error {
             Error::Encode(_) | Error::Signals(_) => D::new(Status::Failure, "internal")
                 .step("This is a bug in vfio-gate: please report it"),
             Error::Output(_) => D::new(Status::Failure, "output"),
-            Error::NeedsGroup(n) => ErrorDetails {
+            Error::NeedsGroup(n) => D {
                 shown: Some(&n.table),
+                group: Some(n.group),
+                plan: Some(&n.plan),
                 rerun: Some(&n.rerun),
-                ..D::new(Status::Denied, "needs_group")
-                    .group(Some(n.group))
-                    .plan(&n.plan)
-                    .step(n.next_step.as_str())
+                ..D::new(Status::Denied, "needs_group").step(n.next_step.as_str())
             },
             Error::Held {
                 group,
@@ -416,13 +394,14 @@ impl Error {
                 user,
                 since,
                 ..
-            } => ErrorDetails {
+            } => D {
+                group: *group,
                 holder: Some(HolderDetails {
                     uid: *uid,
                     user,
                     since: *since,
                 }),
-                ..D::new(Status::Denied, "held").group(*group).step(format!(
+                ..D::new(Status::Denied, "held").step(format!(
                     "A group belongs to one user at a time: ask {user} to release it when they \
                      are done (vfio-gate list shows who holds each device)"
                 ))
@@ -432,9 +411,11 @@ impl Error {
                  while its policy is refused",
                 e.file()
             )),
-            Error::NoDevice { device, .. } => D::new(Status::NotFound, "not_found")
-                .device(*device)
-                .step("lspci -D lists this host's PCI devices with their addresses"),
+            Error::NoDevice { device, .. } => D {
+                device: Some(*device),
+                ..D::new(Status::NotFound, "not_found")
+                    .step("lspci -D lists this host's PCI devices with their addresses")
+            },
             Error::Sysfs { sysfs, .. } => D::new(Status::Failure, "sysfs").step(format!(
                 "Check that {} is a sysfs mount (ls {}/bus/pci/devices); vfio-gate policy check \
                  --no-host lints a policy without this host's devices",
@@ -454,7 +435,7 @@ impl Error {
                  admins in the policy). Whoever can read the policy can also ask offline: \
                  vfio-gate explain ADDR --user NAME --policy {DEFAULT_POLICY}"
             )),
-            Error::Helper(WireError::Denied { why, rule, .. }) => ErrorDetails {
+            Error::Helper(WireError::Denied { why, rule, .. }) => D {
                 rule: rule.as_ref(),
                 ..D::new(Status::Denied, "denied").step(deny_next_step(why, rule.as_ref()))
             },
@@ -462,30 +443,31 @@ impl Error {
                 "Only an admin (root, or [settings] admins in the policy) may act for another \
                  user: ask one",
             ),
-            Error::Helper(WireError::Refused { device, guard, .. }) => ErrorDetails {
+            Error::Helper(WireError::Refused { device, guard, .. }) => D {
+                device: Some(*device),
                 guard: Some(*guard),
-                ..D::new(Status::Denied, "refused")
-                    .device(*device)
-                    .step(guard_advice(*guard, *device))
+                ..D::new(Status::Denied, "refused").step(guard_advice(*guard, *device))
             },
-            Error::Helper(WireError::NeedsGroup { group, plan, .. }) => {
-                D::new(Status::Denied, "needs_group")
-                    .group(Some(*group))
-                    .plan(plan)
-                    .step(
-                        "Re-run with --group to move the group's other members too, as the \
-                         policy allows; add --dry-run to see the plan first",
-                    )
-            }
-            Error::Helper(WireError::Held { group, .. }) => D::new(Status::Denied, "held")
-                .group(*group)
-                .step(
+            Error::Helper(WireError::NeedsGroup { group, plan, .. }) => D {
+                group: Some(*group),
+                plan: Some(plan),
+                ..D::new(Status::Denied, "needs_group").step(
+                    "Re-run with --group to move the group's other members too, as the policy \
+                     allows; add --dry-run to see the plan first",
+                )
+            },
+            Error::Helper(WireError::Held { group, .. }) => D {
+                group: *group,
+                ..D::new(Status::Denied, "held").step(
                     "A group belongs to one user at a time: ask its holder to release it when \
                      they are done (vfio-gate list shows who holds each device)",
-                ),
-            Error::Helper(WireError::NotFound { device }) => D::new(Status::NotFound, "not_found")
-                .device(*device)
-                .step("Run `vfio-gate list` to see the devices and their addresses"),
+                )
+            },
+            Error::Helper(WireError::NotFound { device }) => D {
+                device: Some(*device),
+                ..D::new(Status::NotFound, "not_found")
+                    .step("Run `vfio-gate list` to see the devices and their addresses")
+            },
             Error::Helper(WireError::Busy { why, .. }) => {
                 D::new(Status::Busy, "busy").step(busy_next_step(why))
             }
