@@ -9,7 +9,7 @@ use clap::{ArgGroup, Args, CommandFactory, Parser, Subcommand};
 use vfio_gate_protocol::{Driver, MAX_BIND_DEVICES, PciAddress, ReleaseTarget};
 
 use crate::error::{DEFAULT_POLICY, EXIT_STATUS_HELP};
-use crate::users::{self, PASSWD};
+use crate::users::{self, ETC_ROOT};
 
 /// Where the helper listens unless told otherwise (`vfio-gate.socket`'s `ListenStream=`).
 pub const DEFAULT_SOCKET: &str = "/run/vfio-gate.sock";
@@ -232,25 +232,26 @@ pub struct UserArg {
 }
 
 impl UserArg {
-    /// Resolves `--user`: digits are a uid, anything else a name looked up in `passwd`.
-    pub fn resolve(value: &str, passwd: &Path) -> Result<Self, String> {
+    /// Resolves `--user`: digits are a uid, anything else a name looked up in
+    /// `ETC_ROOT/etc/passwd`.
+    pub fn resolve(value: &str, etc_root: &Path) -> Result<Self, String> {
         if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
             let uid = value
                 .parse::<u32>()
                 .map_err(|_| format!("{value} is not a valid uid"))?;
-            let name = users::UserNames::load(passwd, &std::collections::BTreeSet::from([uid]))
+            let name = users::UserNames::load(etc_root, &std::collections::BTreeSet::from([uid]))
                 .name(uid)
                 .map(str::to_owned);
             return Ok(Self { uid, name });
         }
-        match users::uid_of(passwd, value) {
+        match users::uid_of(etc_root, value) {
             Some(uid) => Ok(Self {
                 uid,
                 name: Some(value.to_owned()),
             }),
             None => Err(format!(
                 "no user {value:?} in {}; give a uid instead, or check the spelling",
-                passwd.display()
+                users::passwd(etc_root).display()
             )),
         }
     }
@@ -262,7 +263,7 @@ impl UserArg {
 }
 
 fn user_parser(value: &str) -> Result<UserArg, String> {
-    UserArg::resolve(value, Path::new(PASSWD))
+    UserArg::resolve(value, Path::new(ETC_ROOT))
 }
 
 /// Run a command with devices handed to you, and give them back when it exits.
@@ -611,20 +612,23 @@ mod tests {
     #[test]
     fn user_names_resolve_through_the_passwd_file() {
         let dir = tempfile::tempdir().unwrap();
-        let passwd = dir.path().join("passwd");
+        std::fs::create_dir(dir.path().join("etc")).unwrap();
         std::fs::write(
-            &passwd,
+            dir.path().join("etc/passwd"),
             "root:x:0:0::/:/bin/sh\nbob:x:1001:1001::/:/bin/sh\n",
         )
         .unwrap();
-        let bob = UserArg::resolve("bob", &passwd).unwrap();
+        std::fs::write(dir.path().join("etc/group"), "root:x:0:\n").unwrap();
+        let passwd = dir.path();
+        let bob = UserArg::resolve("bob", passwd).unwrap();
         assert_eq!((bob.uid, bob.display()), (1001, "bob".to_owned()));
-        let by_uid = UserArg::resolve("1001", &passwd).unwrap();
+        let by_uid = UserArg::resolve("1001", passwd).unwrap();
         assert_eq!((by_uid.uid, by_uid.display()), (1001, "bob".to_owned()));
-        let unnamed = UserArg::resolve("4242", &passwd).unwrap();
+        let unnamed = UserArg::resolve("4242", passwd).unwrap();
         assert_eq!((unnamed.uid, unnamed.display()), (4242, "4242".to_owned()));
-        let err = UserArg::resolve("alice", &passwd).unwrap_err();
+        let err = UserArg::resolve("alice", passwd).unwrap_err();
         assert!(err.starts_with("no user \"alice\" in "), "{err}");
+        assert!(err.contains("/etc/passwd;"), "{err}");
     }
 
     #[test]

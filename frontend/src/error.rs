@@ -16,7 +16,7 @@
 //! | 9 | the policy is refused (`policy check`, `policy report`, `explain --policy`): the helper would serve nothing with it |
 
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -202,6 +202,8 @@ pub struct GroupNeeded {
     pub table: String,
     /// The same bind with `--group`.
     pub rerun: String,
+    /// What `--group` would also move and leave, and `rerun`.
+    pub next_step: String,
 }
 
 fn describe_decode(e: &DecodeError) -> String {
@@ -248,281 +250,252 @@ fn describe_wire(e: &WireError) -> String {
     }
 }
 
+/// Everything said about a failure besides its message, worked out in one place
+/// ([`Error::details`]): the exit status, the `--json` kind, the next step, and the facts a
+/// script may want. `messages` prints it on stderr and, under `--json`, writes it as the
+/// `error` object. A field that does not apply to the error is `None`.
+#[derive(Debug)]
+pub struct ErrorDetails<'a> {
+    pub status: Status,
+    /// A stable, machine-readable name (`error.kind` under `--json`).
+    pub kind: &'static str,
+    /// What the user can do about it, as one or two sentences.
+    pub next_step: Option<String>,
+    /// Printed between the message and the next step: the plan of a refusal for want of
+    /// `--group`.
+    pub shown: Option<&'a str>,
+    /// The policy rule behind a denial, if the helper named one.
+    pub rule: Option<&'a RuleRef>,
+    /// The device that was not found, or that a guard refused.
+    pub device: Option<PciAddress>,
+    /// The built-in guard that refused.
+    pub guard: Option<Guard>,
+    /// The IOMMU group a refusal is about.
+    pub group: Option<u32>,
+    /// The plan `--group` would carry out.
+    pub plan: Option<&'a Plan>,
+    /// The command that would carry out that plan.
+    pub rerun: Option<&'a str>,
+    /// Who holds the group.
+    pub holder: Option<HolderDetails<'a>>,
+    /// The socket, for errors about reaching the helper.
+    pub socket: Option<&'a Path>,
+}
+
+/// Who holds a group: uid, name (or the uid as text) and since when (Unix seconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HolderDetails<'a> {
+    pub uid: u32,
+    pub user: &'a str,
+    pub since: u64,
+}
+
+impl ErrorDetails<'_> {
+    fn new(status: Status, kind: &'static str) -> Self {
+        Self {
+            status,
+            kind,
+            next_step: None,
+            shown: None,
+            rule: None,
+            device: None,
+            guard: None,
+            group: None,
+            plan: None,
+            rerun: None,
+            holder: None,
+            socket: None,
+        }
+    }
+
+    fn step(self, step: impl Into<String>) -> Self {
+        Self {
+            next_step: Some(step.into()),
+            ..self
+        }
+    }
+}
+
 const HELPER_LOG: &str = "the helper's log (journalctl -u vfio-gated.service)";
 const ONE_RELEASE: &str = "Install vfio-gate and vfio-gated from one release, then restart the helper \
      (systemctl restart vfio-gate.socket)";
 
 impl Error {
-    /// The exit status this error gives.
-    pub fn status(&self) -> Status {
+    /// The exit status, kind, next step and facts of this error: one match, so that what stderr
+    /// says and what `--json` says cannot drift apart.
+    pub fn details(&self) -> ErrorDetails<'_> {
+        use ErrorDetails as D;
         match self {
-            Error::Connect { .. } => Status::Unreachable,
-            Error::Decode(DecodeError::VersionMismatch { .. }) => Status::VersionMismatch,
-            Error::NeedsGroup(_) | Error::Held { .. } => Status::Denied,
-            Error::Helper(w) => match w {
-                WireError::Denied { .. }
-                | WireError::NotAdmin { .. }
-                | WireError::Refused { .. }
-                | WireError::NeedsGroup { .. }
-                | WireError::Held { .. } => Status::Denied,
-                WireError::NotFound { .. } => Status::NotFound,
-                WireError::Busy { .. } => Status::Busy,
-                WireError::VersionMismatch { .. } => Status::VersionMismatch,
-                WireError::Unavailable { .. } => Status::Unreachable,
-                _ => Status::Failure,
-            },
-            Error::Send { .. }
-            | Error::Timeout { .. }
-            | Error::Receive { .. }
-            | Error::Decode(_)
-            | Error::Encode(_)
-            | Error::UnexpectedResponse { .. }
-            | Error::Output(_)
-            | Error::Signals(_)
-            | Error::Sysfs { .. }
-            | Error::Guard { .. }
-            | Error::Accounts { .. } => Status::Failure,
-            Error::Policy(_) => Status::PolicyRefused,
-            Error::NoDevice { .. } => Status::NotFound,
-            Error::UnknownUser { .. } => Status::Usage,
-            Error::NotAdmin { .. } => Status::Denied,
-        }
-    }
-
-    /// A stable, machine-readable name for the error (`error.kind` under `--json`).
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Error::Connect { .. } => "unreachable",
-            Error::Receive {
-                source: FrameError::TooLarge { .. } | FrameError::Empty,
-                ..
-            } => "protocol",
-            Error::Send { .. } | Error::Receive { .. } => "connection",
-            Error::Timeout { .. } => "timeout",
-            Error::Decode(DecodeError::VersionMismatch { .. }) => "version_mismatch",
-            Error::Decode(_) | Error::UnexpectedResponse { .. } => "protocol",
-            Error::Encode(_) | Error::Signals(_) => "internal",
-            Error::Output(_) => "output",
-            Error::NeedsGroup(_) => "needs_group",
-            Error::Held { .. } => "held",
-            Error::Policy(_) => "policy",
-            Error::NoDevice { .. } => "not_found",
-            Error::Sysfs { .. } => "sysfs",
-            Error::Guard { .. } => "guard",
-            Error::Accounts { .. } => "accounts",
-            Error::UnknownUser { .. } => "usage",
-            Error::NotAdmin { .. } => "denied",
-            Error::Helper(w) => match w {
-                WireError::Denied { .. } | WireError::NotAdmin { .. } => "denied",
-                WireError::Refused { .. } => "refused",
-                WireError::NeedsGroup { .. } => "needs_group",
-                WireError::Held { .. } => "held",
-                WireError::NotFound { .. } => "not_found",
-                WireError::Busy { .. } => "busy",
-                WireError::BadRequest { .. } => "bad_request",
-                WireError::VersionMismatch { .. } => "version_mismatch",
-                WireError::Failed { .. } => "failed",
-                WireError::Internal { .. } => "internal",
-                WireError::Unavailable { .. } => "unavailable",
-                _ => "other",
-            },
-        }
-    }
-
-    /// What the user can do about it, as one or two sentences.
-    pub fn next_step(&self) -> Option<String> {
-        let step = match self {
-            Error::Connect { source, .. } => match source.kind() {
-                io::ErrorKind::ConnectionRefused => format!(
-                    "The socket exists but no helper is listening on it. Try: systemctl restart \
-                     vfio-gate.socket (or run vfio-gated --listen PATH as root and pass --socket \
-                     PATH), and see {HELPER_LOG}"
-                ),
-                io::ErrorKind::PermissionDenied => "You may not connect to this socket. Ask the \
-                    admin for access (the socket's group and mode are set by SocketGroup= and \
-                    SocketMode= in vfio-gate.socket)"
-                    .to_owned(),
-                _ => "Is the helper installed and its socket enabled? Try: systemctl enable --now \
-                      vfio-gate.socket (or run vfio-gated --listen PATH as root and pass --socket \
-                      PATH)"
-                    .to_owned(),
+            Error::Connect { socket, source } => D {
+                socket: Some(socket),
+                ..D::new(Status::Unreachable, "unreachable").step(match source.kind() {
+                    io::ErrorKind::ConnectionRefused => format!(
+                        "The socket exists but no helper is listening on it. Try: systemctl \
+                         restart vfio-gate.socket (or run vfio-gated --listen PATH as root and \
+                         pass --socket PATH), and see {HELPER_LOG}"
+                    ),
+                    io::ErrorKind::PermissionDenied => "You may not connect to this socket. Ask \
+                        the admin for access (the socket's group and mode are set by \
+                        SocketGroup= and SocketMode= in vfio-gate.socket)"
+                        .to_owned(),
+                    _ => "Is the helper installed and its socket enabled? Try: systemctl enable \
+                          --now vfio-gate.socket (or run vfio-gated --listen PATH as root and \
+                          pass --socket PATH)"
+                        .to_owned(),
+                })
             },
             Error::Receive {
+                socket,
                 source: FrameError::TooLarge { .. } | FrameError::Empty,
-                ..
-            } => format!(
-                "The helper's answer is not a vfio-gate frame. {ONE_RELEASE}; if they do match, \
-                 this is a bug: please report it"
-            ),
-            Error::Send { .. } | Error::Receive { .. } => format!(
-                "The helper closed the connection without answering; it may have crashed. See \
-                 {HELPER_LOG}, then try again"
-            ),
-            Error::Timeout { .. } => format!(
-                "A bind or release can wait on the kernel, for example while a VM still has \
-                 /dev/vfio/<group> open. See {HELPER_LOG}; try again later, or with a longer \
-                 --timeout"
-            ),
-            Error::Decode(DecodeError::VersionMismatch { .. }) => ONE_RELEASE.to_owned(),
-            Error::Decode(_) | Error::UnexpectedResponse { .. } => format!(
-                "vfio-gate and vfio-gated may come from different releases. {ONE_RELEASE}; if \
-                 they do match, this is a bug: please report it"
-            ),
-            Error::Encode(_) | Error::Signals(_) => {
-                "This is a bug in vfio-gate: please report it".to_owned()
+            } => D {
+                socket: Some(socket),
+                ..D::new(Status::Failure, "protocol").step(format!(
+                    "The helper's answer is not a vfio-gate frame. {ONE_RELEASE}; if they do \
+                     match, this is a bug: please report it"
+                ))
+            },
+            Error::Send { socket, .. } | Error::Receive { socket, .. } => D {
+                socket: Some(socket),
+                ..D::new(Status::Failure, "connection").step(format!(
+                    "The helper closed the connection without answering; it may have crashed. \
+                     See {HELPER_LOG}, then try again"
+                ))
+            },
+            Error::Timeout { socket, .. } => D {
+                socket: Some(socket),
+                ..D::new(Status::Failure, "timeout").step(format!(
+                    "A bind or release can wait on the kernel, for example while a VM still has \
+                     /dev/vfio/<group> open. See {HELPER_LOG}; try again later, or with a longer \
+                     --timeout"
+                ))
+            },
+            Error::Decode(DecodeError::VersionMismatch { .. }) => {
+                D::new(Status::VersionMismatch, "version_mismatch").step(ONE_RELEASE)
             }
-            Error::Output(_) => return None,
-            Error::NeedsGroup(n) => crate::output::needs_group_step(&n.plan, &n.named, &n.rerun),
-            Error::Held { user, .. } => format!(
-                "A group belongs to one user at a time: ask {user} to release it when they are \
-                 done (vfio-gate list shows who holds each device)"
-            ),
-            Error::Policy(e) => format!(
+            Error::Decode(_) | Error::UnexpectedResponse { .. } => {
+                D::new(Status::Failure, "protocol").step(format!(
+                    "vfio-gate and vfio-gated may come from different releases. {ONE_RELEASE}; \
+                     if they do match, this is a bug: please report it"
+                ))
+            }
+            Error::Encode(_) | Error::Signals(_) => D::new(Status::Failure, "internal")
+                .step("This is a bug in vfio-gate: please report it"),
+            Error::Output(_) => D::new(Status::Failure, "output"),
+            Error::NeedsGroup(n) => D {
+                shown: Some(&n.table),
+                group: Some(n.group),
+                plan: Some(&n.plan),
+                rerun: Some(&n.rerun),
+                ..D::new(Status::Denied, "needs_group").step(n.next_step.as_str())
+            },
+            Error::Held {
+                group,
+                uid,
+                user,
+                since,
+                ..
+            } => D {
+                group: *group,
+                holder: Some(HolderDetails {
+                    uid: *uid,
+                    user,
+                    since: *since,
+                }),
+                ..D::new(Status::Denied, "held").step(format!(
+                    "A group belongs to one user at a time: ask {user} to release it when they \
+                     are done (vfio-gate list shows who holds each device)"
+                ))
+            },
+            Error::Policy(e) => D::new(Status::PolicyRefused, "policy").step(format!(
                 "Fix {} (vfio-gate policy check lists every problem); the helper serves nothing \
                  while its policy is refused",
                 e.file()
-            ),
-            Error::NoDevice { .. } => {
-                "lspci -D lists this host's PCI devices with their addresses".to_owned()
-            }
-            Error::Sysfs { sysfs, .. } => format!(
+            )),
+            Error::NoDevice { device, .. } => D {
+                device: Some(*device),
+                ..D::new(Status::NotFound, "not_found")
+                    .step("lspci -D lists this host's PCI devices with their addresses")
+            },
+            Error::Sysfs { sysfs, .. } => D::new(Status::Failure, "sysfs").step(format!(
                 "Check that {} is a sysfs mount (ls {}/bus/pci/devices); vfio-gate policy check \
                  --no-host lints a policy without this host's devices",
                 sysfs.display(),
                 sysfs.display()
+            )),
+            Error::Guard { .. } => D::new(Status::Failure, "guard").step(
+                "The helper refuses a device whose guards it cannot check; see the cause above \
+                 (reading /proc/self/mountinfo, /proc/swaps or sysfs)",
             ),
-            Error::Guard { .. } => "The helper refuses a device whose guards it cannot check; \
-                see the cause above (reading /proc/self/mountinfo, /proc/swaps or sysfs)"
-                .to_owned(),
-            Error::Accounts { .. } => "Check that the file exists and is readable".to_owned(),
-            Error::UnknownUser { .. } => {
-                "Give a uid instead, or check the spelling (getent passwd NAME)".to_owned()
-            }
-            Error::NotAdmin { .. } => format!(
+            Error::Accounts { .. } => D::new(Status::Failure, "accounts")
+                .step("Check that the file exists and is readable"),
+            Error::UnknownUser { .. } => D::new(Status::Usage, "usage")
+                .step("Give a uid instead, or check the spelling (getent passwd NAME)"),
+            Error::NotAdmin { .. } => D::new(Status::Denied, "denied").step(format!(
                 "Leave out --user to ask about yourself, or ask an admin (root, or [settings] \
                  admins in the policy). Whoever can read the policy can also ask offline: \
                  vfio-gate explain ADDR --user NAME --policy {DEFAULT_POLICY}"
+            )),
+            Error::Helper(WireError::Denied { why, rule, .. }) => D {
+                rule: rule.as_ref(),
+                ..D::new(Status::Denied, "denied").step(deny_next_step(why, rule.as_ref()))
+            },
+            Error::Helper(WireError::NotAdmin { .. }) => D::new(Status::Denied, "denied").step(
+                "Only an admin (root, or [settings] admins in the policy) may act for another \
+                 user: ask one",
             ),
-            Error::Helper(w) => match w {
-                WireError::Refused { device, guard, .. } => guard_advice(*guard, *device),
-                WireError::NeedsGroup { .. } => "Re-run with --group to move the group's other \
-                    members too, as the policy allows; add --dry-run to see the plan first"
-                    .to_owned(),
-                WireError::Held { .. } => "A group belongs to one user at a time: ask its \
-                    holder to release it when they are done (vfio-gate list shows who holds each \
-                    device)"
-                    .to_owned(),
-                WireError::Denied { why, rule, .. } => deny_next_step(why, rule.as_ref()),
-                WireError::NotAdmin { .. } => "Only an admin (root, or [settings] admins in the \
-                     policy) may act for another user: ask one"
-                    .to_owned(),
-                WireError::NotFound { .. } => {
-                    "Run `vfio-gate list` to see the devices and their addresses".to_owned()
-                }
-                WireError::Busy { why, .. } => busy_next_step(why),
-                WireError::BadRequest { .. } => format!(
+            Error::Helper(WireError::Refused { device, guard, .. }) => D {
+                device: Some(*device),
+                guard: Some(*guard),
+                ..D::new(Status::Denied, "refused").step(guard_advice(*guard, *device))
+            },
+            Error::Helper(WireError::NeedsGroup { group, plan, .. }) => D {
+                group: Some(*group),
+                plan: Some(plan),
+                ..D::new(Status::Denied, "needs_group").step(
+                    "Re-run with --group to move the group's other members too, as the policy \
+                     allows; add --dry-run to see the plan first",
+                )
+            },
+            Error::Helper(WireError::Held { group, .. }) => D {
+                group: *group,
+                ..D::new(Status::Denied, "held").step(
+                    "A group belongs to one user at a time: ask its holder to release it when \
+                     they are done (vfio-gate list shows who holds each device)",
+                )
+            },
+            Error::Helper(WireError::NotFound { device }) => D {
+                device: Some(*device),
+                ..D::new(Status::NotFound, "not_found")
+                    .step("Run `vfio-gate list` to see the devices and their addresses")
+            },
+            Error::Helper(WireError::Busy { why, .. }) => {
+                D::new(Status::Busy, "busy").step(busy_next_step(why))
+            }
+            Error::Helper(WireError::BadRequest { .. }) => D::new(Status::Failure, "bad_request")
+                .step(format!(
                     "The helper did not understand this vfio-gate. {ONE_RELEASE}; if they do \
                      match, this is a bug: please report it"
-                ),
-                WireError::VersionMismatch { .. } => ONE_RELEASE.to_owned(),
-                WireError::Failed { .. } => "The helper put the device back as it was. The \
-                     kernel log says why (dmesg, or journalctl -k); check that the driver's module \
-                     is loaded (lsmod | grep -e vfio_pci -e pci_stub)"
-                    .to_owned(),
-                WireError::Internal { .. } => {
-                    format!("See {HELPER_LOG}, and please report the bug")
-                }
-                WireError::Unavailable { .. } => "Ask an admin to fix it (vfio-gate policy check \
-                     shows what is wrong with the policy); the next request starts the helper \
-                     again"
-                    .to_owned(),
-                _ => format!(
-                    "See {HELPER_LOG}; this vfio-gate may be older than the helper ({ONE_RELEASE})"
-                ),
-            },
-        };
-        Some(step)
-    }
-
-    /// What is printed between the message and the next step: the plan of a refusal for want of
-    /// `--group`.
-    pub fn details(&self) -> Option<&str> {
-        match self {
-            Error::NeedsGroup(n) => Some(&n.table),
-            _ => None,
-        }
-    }
-
-    /// The plan `--group` would carry out.
-    pub fn plan(&self) -> Option<&Plan> {
-        match self {
-            Error::NeedsGroup(n) => Some(&n.plan),
-            Error::Helper(WireError::NeedsGroup { plan, .. }) => Some(plan),
-            _ => None,
-        }
-    }
-
-    /// The IOMMU group a refusal is about.
-    pub fn group(&self) -> Option<u32> {
-        match self {
-            Error::NeedsGroup(n) => Some(n.group),
-            Error::Helper(WireError::NeedsGroup { group, .. }) => Some(*group),
-            Error::Held { group, .. } | Error::Helper(WireError::Held { group, .. }) => *group,
-            _ => None,
-        }
-    }
-
-    /// The built-in guard that refused.
-    pub fn guard(&self) -> Option<Guard> {
-        match self {
-            Error::Helper(WireError::Refused { guard, .. }) => Some(*guard),
-            _ => None,
-        }
-    }
-
-    /// The command that would carry out the plan of a refusal for want of `--group`.
-    pub fn rerun(&self) -> Option<&str> {
-        match self {
-            Error::NeedsGroup(n) => Some(&n.rerun),
-            _ => None,
-        }
-    }
-
-    /// Who holds the group: uid, name (or the uid as text) and since when (Unix seconds).
-    pub fn holder(&self) -> Option<(u32, &str, u64)> {
-        match self {
-            Error::Held {
-                uid, user, since, ..
-            } => Some((*uid, user, *since)),
-            _ => None,
-        }
-    }
-
-    /// The policy rule behind a denial, if the helper named one.
-    pub fn rule(&self) -> Option<&RuleRef> {
-        match self {
-            Error::Helper(WireError::Denied { rule, .. }) => rule.as_ref(),
-            _ => None,
-        }
-    }
-
-    /// The device the helper could not find.
-    pub fn device(&self) -> Option<PciAddress> {
-        match self {
-            Error::Helper(WireError::NotFound { device } | WireError::Refused { device, .. })
-            | Error::NoDevice { device, .. } => Some(*device),
-            _ => None,
-        }
-    }
-
-    /// The socket, for errors about reaching the helper.
-    pub fn socket(&self) -> Option<&std::path::Path> {
-        match self {
-            Error::Connect { socket, .. }
-            | Error::Send { socket, .. }
-            | Error::Timeout { socket, .. }
-            | Error::Receive { socket, .. } => Some(socket),
-            _ => None,
+                )),
+            Error::Helper(WireError::VersionMismatch { .. }) => {
+                D::new(Status::VersionMismatch, "version_mismatch").step(ONE_RELEASE)
+            }
+            Error::Helper(WireError::Failed { .. }) => D::new(Status::Failure, "failed").step(
+                "The helper put the device back as it was. The kernel log says why (dmesg, or \
+                 journalctl -k); check that the driver's module is loaded (lsmod | grep -e \
+                 vfio_pci -e pci_stub)",
+            ),
+            Error::Helper(WireError::Internal { .. }) => D::new(Status::Failure, "internal")
+                .step(format!("See {HELPER_LOG}, and please report the bug")),
+            Error::Helper(WireError::Unavailable { .. }) => {
+                D::new(Status::Unreachable, "unavailable").step(
+                    "Ask an admin to fix it (vfio-gate policy check shows what is wrong with the \
+                     policy); the next request starts the helper again",
+                )
+            }
+            // A kind of refusal newer than this vfio-gate.
+            Error::Helper(_) => D::new(Status::Failure, "other").step(format!(
+                "See {HELPER_LOG}; this vfio-gate may be older than the helper ({ONE_RELEASE})"
+            )),
         }
     }
 
@@ -581,6 +554,64 @@ fn guard_advice(guard: Guard, device: PciAddress) -> String {
     }
 }
 
+/// What to do about a denial, from its typed reason.
+fn deny_next_step(why: &DenyReason, rule: Option<&RuleRef>) -> String {
+    match (why, rule) {
+        (DenyReason::Policy, Some(rule)) => format!(
+            "If you need this, ask the admin; the deciding rule is '{}' at {}:{}",
+            rule.name, rule.file, rule.line
+        ),
+        (DenyReason::GroupPlan { device }, Some(rule)) => format!(
+            "{} is in the way, and rule '{}' at {}:{} keeps it there; ask the admin if you need \
+             the group (vfio-gate explain ADDR shows the whole plan)",
+            device.short(),
+            rule.name,
+            rule.file,
+            rule.line
+        ),
+        (DenyReason::Policy, None) => format!(
+            "If you need this, ask the admin to add a [[rule]] granting it to you in \
+             {DEFAULT_POLICY}"
+        ),
+        (DenyReason::GroupLimit { max, .. }, _) => format!(
+            "The policy lets each user hold {max} IOMMU group(s) at a time: release one first \
+             (vfio-gate list shows what you hold; vfio-gate release ADDR)"
+        ),
+        (DenyReason::GroupPlan { device }, None) => format!(
+            "{} stands in the way of the group; vfio-gate explain ADDR shows the whole plan, and \
+             the admin can change the policy or the device's driver",
+            device.short()
+        ),
+        (DenyReason::NotHeld { .. }, _) => {
+            "vfio-gate list shows who holds each device; there is nothing to give back".to_owned()
+        }
+        (_, _) => "If you need this, ask the admin".to_owned(),
+    }
+}
+
+/// What to do about a `Busy` answer depends on why: only some of them pass by themselves.
+fn busy_next_step(why: &BusyReason) -> String {
+    match why {
+        BusyReason::ConnectionLimit { .. } => "Try again in a moment".to_owned(),
+        BusyReason::GroupInUse { .. } | BusyReason::BlockedInKernel { .. } => {
+            "Stop the VM (or whatever process holds the group open), then run the same command \
+             again"
+                .to_owned()
+        }
+        BusyReason::YouHoldIt { devices, .. } => format!(
+            "Release what you hold first (vfio-gate release {}, or vfio-gate release --all)",
+            devices
+                .first()
+                .map_or_else(|| "ADDR".to_owned(), |d| d.short())
+        ),
+        BusyReason::HeldOutsideVfioGate { .. } => "Something outside vfio-gate uses the device \
+             (a VM started without vfio-gate); whoever set it up must let go of it first, or ask \
+             an admin"
+            .to_owned(),
+        _ => "Try again later".to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -610,8 +641,9 @@ mod tests {
         let refused = connect(io::ErrorKind::ConnectionRefused);
         let denied = connect(io::ErrorKind::PermissionDenied);
         for e in [&missing, &refused, &denied] {
-            assert_eq!(e.status(), Status::Unreachable);
-            assert_eq!(e.kind(), "unreachable");
+            let d = e.details();
+            assert_eq!((d.status, d.kind), (Status::Unreachable, "unreachable"));
+            assert_eq!(d.socket, Some(Path::new("/run/vfio-gate.sock")));
             assert!(
                 e.chain()
                     .starts_with("cannot reach the vfio-gate helper at /run/vfio-gate.sock: ")
@@ -619,19 +651,22 @@ mod tests {
         }
         assert!(
             missing
-                .next_step()
+                .details()
+                .next_step
                 .unwrap()
                 .contains("systemctl enable --now vfio-gate.socket")
         );
         assert!(
             refused
-                .next_step()
+                .details()
+                .next_step
                 .unwrap()
                 .contains("no helper is listening")
         );
         assert!(
             denied
-                .next_step()
+                .details()
+                .next_step
                 .unwrap()
                 .contains("Ask the admin for access")
         );
@@ -710,9 +745,10 @@ mod tests {
             ),
         ] {
             let e = Error::Helper(wire);
-            assert_eq!(e.status(), status, "{e:?}");
-            assert_eq!(e.kind(), kind, "{e:?}");
-            let next = e.next_step().unwrap();
+            let d = e.details();
+            assert_eq!(d.status, status, "{e:?}");
+            assert_eq!(d.kind, kind, "{e:?}");
+            let next = d.next_step.unwrap();
             assert!(next.contains(step), "{e:?}: {next}");
         }
     }
@@ -735,15 +771,15 @@ mod tests {
                 guard,
                 reason: "r".into(),
             });
-            assert_eq!(e.status(), Status::Denied);
-            assert_eq!(e.kind(), "refused");
-            assert_eq!(e.guard(), Some(guard));
-            assert_eq!(e.device(), Some(addr));
+            let d = e.details();
+            assert_eq!((d.status, d.kind), (Status::Denied, "refused"));
+            assert_eq!(d.guard, Some(guard));
+            assert_eq!(d.device, Some(addr));
             assert_eq!(
                 e.chain(),
                 "refused by a built-in guard that no policy can override: r"
             );
-            let step = e.next_step().unwrap();
+            let step = d.next_step.unwrap();
             assert!(step.contains(advice), "{guard:?}: {step}");
         }
     }
@@ -758,9 +794,18 @@ mod tests {
             when: "17:02".into(),
         };
         assert_eq!(e.chain(), "group 11 is held by alice since 17:02");
-        assert_eq!((e.status(), e.kind()), (Status::Denied, "held"));
-        assert_eq!(e.holder(), Some((1000, "alice", 1_700_000_000)));
-        assert!(e.next_step().unwrap().contains("ask alice to release it"));
+        let d = e.details();
+        assert_eq!(
+            (d.status, d.kind, d.group),
+            (Status::Denied, "held", Some(11))
+        );
+        let holder = HolderDetails {
+            uid: 1000,
+            user: "alice",
+            since: 1_700_000_000,
+        };
+        assert_eq!(d.holder, Some(holder));
+        assert!(d.next_step.unwrap().contains("ask alice to release it"));
         // Not explained (no names at hand): still denied, still says who.
         let raw = Error::Helper(WireError::Held {
             group: Some(11),
@@ -768,7 +813,8 @@ mod tests {
             since: 0,
         });
         assert_eq!(raw.chain(), "group 11 is held by uid 1000");
-        assert_eq!((raw.status(), raw.kind()), (Status::Denied, "held"));
+        let d = raw.details();
+        assert_eq!((d.status, d.kind, d.holder), (Status::Denied, "held", None));
     }
 
     #[test]
@@ -777,7 +823,7 @@ mod tests {
             got: 2,
             expected: 1,
         });
-        assert_eq!(e.status(), Status::VersionMismatch);
+        assert_eq!(e.details().status, Status::VersionMismatch);
         assert_eq!(
             e.chain(),
             "the helper speaks protocol version 2, this vfio-gate speaks version 1"
@@ -795,69 +841,6 @@ mod tests {
             "reading the helper's answer from /s: reading a frame: reset"
         );
     }
-}
-
-/// What to do about a denial, from its typed reason.
-fn deny_next_step(why: &DenyReason, rule: Option<&RuleRef>) -> String {
-    match (why, rule) {
-        (DenyReason::Policy, Some(rule)) => format!(
-            "If you need this, ask the admin; the deciding rule is '{}' at {}:{}",
-            rule.name, rule.file, rule.line
-        ),
-        (DenyReason::GroupPlan { device }, Some(rule)) => format!(
-            "{} is in the way, and rule '{}' at {}:{} keeps it there; ask the admin if you need \
-             the group (vfio-gate explain ADDR shows the whole plan)",
-            device.short(),
-            rule.name,
-            rule.file,
-            rule.line
-        ),
-        (DenyReason::Policy, None) => format!(
-            "If you need this, ask the admin to add a [[rule]] granting it to you in \
-             {DEFAULT_POLICY}"
-        ),
-        (DenyReason::GroupLimit { max, .. }, _) => format!(
-            "The policy lets each user hold {max} IOMMU group(s) at a time: release one first \
-             (vfio-gate list shows what you hold; vfio-gate release ADDR)"
-        ),
-        (DenyReason::GroupPlan { device }, None) => format!(
-            "{} stands in the way of the group; vfio-gate explain ADDR shows the whole plan, and \
-             the admin can change the policy or the device's driver",
-            device.short()
-        ),
-        (DenyReason::NotHeld { .. }, _) => {
-            "vfio-gate list shows who holds each device; there is nothing to give back".to_owned()
-        }
-        (_, _) => "If you need this, ask the admin".to_owned(),
-    }
-}
-
-/// What to do about a `Busy` answer depends on why: only some of them pass by themselves.
-fn busy_next_step(why: &BusyReason) -> String {
-    match why {
-        BusyReason::ConnectionLimit { .. } => "Try again in a moment".to_owned(),
-        BusyReason::GroupInUse { .. } | BusyReason::BlockedInKernel { .. } => {
-            "Stop the VM (or whatever process holds the group open), then run the same command \
-             again"
-                .to_owned()
-        }
-        BusyReason::YouHoldIt { devices, .. } => format!(
-            "Release what you hold first (vfio-gate release {}, or vfio-gate release --all)",
-            devices
-                .first()
-                .map_or_else(|| "ADDR".to_owned(), |d| d.short())
-        ),
-        BusyReason::HeldOutsideVfioGate { .. } => "Something outside vfio-gate uses the device \
-             (a VM started without vfio-gate); whoever set it up must let go of it first, or ask \
-             an admin"
-            .to_owned(),
-        _ => "Try again later".to_owned(),
-    }
-}
-
-#[cfg(test)]
-mod busy_tests {
-    use super::*;
 
     #[test]
     fn busy_hints_follow_the_typed_reason() {

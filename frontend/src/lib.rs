@@ -18,9 +18,10 @@
 //! - The frontend never writes sysfs and never asks for privilege. The one program it starts is
 //!   the command of `vfio-gate run`, as the calling user, with the caller's environment. The
 //!   commands that ask the helper read only the PCI ID database (for names) and `/etc/passwd`
-//!   (for user names, and for the uid of `--user NAME`), and neither is required: when they are
-//!   missing, ids and uids are shown instead. After a bind it `stat`s the `/dev/vfio/N` the
-//!   helper reports, to say truthfully whose it is.
+//!   with `/etc/group` (for user names, and for the uid of `--user NAME`, with the policy
+//!   crate's reader, the helper's), and none is required: when they are missing, ids and uids
+//!   are shown instead. After a bind it `stat`s the `/dev/vfio/N` the helper reports, to say
+//!   truthfully whose it is.
 //! - The offline audit commands (`explain --policy`, `policy check`, `policy report`) read the
 //!   policy files, `/sys`, `/proc` (for the in-use guard), `/etc/passwd` and `/etc/group`, and
 //!   evaluate them with the helper's own crates (`vfio-gate-policy`, `vfio-gate-host`), so their
@@ -28,27 +29,40 @@
 //!   group/world-writable, no symlinks), so a policy they accept is one the helper accepts.
 //! - Identity is not part of any request; the helper takes it from the kernel.
 //! - Every failure maps to one [`Status`](error::Status) (the exit code) and, where there is one,
-//!   a next step the user can take. The table lives in [`error`] and in `--help`.
+//!   a next step the user can take, both from [`Error::details`](error::Error::details), which
+//!   feeds stderr and the `--json` error alike. The table lives in [`error`] and in `--help`.
+//! - The next step comes from the helper's typed reasons, never from its wording.
+//! - Only `sys.rs` holds `unsafe` code; the crate denies it everywhere else.
 //!
-//! Map: [`cli`] (clap argument structs; their doc comments are the help text), [`client`]
-//! (requests and responses over the socket, retries at the helper's connection limit),
-//! [`commands`] (what each subcommand does), [`offline`] (the audit commands' own evaluation of
-//! a policy on this host), [`audit`] (explanations, lint findings and reports, as text and
-//! JSON), [`supervise`] (the command of `vfio-gate run`: signals, waiting, watching the
-//! connection), [`output`] (tables, sentences, JSON), [`pci_ids`] (vendor, device and class
-//! names), [`users`] (uids and names), [`localtime`] ("since 17:02"), [`error`] (errors, next
-//! steps, exit codes), [`messages`] (how errors, warnings and notes reach stderr, and stdout
-//! under `--json`).
+//! # Map
+//!
+//! | module | concern |
+//! |---|---|
+//! | `main.rs` | parse, run one subcommand, map the outcome to an exit status |
+//! | [`cli`] | the clap argument structs; their doc comments are the help text |
+//! | [`cmd`] | a module per subcommand (`list`, `bind`, `release`, `run`, `explain`, `policy_check`, `policy_report`): its request, its text and its JSON; the [`Context`](cmd::Context) they share |
+//! | [`render`] | what their output shares: tables, the group plan, words for groups, guards, ids and policy files, the JSON writer |
+//! | [`error`] | what can fail; per failure one [`ErrorDetails`](error::ErrorDetails): exit status, kind, next step and facts |
+//! | [`messages`] | how errors, warnings and notes reach stderr, and stdout under `--json` |
+//! | [`client`] | requests and responses over the socket, retries at the helper's connection limit |
+//! | [`offline`] | the audit commands' own evaluation of a policy on this host, with the helper's crates |
+//! | [`supervise`] | the command of `vfio-gate run`: signals, waiting, watching the connection |
+//! | `sys` | the only `unsafe` code: signal handlers, what `run`'s command starts with, `localtime_r` |
+//! | [`pci_ids`] | vendor, device and class names from the PCI ID database |
+//! | [`users`] | user names and uids, with the policy crate's reader of `/etc/passwd` |
+//! | [`localtime`] | "since 17:02" |
 
-pub mod audit;
+#![deny(unsafe_code)]
+
 pub mod cli;
 pub mod client;
-pub mod commands;
+pub mod cmd;
 pub mod error;
 pub mod localtime;
 pub mod messages;
 pub mod offline;
-pub mod output;
 pub mod pci_ids;
+pub mod render;
 pub mod supervise;
+mod sys;
 pub mod users;

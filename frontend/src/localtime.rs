@@ -1,7 +1,7 @@
 //! Wall-clock times for people: "17:02" today, "2024-05-03 17:02" on another day, in the local
 //! time zone (`TZ`, else `/etc/localtime`, as `date` does).
 //!
-//! The C library converts (`localtime_r`), so no time-zone database is carried here. When the
+//! The C library converts (`localtime_r`, called in `sys.rs`), so no time-zone database is carried here. When the
 //! conversion fails (a time beyond what `time_t` holds), the time is printed in UTC with a `Z`.
 
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -21,16 +21,7 @@ pub struct LocalTime {
 impl LocalTime {
     /// Converts seconds since the Unix epoch to the local time zone.
     pub fn from_unix(secs: u64) -> Option<Self> {
-        let t = libc::time_t::try_from(secs).ok()?;
-        // SAFETY: `tm` is plain old data, for which all-zero bytes are a valid value (`tm_zone`
-        // is a nullable pointer).
-        let mut tm: libc::tm = unsafe { std::mem::zeroed() };
-        // SAFETY: both pointers are valid for the duration of the call and do not alias;
-        // `localtime_r` writes only to `tm` and is the thread-safe variant.
-        let result = unsafe { libc::localtime_r(&t, &mut tm) };
-        if result.is_null() {
-            return None;
-        }
+        let tm = crate::sys::localtime(libc::time_t::try_from(secs).ok()?)?;
         Some(Self {
             year: tm.tm_year.checked_add(1900)?,
             month: u32::try_from(tm.tm_mon).ok()? + 1,

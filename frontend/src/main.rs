@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::Parser;
 use vfio_gate::cli::{Cli, Command, PolicyCommand};
 use vfio_gate::client::Client;
-use vfio_gate::commands::{self, Context};
+use vfio_gate::cmd::{self, Context};
 use vfio_gate::error::Error;
 use vfio_gate::messages;
 
@@ -31,19 +31,19 @@ fn run(cli: &Cli) -> Result<ExitCode, Error> {
     };
     let mut out = io::stdout().lock();
     let status = match &cli.command {
-        Command::List(args) => commands::list(&ctx, args, &mut out)?,
-        Command::Bind(args) => commands::bind(&ctx, args, &mut out)?,
-        Command::Release(args) => commands::release(&ctx, args, &mut out)?,
-        Command::Explain(args) => commands::explain(&ctx, args, &mut out)?,
+        Command::List(args) => cmd::list::run(&ctx, args, &mut out)?,
+        Command::Bind(args) => cmd::bind::run(&ctx, args, &mut out)?,
+        Command::Release(args) => cmd::release::run(&ctx, args, &mut out)?,
+        Command::Explain(args) => cmd::explain::run(&ctx, args, &mut out)?,
         Command::Policy(PolicyCommand::Check(args)) => {
-            commands::policy_check(&ctx, args, &mut out)?
+            cmd::policy_check::run(&ctx, args, &mut out)?
         }
         Command::Policy(PolicyCommand::Report(args)) => {
-            commands::policy_report(&ctx, args, &mut out)?
+            cmd::policy_report::run(&ctx, args, &mut out)?
         }
         Command::Run(args) => {
             drop(out);
-            return commands::run(&ctx, args).map(ExitCode::from);
+            return cmd::run::run(&ctx, args).map(ExitCode::from);
         }
     };
     Ok(status.into())

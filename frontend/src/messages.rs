@@ -11,8 +11,8 @@ use std::process::ExitCode;
 use serde::Serialize;
 use vfio_gate_protocol::{Guard, PciAddress, Plan, RuleRef};
 
-use crate::error::{Error, Status};
-use crate::output::write_json;
+use crate::error::{Error, ErrorDetails, Status};
+use crate::render::write_json;
 
 /// The `--json` form of an error. Field names are stable; optional fields are left out when empty.
 #[derive(Debug, Default, Serialize)]
@@ -61,23 +61,23 @@ struct JsonErrorDocument<'a> {
 }
 
 impl<'a> JsonError<'a> {
-    pub fn from_error(err: &'a Error) -> Self {
-        let holder = err.holder();
+    /// The error whose message is `message` and whose details are `d`.
+    pub fn new(message: String, d: &ErrorDetails<'a>) -> Self {
         Self {
-            kind: err.kind(),
-            exit_code: err.status().code(),
-            message: err.chain(),
-            next_step: err.next_step(),
-            rule: err.rule(),
-            device: err.device(),
-            guard: err.guard(),
-            group: err.group(),
-            plan: err.plan(),
-            rerun: err.rerun(),
-            uid: holder.map(|h| h.0),
-            user: holder.map(|h| h.1),
-            since: holder.map(|h| h.2),
-            socket: err.socket(),
+            kind: d.kind,
+            exit_code: d.status.code(),
+            message,
+            next_step: d.next_step.clone(),
+            rule: d.rule,
+            device: d.device,
+            guard: d.guard,
+            group: d.group,
+            plan: d.plan,
+            rerun: d.rerun,
+            uid: d.holder.map(|h| h.uid),
+            user: d.holder.map(|h| h.user),
+            since: d.holder.map(|h| h.since),
+            socket: d.socket,
         }
     }
 
@@ -93,18 +93,20 @@ pub fn report(err: &Error, json: bool) -> ExitCode {
     if err.is_broken_pipe() {
         return ExitCode::SUCCESS;
     }
+    let message = err.chain();
+    let details = err.details();
     if json {
-        let _ = JsonError::from_error(err).write_to(&mut io::stdout().lock());
+        let _ = JsonError::new(message.clone(), &details).write_to(&mut io::stdout().lock());
     }
     let mut stderr = io::stderr().lock();
-    let _ = writeln!(stderr, "vfio-gate: {}", err.chain());
-    if let Some(details) = err.details() {
-        let _ = stderr.write_all(details.as_bytes());
+    let _ = writeln!(stderr, "vfio-gate: {message}");
+    if let Some(shown) = details.shown {
+        let _ = stderr.write_all(shown.as_bytes());
     }
-    if let Some(step) = err.next_step() {
+    if let Some(step) = &details.next_step {
         let _ = writeln!(stderr, "vfio-gate: {step}");
     }
-    err.status().into()
+    details.status.into()
 }
 
 /// Prints a note on stderr (what `vfio-gate run` says around its command).
@@ -172,7 +174,9 @@ mod tests {
             detail: "storage controllers are not for VMs".into(),
         });
         let mut out = Vec::new();
-        JsonError::from_error(&err).write_to(&mut out).unwrap();
+        JsonError::new(err.chain(), &err.details())
+            .write_to(&mut out)
+            .unwrap();
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         let e = &v["error"];
         assert_eq!(e["kind"], "denied");

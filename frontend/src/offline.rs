@@ -10,6 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
+use nix::unistd::{Gid, getegid, geteuid, getgroups};
 use serde::Serialize;
 use vfio_gate_host::explain::ExplainError;
 use vfio_gate_host::groups::ViabilityRule;
@@ -19,6 +20,7 @@ use vfio_gate_host::{PciView, SysfsError, SysfsView};
 use vfio_gate_policy::{DeviceFacts, EtcFiles, Policy, PolicyError, Subject, Subjects, accounts};
 use vfio_gate_protocol::{Driver, ExplainReport, GuardFinding, PciAddress, RuleRef};
 
+use crate::cli::HostArgs;
 use crate::error::Error;
 
 /// Where the offline commands read the host.
@@ -28,6 +30,16 @@ pub struct Host {
     pub sysfs: PathBuf,
     /// The root whose `etc/passwd` and `etc/group` name users and groups (`/`).
     pub etc: PathBuf,
+}
+
+impl From<&HostArgs> for Host {
+    /// `--sysfs-root` and `--etc-root`, else `/sys` and `/`.
+    fn from(args: &HostArgs) -> Self {
+        Self {
+            sysfs: args.sysfs(),
+            etc: args.etc(),
+        }
+    }
 }
 
 impl Host {
@@ -111,30 +123,13 @@ fn is_digits(s: &str) -> bool {
 /// The caller as the kernel would present them to the helper: effective uid and gid, and the
 /// supplementary groups (`SO_PEERCRED`, `SO_PEERGROUPS`).
 pub fn caller() -> Subject {
-    // SAFETY: geteuid and getegid have no preconditions, cannot fail and touch no memory of ours.
-    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
     Subject {
-        uid,
-        gid,
-        groups: supplementary_groups(),
-    }
-}
-
-fn supplementary_groups() -> Vec<u32> {
-    // SAFETY: with a size of 0, getgroups only returns the number of groups and writes nothing.
-    let n = unsafe { libc::getgroups(0, std::ptr::null_mut()) };
-    let Ok(len) = usize::try_from(n) else {
-        return Vec::new();
-    };
-    let mut groups: Vec<libc::gid_t> = vec![0; len];
-    // SAFETY: `groups` has room for `n` gids, and getgroups writes at most that many.
-    let got = unsafe { libc::getgroups(n, groups.as_mut_ptr()) };
-    match usize::try_from(got) {
-        Ok(got) => {
-            groups.truncate(got);
-            groups
-        }
-        Err(_) => Vec::new(),
+        uid: geteuid().as_raw(),
+        gid: getegid().as_raw(),
+        // Unreadable (not expected): no supplementary groups, which can only match fewer rules.
+        groups: getgroups()
+            .map(|groups| groups.into_iter().map(Gid::as_raw).collect())
+            .unwrap_or_default(),
     }
 }
 

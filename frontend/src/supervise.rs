@@ -26,59 +26,35 @@
 
 use std::ffi::OsString;
 use std::io::{self, Write};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, ExitStatus};
-use std::sync::atomic::{AtomicI32, Ordering};
 
-/// The pid of the running command, 0 when there is none (read by the signal handler).
-static COMMAND_PID: AtomicI32 = AtomicI32::new(0);
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::{SigSet, SigmaskHow, Signal, pthread_sigmask};
+use nix::sys::socket::{MsgFlags, recv};
+use nix::sys::wait::{Id, WaitPidFlag, waitid};
+use nix::unistd::Pid;
+
+use crate::sys::{self, Catch, SavedAction};
 
 /// The signals handled while the command runs: the two the terminal sends to the whole
 /// foreground process group (kept away from this process), and the two passed on to the command.
-const HANDLED: [libc::c_int; 4] = [libc::SIGINT, libc::SIGQUIT, libc::SIGTERM, libc::SIGHUP];
-
-extern "C" fn do_nothing(_signal: libc::c_int) {}
-
-extern "C" fn forward(signal: libc::c_int) {
-    let pid = COMMAND_PID.load(Ordering::SeqCst);
-    if pid > 0 {
-        // SAFETY: `__errno_location` returns this thread's errno slot, valid for the thread's
-        // life; saving and restoring it keeps the interrupted code's errno intact.
-        let saved = unsafe { *libc::__errno_location() };
-        // SAFETY: kill is async-signal-safe and touches no memory of ours. `pid` is the
-        // command's: it is set to 0 before the command is reaped, so it cannot have been reused.
-        unsafe {
-            libc::kill(pid, signal);
-        }
-        // SAFETY: as above.
-        unsafe {
-            *libc::__errno_location() = saved;
-        }
-    }
-}
-
-fn signal_set(signals: &[libc::c_int]) -> libc::sigset_t {
-    // SAFETY: sigset_t is plain data; sigemptyset initialises it before it is used.
-    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `set` is a valid sigset_t; both calls only write to it, and cannot fail for valid
-    // signal numbers.
-    unsafe {
-        libc::sigemptyset(&mut set);
-        for &s in signals {
-            libc::sigaddset(&mut set, s);
-        }
-    }
-    set
-}
+const HANDLED: [Signal; 4] = [
+    Signal::SIGINT,
+    Signal::SIGQUIT,
+    Signal::SIGTERM,
+    Signal::SIGHUP,
+];
 
 /// The signal handling of `vfio-gate run`, from just after the bind until the process exits.
 /// Dropping it puts back the handlers and the signal mask found at [`Supervisor::install`].
 #[derive(Debug)]
 pub struct Supervisor {
-    saved: Vec<(libc::c_int, libc::sigaction)>,
-    old_mask: libc::sigset_t,
+    saved: Vec<SavedAction>,
+    old_mask: SigSet,
     blocked: bool,
 }
 
@@ -103,45 +79,24 @@ impl Supervisor {
     /// Blocks the four signals and installs their handlers. Call [`Supervisor::run`] next, which
     /// unblocks them once the command's pid is known.
     pub fn install() -> io::Result<Self> {
-        let all = signal_set(&HANDLED);
-        // SAFETY: as in signal_set.
-        let mut old_mask: libc::sigset_t = unsafe { std::mem::zeroed() };
-        // SAFETY: both pointers are valid sigset_t values; this only changes this thread's mask.
-        let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old_mask) };
-        if rc != 0 {
-            return Err(io::Error::from_raw_os_error(rc));
-        }
+        let all: SigSet = HANDLED.into_iter().collect();
+        let mut old_mask = SigSet::empty();
+        pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&all), Some(&mut old_mask))?;
         let mut me = Self {
             saved: Vec::new(),
             old_mask,
             blocked: true,
         };
-        let do_nothing = do_nothing as extern "C" fn(libc::c_int) as libc::sighandler_t;
-        let forward = forward as extern "C" fn(libc::c_int) as libc::sighandler_t;
-        for (signal, handler) in [
-            (libc::SIGINT, do_nothing),
-            (libc::SIGQUIT, do_nothing),
-            (libc::SIGTERM, forward),
-            (libc::SIGHUP, forward),
-            (libc::SIGCHLD, libc::SIG_DFL),
+        for (signal, how) in [
+            (Signal::SIGINT, Catch::Nothing),
+            (Signal::SIGQUIT, Catch::Nothing),
+            (Signal::SIGTERM, Catch::Forward),
+            (Signal::SIGHUP, Catch::Forward),
+            (Signal::SIGCHLD, Catch::Default),
         ] {
-            // SAFETY: sigaction is plain data; every field is set below or valid as zero.
-            let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
-            action.sa_sigaction = handler;
-            // Restart interrupted system calls; no other flag (in particular not SA_SIGINFO: the
-            // handlers take one argument).
-            action.sa_flags = libc::SA_RESTART;
-            // Each handler runs with the four signals blocked, so they do not nest.
-            action.sa_mask = all;
-            // SAFETY: as above.
-            let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
-            // SAFETY: both pointers are valid; the handlers are async-signal-safe (one does
-            // nothing, the other calls kill and touches errno and an atomic).
-            if unsafe { libc::sigaction(signal, &action, &mut old) } != 0 {
-                // Dropping `me` restores what was changed so far.
-                return Err(io::Error::last_os_error());
-            }
-            me.saved.push((signal, old));
+            // Each handler runs with the four signals blocked, so they do not nest. On an error,
+            // dropping `me` restores what was changed so far.
+            me.saved.push(sys::catch(signal, how, all)?);
         }
         Ok(me)
     }
@@ -159,20 +114,7 @@ impl Supervisor {
             Some((program, args)) => {
                 let mut cmd = Command::new(program);
                 cmd.args(args);
-                let saved = self.saved.clone();
-                let old_mask = self.old_mask;
-                // SAFETY: the closure runs in the child between fork and exec, where only
-                // async-signal-safe calls are allowed: it makes only sigaction and sigprocmask
-                // calls, on values copied in before the fork, and allocates nothing.
-                unsafe {
-                    cmd.pre_exec(move || {
-                        for (signal, old) in &saved {
-                            libc::sigaction(*signal, old, std::ptr::null_mut());
-                        }
-                        libc::sigprocmask(libc::SIG_SETMASK, &old_mask, std::ptr::null_mut());
-                        Ok(())
-                    });
-                }
+                sys::start_with(&mut cmd, self.saved.clone(), self.old_mask);
                 cmd.spawn()
             }
             None => Err(io::Error::new(io::ErrorKind::InvalidInput, "no command")),
@@ -187,18 +129,20 @@ impl Supervisor {
                 };
             }
         };
-        let pid = child.id();
-        COMMAND_PID.store(i32::try_from(pid).unwrap_or(0), Ordering::SeqCst);
+        let pid = i32::try_from(child.id()).ok().map(Pid::from_raw);
+        sys::forward_to(pid);
         // Signals that arrived since `install` are delivered now, and reach the command.
         self.unblock();
         let wake = UnixStream::pair().ok();
         let (waited, helper_closed) = std::thread::scope(|scope| {
             let watcher = wake.as_ref().map(|(_, quiet)| {
-                let quiet = quiet.as_raw_fd();
-                scope.spawn(move || watch(conn.as_raw_fd(), quiet, on_close))
+                let quiet = quiet.as_fd();
+                scope.spawn(move || watch(conn.as_fd(), quiet, on_close))
             });
-            wait_without_reaping(pid);
-            COMMAND_PID.store(0, Ordering::SeqCst);
+            if let Some(pid) = pid {
+                wait_without_reaping(pid);
+            }
+            sys::forward_to(None);
             let waited = child.wait();
             if let Some((stop, _)) = &wake {
                 let mut stop: &UnixStream = stop;
@@ -220,11 +164,7 @@ impl Supervisor {
 
     fn unblock(&mut self) {
         if self.blocked {
-            // SAFETY: `old_mask` is the valid mask saved by install; this only changes this
-            // thread's mask.
-            unsafe {
-                libc::pthread_sigmask(libc::SIG_SETMASK, &self.old_mask, std::ptr::null_mut());
-            }
+            let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&self.old_mask), None);
             self.blocked = false;
         }
     }
@@ -232,70 +172,53 @@ impl Supervisor {
 
 impl Drop for Supervisor {
     fn drop(&mut self) {
-        COMMAND_PID.store(0, Ordering::SeqCst);
-        for (signal, old) in self.saved.drain(..).rev() {
-            // SAFETY: `old` is what sigaction returned for this signal; restoring it is valid.
-            unsafe {
-                libc::sigaction(signal, &old, std::ptr::null_mut());
-            }
+        sys::forward_to(None);
+        for saved in self.saved.drain(..).rev() {
+            sys::restore(&saved);
         }
         self.unblock();
     }
 }
 
-/// Returns once process `pid` (our child) has ended, leaving it to be reaped.
-fn wait_without_reaping(pid: u32) {
-    let id: libc::id_t = pid;
-    loop {
-        // SAFETY: siginfo_t is plain data, written by waitid.
-        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-        // SAFETY: `info` is valid for writing; WNOWAIT leaves the child waitable, so the
-        // standard library's wait still reaps it.
-        let rc = unsafe { libc::waitid(libc::P_PID, id, &mut info, libc::WEXITED | libc::WNOWAIT) };
-        if rc == 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
-            return;
-        }
-    }
+/// Returns once process `pid` (our child) has ended, leaving it to be reaped (`WNOWAIT`), so
+/// that the standard library's wait still reaps it.
+fn wait_without_reaping(pid: Pid) {
+    while waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT) == Err(Errno::EINTR) {}
 }
 
 /// Waits until the helper closes `conn` (returns true, after calling `on_close`) or `quiet`
 /// becomes readable (returns false).
-fn watch(conn: RawFd, quiet: RawFd, on_close: impl FnOnce()) -> bool {
+fn watch(conn: BorrowedFd<'_>, quiet: BorrowedFd<'_>, on_close: impl FnOnce()) -> bool {
+    // A helper that closes its end makes the socket hang up (POLLHUP); one that only shuts down
+    // its writing makes it readable with nothing to read (`peer_closed`). POLLRDHUP would say
+    // the latter too, but nix 0.32 does not know the flag.
+    let closed = PollFlags::POLLHUP | PollFlags::POLLERR;
     loop {
         let mut fds = [
-            libc::pollfd {
-                fd: conn,
-                events: libc::POLLIN | libc::POLLRDHUP,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: quiet,
-                events: libc::POLLIN,
-                revents: 0,
-            },
+            PollFd::new(conn, PollFlags::POLLIN),
+            PollFd::new(quiet, PollFlags::POLLIN),
         ];
-        // SAFETY: `fds` is a valid array of two pollfd for the duration of the call; both
-        // descriptors stay open until this thread is joined.
-        let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
-        if rc < 0 {
-            if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => {}
+            Err(Errno::EINTR) => continue,
+            Err(_) => return false,
+        }
+        // `None` means bits nix does not know: stop watching, as for any answer not understood.
+        if fds[1].revents() != Some(PollFlags::empty()) {
             return false;
         }
-        if fds[1].revents != 0 {
+        let Some(r) = fds[0].revents() else {
             return false;
-        }
-        let r = fds[0].revents;
-        if r & (libc::POLLHUP | libc::POLLRDHUP | libc::POLLERR) != 0 {
+        };
+        if r.intersects(closed) {
             on_close();
             return true;
         }
-        if r & libc::POLLIN != 0 && peer_closed(conn) {
+        if r.contains(PollFlags::POLLIN) && peer_closed(conn) {
             on_close();
             return true;
         }
-        if r != 0 {
+        if !r.is_empty() {
             // Bytes nobody asked for, or a descriptor poll cannot watch: stop watching rather
             // than spin. The release that follows reports whatever is wrong.
             return false;
@@ -304,18 +227,14 @@ fn watch(conn: RawFd, quiet: RawFd, on_close: impl FnOnce()) -> bool {
 }
 
 /// Whether a readable socket is readable because its peer closed it.
-fn peer_closed(fd: RawFd) -> bool {
+fn peer_closed(fd: BorrowedFd<'_>) -> bool {
     let mut byte = [0u8; 1];
-    // SAFETY: `byte` is valid for one byte of writing; MSG_PEEK leaves the data in the socket.
-    let n = unsafe {
-        libc::recv(
-            fd,
-            byte.as_mut_ptr().cast(),
-            1,
-            libc::MSG_PEEK | libc::MSG_DONTWAIT,
-        )
-    };
-    n == 0
+    // MSG_PEEK leaves the data in the socket.
+    recv(
+        fd.as_raw_fd(),
+        &mut byte,
+        MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT,
+    ) == Ok(0)
 }
 
 /// The exit status a shell would give: the command's code, or 128+N when signal N killed it.
@@ -356,5 +275,27 @@ mod tests {
             not_started_code(&io::ErrorKind::PermissionDenied.into()),
             126
         );
+    }
+
+    #[test]
+    fn the_watch_sees_the_helper_close_or_stop_writing_and_stops_when_told() {
+        let (_stop, quiet) = UnixStream::pair().unwrap();
+        let watched = |conn: &UnixStream| {
+            let mut called = false;
+            let seen = watch(conn.as_fd(), quiet.as_fd(), || called = true);
+            (seen, called)
+        };
+        let (conn, helper) = UnixStream::pair().unwrap();
+        drop(helper);
+        assert_eq!(watched(&conn), (true, true), "closed");
+        let (conn, helper) = UnixStream::pair().unwrap();
+        helper.shutdown(std::net::Shutdown::Write).unwrap();
+        assert_eq!(watched(&conn), (true, true), "shut down for writing");
+        drop(helper);
+
+        let (conn, _helper) = UnixStream::pair().unwrap();
+        let (mut stop, quiet) = UnixStream::pair().unwrap();
+        stop.write_all(&[1]).unwrap();
+        assert!(!watch(conn.as_fd(), quiet.as_fd(), || panic!("not closed")));
     }
 }

@@ -1,46 +1,47 @@
-//! User names for uids, from `/etc/passwd`.
+//! Users: names for uids and uids for names, read with the policy crate's reader of
+//! `/etc/passwd` (the one the helper resolves the policy's names with), and who we are.
 //!
-//! Only the local file is read (no NSS, so no LDAP or systemd-homed names): it needs no library
-//! and cannot hang. A uid without an entry is shown as its number.
+//! Only the local files are read (no NSS, so no LDAP or systemd-homed names): they need no
+//! library and cannot hang. A uid without an entry is shown as its number.
 
 use std::collections::{BTreeSet, HashMap};
-use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-pub const PASSWD: &str = "/etc/passwd";
+use vfio_gate_policy::{EtcFiles, NameResolver, accounts};
+
+/// The root whose `etc/passwd` names users, unless `--etc-root` says otherwise.
+pub const ETC_ROOT: &str = "/";
+
+/// The passwd file under `etc_root`, for messages.
+pub fn passwd(etc_root: &Path) -> PathBuf {
+    etc_root.join("etc/passwd")
+}
 
 /// Names for a set of uids.
 #[derive(Debug, Default, Clone)]
 pub struct UserNames(HashMap<u32, String>);
 
 impl UserNames {
-    /// Reads `path` for the wanted uids; a missing or unreadable file gives no names.
-    pub fn load(path: &Path, wanted: &BTreeSet<u32>) -> Self {
+    /// Names the wanted uids from `ETC_ROOT/etc/passwd`: the first account with each uid, as
+    /// getpwuid finds it. A missing or unreadable file gives no names.
+    pub fn load(etc_root: &Path, wanted: &BTreeSet<u32>) -> Self {
         if wanted.is_empty() {
             return Self::default();
         }
-        std::fs::File::open(path)
-            .map(|f| Self::parse(BufReader::new(f), wanted))
-            .unwrap_or_default()
+        let mut names = HashMap::new();
+        for (name, account) in accounts(etc_root).unwrap_or_default() {
+            if wanted.contains(&account.uid) {
+                names.entry(account.uid).or_insert(name);
+            }
+        }
+        Self(names)
     }
 
-    /// Parses passwd lines (`name:password:uid:gid:gecos:home:shell`); the first entry for a uid
-    /// wins, as with getpwuid.
-    pub fn parse(reader: impl BufRead, wanted: &BTreeSet<u32>) -> Self {
+    /// Names given as (uid, name) pairs, the first for a uid winning (for tests).
+    pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (u32, &'a str)>) -> Self {
         let mut names = HashMap::new();
-        for line in reader.split(b'\n').map_while(Result::ok) {
-            let line = String::from_utf8_lossy(&line);
-            let mut fields = line.split(':');
-            let (Some(name), Some(_), Some(uid)) = (fields.next(), fields.next(), fields.next())
-            else {
-                continue;
-            };
-            let Ok(uid) = uid.parse::<u32>() else {
-                continue;
-            };
-            if !name.is_empty() && wanted.contains(&uid) {
-                names.entry(uid).or_insert_with(|| name.to_owned());
-            }
+        for (uid, name) in pairs {
+            names.entry(uid).or_insert_with(|| name.to_owned());
         }
         Self(names)
     }
@@ -56,50 +57,42 @@ impl UserNames {
     }
 }
 
-/// The uid of the user called `name` in the passwd file at `path` (the first entry wins, as with
-/// getpwnam); `None` when there is no such entry or the file cannot be read.
-pub fn uid_of(path: &Path, name: &str) -> Option<u32> {
-    let file = std::fs::File::open(path).ok()?;
-    parse_uid_of(BufReader::new(file), name)
-}
-
-fn parse_uid_of(reader: impl BufRead, name: &str) -> Option<u32> {
-    if name.is_empty() {
-        return None;
-    }
-    reader.split(b'\n').map_while(Result::ok).find_map(|line| {
-        let line = String::from_utf8_lossy(&line);
-        let mut fields = line.split(':');
-        match (fields.next(), fields.next(), fields.next()) {
-            (Some(n), Some(_), Some(uid)) if n == name => uid.parse::<u32>().ok(),
-            _ => None,
-        }
-    })
+/// The uid of the user called `name` in `ETC_ROOT/etc/passwd`, as the helper resolves a name in
+/// the policy (the first entry wins, as with getpwnam); `None` when there is no such entry or
+/// the file cannot be read.
+pub fn uid_of(etc_root: &Path, name: &str) -> Option<u32> {
+    EtcFiles::new(etc_root).uid(name)
 }
 
 /// The effective uid of this process: the one the helper sees (`SO_PEERCRED`) and hands group
 /// nodes to.
 pub fn my_uid() -> u32 {
-    // SAFETY: geteuid has no preconditions, cannot fail and touches no memory of ours.
-    unsafe { libc::geteuid() }
+    nix::unistd::geteuid().as_raw()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn etc(passwd: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("etc")).unwrap();
+        std::fs::write(dir.path().join("etc/passwd"), passwd).unwrap();
+        std::fs::write(dir.path().join("etc/group"), "root:x:0:\n").unwrap();
+        dir
+    }
+
     #[test]
     fn names_wanted_uids_and_falls_back_to_numbers() {
-        let passwd = "root:x:0:0:root:/root:/bin/sh\n\
-                      # not a comment format, but harmless\n\
-                      alice:x:1000:1100:Alice:/home/alice:/bin/sh\n\
-                      evil:x:1000:1000::/:/bin/sh\n\
-                      broken\n\
-                      bob:x:notanumber:0::/:/bin/sh\n\
-                      bob:x:1001:1001::/home/bob:/bin/sh";
+        let dir = etc("root:x:0:0:root:/root:/bin/sh\n\
+                       alice:x:1000:1100:Alice:/home/alice:/bin/sh\n\
+                       toor:x:1000:1000::/:/bin/sh\n\
+                       broken\n\
+                       bob:x:notanumber:0::/:/bin/sh\n\
+                       bob:x:1001:1001::/home/bob:/bin/sh");
         let wanted = BTreeSet::from([1000, 1001, 4242]);
-        let n = UserNames::parse(passwd.as_bytes(), &wanted);
-        assert_eq!(n.display(1000), "alice");
+        let n = UserNames::load(dir.path(), &wanted);
+        assert_eq!(n.display(1000), "alice", "the first entry with a uid wins");
         assert_eq!(n.display(1001), "bob");
         assert_eq!(n.display(4242), "4242");
         // Not wanted, so not kept.
@@ -108,22 +101,20 @@ mod tests {
 
     #[test]
     fn names_resolve_to_the_first_uid_given_them() {
-        let passwd = "root:x:0:0:root:/root:/bin/sh\n\
-                      broken\n\
-                      bob:x:notanumber:0::/:/bin/sh\n\
-                      bob:x:1001:1001::/home/bob:/bin/sh\n\
-                      bob:x:1002:1002::/home/bob:/bin/sh";
-        assert_eq!(parse_uid_of(passwd.as_bytes(), "root"), Some(0));
-        assert_eq!(parse_uid_of(passwd.as_bytes(), "bob"), Some(1001));
-        assert_eq!(parse_uid_of(passwd.as_bytes(), "bo"), None);
-        assert_eq!(parse_uid_of(passwd.as_bytes(), "broken"), None);
-        assert_eq!(parse_uid_of(passwd.as_bytes(), ""), None);
-        assert_eq!(uid_of(Path::new("/nonexistent/passwd"), "root"), None);
+        let dir = etc("root:x:0:0:root:/root:/bin/sh\n\
+                       bob:x:1001:1001::/home/bob:/bin/sh\n\
+                       bob:x:1002:1002::/home/bob:/bin/sh");
+        assert_eq!(uid_of(dir.path(), "root"), Some(0));
+        assert_eq!(uid_of(dir.path(), "bob"), Some(1001));
+        assert_eq!(uid_of(dir.path(), "bo"), None);
+        assert_eq!(uid_of(dir.path(), ""), None);
+        assert_eq!(uid_of(Path::new("/nonexistent"), "root"), None);
     }
 
     #[test]
     fn a_missing_file_gives_numbers() {
-        let n = UserNames::load(Path::new("/nonexistent/passwd"), &BTreeSet::from([0]));
+        let n = UserNames::load(Path::new("/nonexistent"), &BTreeSet::from([0]));
         assert_eq!(n.display(0), "0");
+        assert_eq!(passwd(Path::new(ETC_ROOT)), Path::new("/etc/passwd"));
     }
 }

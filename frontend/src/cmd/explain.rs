@@ -1,18 +1,99 @@
-//! Rendering of the audit commands: `explain`, `policy check` and `policy report`, for people
-//! (text) and for scripts (the JSON documents defined here).
+//! `vfio-gate explain`: how a bind would be decided and why — per driver the verdict with its
+//! deciding rule and the other rules that match, the guards that refuse the device now, the
+//! group plan or why none works, the holder, the policy hash. The helper answers; with
+//! `--policy` the same answer is computed here (`crate::offline`), with the helper's code.
 
+use std::collections::BTreeSet;
 use std::fmt::Write as _;
+use std::io::Write;
+use std::path::Path;
 
-use serde::Serialize;
 use vfio_gate_host::plan::moves_companions;
-use vfio_gate_policy::{Finding, PolicySource, Severity};
-use vfio_gate_protocol::{Driver, DriverVerdict, ExplainReport, Guard, Holder, Plan, RuleRef};
+use vfio_gate_policy::PolicySource;
+use vfio_gate_protocol::{
+    Driver, DriverVerdict, ExplainReport, Holder, Plan, Request, Response, RuleRef, WireError,
+};
 
+use super::{Context, name_the_holder, unexpected};
+use crate::cli::{ExplainArgs, UserArg};
+use crate::error::{Error, Status};
 use crate::localtime;
-use crate::offline::PermissionRow;
-use crate::output::{Table, group_name, plan_block};
+use crate::offline::{self, Evaluator, Host};
 use crate::pci_ids::{PciNames, Wanted};
-use crate::users::UserNames;
+use crate::render::{files_text, group_name, guard_label, ids, plan_block};
+use crate::users::{self, ETC_ROOT, UserNames};
+
+/// `vfio-gate explain ADDR [--to DRIVER] [--user NAME|UID] [--policy PATH]`: the helper's answer,
+/// or with `--policy` the same answer computed here. Status 0 whenever an answer was produced.
+pub fn run(ctx: &Context<'_>, args: &ExplainArgs, out: &mut impl Write) -> Result<Status, Error> {
+    let (report, source, etc_root) = match &args.policy {
+        None => (ask_helper(ctx, args)?, Source::Helper, ETC_ROOT.into()),
+        Some(path) => {
+            let (report, source) = compute(args, path)?;
+            // Users are named from the accounts the policy's names were resolved with.
+            (report, source, args.host.etc())
+        }
+    };
+    ctx.print(out, &report, || {
+        let names = ctx.pci_names(&explain_names(&report));
+        let users = UserNames::load(&etc_root, &explain_uids(&report));
+        explain_text(&report, &names, &users, &source)
+    })?;
+    Ok(Status::Ok)
+}
+
+/// The helper's answer, about the caller or `--user`.
+fn ask_helper(ctx: &Context<'_>, args: &ExplainArgs) -> Result<ExplainReport, Error> {
+    let uid = match &args.user {
+        None => None,
+        Some(value) => Some(
+            UserArg::resolve(value, Path::new(ETC_ROOT))
+                .map_err(|_| Error::UnknownUser {
+                    value: value.clone(),
+                    passwd: users::passwd(Path::new(ETC_ROOT)),
+                })?
+                .uid,
+        ),
+    };
+    let request = Request::Explain {
+        device: args.device,
+        driver: args.driver,
+        uid,
+    };
+    match ctx.client.call(&request) {
+        Ok(Response::Explained(report)) => Ok(report),
+        Ok(other) => Err(unexpected(&request, &other)),
+        // Asking about someone else without being an admin: the offline way is the next step.
+        Err(Error::Helper(WireError::NotAdmin { detail })) => {
+            Err(Error::NotAdmin { reason: detail })
+        }
+        Err(e) => Err(name_the_holder(e)),
+    }
+}
+
+/// `--policy PATH`: the helper's answer, computed here from that policy and this host, about the
+/// caller (as the kernel would present them to the helper) or `--user`.
+fn compute(args: &ExplainArgs, path: &Path) -> Result<(ExplainReport, Source), Error> {
+    let host = Host::from(&args.host);
+    let policy = host
+        .load_policy(&offline::absolute(path))
+        .map_err(Error::Policy)?;
+    let subject = match &args.user {
+        Some(value) => host.user(value)?.1,
+        None => offline::caller(),
+    };
+    let view = host.view();
+    let host_use = host.host_use();
+    let evaluator = Evaluator {
+        policy: &policy,
+        view: &view,
+        host_use: &host_use,
+        rule: offline::viability(),
+        sysfs: &host.sysfs,
+    };
+    let report = evaluator.explain(&subject, args.device, args.driver)?;
+    Ok((report, Source::Offline(policy.sources().to_vec())))
+}
 
 /// Where an explanation comes from.
 #[derive(Debug, Clone)]
@@ -28,17 +109,6 @@ fn rule_text(r: &RuleRef) -> String {
     format!("'{}' ({}:{})", r.name, r.file, r.line)
 }
 
-/// A short name for a guard, for tables and headings.
-pub fn guard_label(g: Guard) -> &'static str {
-    match g {
-        Guard::BootVga => "boot VGA",
-        Guard::HostInUse => "in use by the host",
-        Guard::NotEndpoint => "not an endpoint",
-        Guard::SriovEnabled => "SR-IOV VFs enabled",
-        Guard::NoIommuGroup => "no IOMMU group",
-    }
-}
-
 /// The ids whose names an explanation shows: the device, its class, the plan's members.
 pub fn explain_names(r: &ExplainReport) -> Wanted {
     let mut wanted = Wanted::default();
@@ -52,8 +122,8 @@ pub fn explain_names(r: &ExplainReport) -> Wanted {
 }
 
 /// The uids an explanation names: whom it is for, and the holder.
-pub fn explain_uids(r: &ExplainReport) -> std::collections::BTreeSet<u32> {
-    let mut uids = std::collections::BTreeSet::from([r.uid]);
+pub fn explain_uids(r: &ExplainReport) -> BTreeSet<u32> {
+    let mut uids = BTreeSet::from([r.uid]);
     if let Some(h) = &r.holder {
         uids.insert(h.uid);
     }
@@ -143,7 +213,7 @@ pub fn explain_text(
 ) -> String {
     let mut t = String::new();
     let short = r.device.short();
-    let ids = format!("{:04x}:{:04x}", r.vendor, r.device_id);
+    let ids = ids(r.vendor, r.device_id);
     match names.device_name(r.vendor, r.device_id) {
         Some(name) => {
             let _ = writeln!(t, "{short}  {ids}  {name}");
@@ -221,174 +291,10 @@ pub fn explain_text(
     t
 }
 
-/// "/etc/vfio-gate/policy.toml and 2 drop-ins".
-pub fn files_text(files: &[PolicySource]) -> String {
-    match files {
-        [] => "no file".to_owned(),
-        [main] => main.path.clone(),
-        [main, rest @ ..] => format!(
-            "{} and {} drop-in{}",
-            main.path,
-            rest.len(),
-            if rest.len() == 1 { "" } else { "s" }
-        ),
-    }
-}
-
-/// "1 warning", "2 warnings".
-fn count(n: usize, what: &str) -> String {
-    if n == 1 {
-        format!("1 {what}")
-    } else {
-        format!("{n} {what}s")
-    }
-}
-
-/// How many findings of each severity: (errors, warnings, notes).
-pub fn tally(findings: &[Finding]) -> (usize, usize, usize) {
-    let n = |s| findings.iter().filter(|f| f.severity == s).count();
-    (n(Severity::Error), n(Severity::Warning), n(Severity::Info))
-}
-
-/// `policy check` for people: one `file:line: severity: message` line per finding, then the
-/// summary. `loaded` is the loaded policy's files and hash, `None` when it was refused.
-pub fn check_text(
-    path: &str,
-    findings: &[Finding],
-    loaded: Option<(&[PolicySource], &str)>,
-) -> String {
-    let mut t = String::new();
-    for f in findings {
-        let _ = writeln!(t, "{f}");
-    }
-    let (errors, warnings, notes) = tally(findings);
-    match loaded {
-        None => {
-            let _ = writeln!(
-                t,
-                "policy check: {path} is refused ({}): the helper would serve nothing with it",
-                count(errors, "error")
-            );
-        }
-        Some((files, sha)) => {
-            let verdict = if warnings == 0 { "clean" } else { "loads" };
-            let _ = writeln!(
-                t,
-                "policy check: {} {verdict}: {}, {}; sha256 {sha}",
-                files_text(files),
-                count(warnings, "warning"),
-                count(notes, "note")
-            );
-        }
-    }
-    t
-}
-
-/// `policy check --json`.
-#[derive(Debug, Serialize)]
-pub struct CheckJson<'a> {
-    /// The main policy file checked.
-    pub policy: &'a str,
-    /// Whether the policy loads (the helper would serve it).
-    pub loaded: bool,
-    /// The policy hash, when it loads.
-    pub sha256: Option<&'a str>,
-    /// The files loaded, main file first, each with its own hash.
-    pub files: &'a [PolicySource],
-    /// Every finding, sorted by file and line: severity, file, line (0: the file as a whole),
-    /// rule (or null), message.
-    pub findings: &'a [Finding],
-    pub errors: usize,
-    pub warnings: usize,
-    pub notes: usize,
-    /// The exit status: 0 clean, 8 warnings, 9 errors.
-    pub exit_code: u8,
-}
-
-/// The ids whose names a report shows.
-pub fn report_names(rows: &[PermissionRow]) -> Wanted {
-    let mut wanted = Wanted::default();
-    for r in rows {
-        wanted.add_device(r.vendor, r.device_id);
-    }
-    wanted
-}
-
-/// The `policy report` table, in the rows' order (user, then device, then driver).
-pub fn report_table(rows: &[PermissionRow], names: &PciNames) -> Table {
-    let with_names = !names.is_empty();
-    let mut headers = vec!["USER", "UID", "DEVICE", "IDS"];
-    if with_names {
-        headers.push("NAME");
-    }
-    headers.extend(["DRIVER", "RULE", "WHERE", "GUARD"]);
-    let mut table = Table::new(headers);
-    for r in rows {
-        let mut row = vec![
-            r.user.clone(),
-            r.uid.to_string(),
-            r.device.short(),
-            format!("{:04x}:{:04x}", r.vendor, r.device_id),
-        ];
-        if with_names {
-            row.push(
-                names
-                    .short_device_name(r.vendor, r.device_id)
-                    .unwrap_or_else(|| "-".to_owned()),
-            );
-        }
-        let guard = match (&r.guard, &r.guard_error) {
-            (Some(g), _) => format!("refused: {}", guard_label(g.guard)),
-            (None, Some(_)) => "cannot tell".to_owned(),
-            (None, None) => "-".to_owned(),
-        };
-        row.extend([
-            r.driver.to_string(),
-            r.rule.name.clone(),
-            format!("{}:{}", r.rule.file, r.rule.line),
-            guard,
-        ]);
-        table.push(row);
-    }
-    table
-}
-
-/// The line under the report table.
-pub fn report_summary(rows: &[PermissionRow], files: &[PolicySource], sha: &str) -> String {
-    let users: std::collections::BTreeSet<&str> = rows.iter().map(|r| r.user.as_str()).collect();
-    let guarded = rows.iter().filter(|r| r.guard.is_some()).count();
-    let mut line = if rows.is_empty() {
-        "The policy grants nothing to anyone on this host".to_owned()
-    } else {
-        format!(
-            "{} for {}",
-            count(rows.len(), "permission"),
-            count(users.len(), "user")
-        )
-    };
-    if guarded > 0 {
-        let _ = write!(
-            line,
-            " ({guarded} refused now by a built-in guard: vfio-gate explain ADDR --policy PATH says why)"
-        );
-    }
-    format!("{line}; {}, sha256 {sha}\n", files_text(files))
-}
-
-/// `policy report --json`.
-#[derive(Debug, Serialize)]
-pub struct ReportJson<'a> {
-    pub policy: &'a str,
-    pub sha256: &'a str,
-    pub files: &'a [PolicySource],
-    /// One row per (user, device, driver) the policy grants, sorted by user, device, driver.
-    pub rows: &'a [PermissionRow],
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vfio_gate_protocol::GuardFinding;
+    use vfio_gate_protocol::{Guard, GuardFinding};
 
     fn rule(name: &str, line: u32) -> RuleRef {
         RuleRef {
@@ -487,42 +393,5 @@ Policy sha256 {} (the helper's)
                 "ab".repeat(32)
             )
         );
-    }
-
-    #[test]
-    fn the_check_summary_counts_and_names_the_files() {
-        let files = [
-            PolicySource {
-                path: "/p.toml".into(),
-                sha256: "1".into(),
-            },
-            PolicySource {
-                path: "/policy.d/a.toml".into(),
-                sha256: "2".into(),
-            },
-        ];
-        let warning = Finding {
-            severity: Severity::Warning,
-            file: "/p.toml".into(),
-            line: 4,
-            rule: Some("r".into()),
-            message: "m".into(),
-        };
-        assert_eq!(
-            check_text(
-                "/p.toml",
-                std::slice::from_ref(&warning),
-                Some((&files, "ff"))
-            ),
-            "/p.toml:4: warning: m\npolicy check: /p.toml and 1 drop-in loads: 1 warning, 0 notes; sha256 ff\n"
-        );
-        let error = Finding {
-            severity: Severity::Error,
-            ..warning
-        };
-        assert!(check_text("/p.toml", &[error], None).ends_with(
-            "policy check: /p.toml is refused (1 error): the helper would serve nothing with it\n"
-        ));
-        assert_eq!(tally(&[]), (0, 0, 0));
     }
 }

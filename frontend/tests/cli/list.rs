@@ -1,0 +1,123 @@
+//! `vfio-gate list`: the device table, and its JSON.
+
+use std::collections::BTreeSet;
+use std::process::Stdio;
+
+use vfio_gate_protocol::{Request, Response};
+
+use crate::fixtures::*;
+use crate::util::{FakeHelper, Reply, against, pci_ids_fixture, run};
+
+#[test]
+fn prints_a_table_with_names_from_the_pci_id_database() {
+    let fake = FakeHelper::answering(Response::Devices(devices()));
+    let mut cmd = against(&fake, &["list", "--pci-ids"]);
+    cmd.arg(pci_ids_fixture());
+    let r = run(cmd);
+    r.code(0).stderr_empty();
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    let expected = [
+        "ADDRESS       IDS        CLASS                           DRIVER    GROUP  ALLOWED            HOLDER      NAME",
+        "01:00.0       8086:10d3  Ethernet controller             e1000e    8      vfio-pci           -           Intel Corporation 82574L Gigabit Network Connection",
+        "03:00.0       1b36:0010  Non-Volatile memory controller  pci-stub  10     -                  root (run)  Red Hat, Inc. device 0010",
+        "05:02.0       1234:11e8  Unclassified device             vfio-pci  11     vfio-pci,pci-stub  4242        Technical Corp. QEMU edu device",
+        "0001:00:00.0  abcd:0001  Processing accelerators         -         -      -                  -           -",
+    ];
+    if lines != expected {
+        r.fail(&format!("expected the table\n{}", expected.join("\n")));
+    }
+    assert_eq!(fake.requests(), vec![Request::List]);
+}
+
+#[test]
+fn without_a_pci_id_database_shows_ids_only() {
+    let fake = FakeHelper::answering(Response::Devices(devices()));
+    let r = run(against(
+        &fake,
+        &["list", "--pci-ids", "/nonexistent/pci.ids"],
+    ));
+    r.code(0).stderr_empty();
+    let header = r.stdout.lines().next().unwrap_or_default();
+    if header.contains("NAME") || !header.ends_with("HOLDER") {
+        r.fail("the NAME column should be left out");
+    }
+    r.stdout_has("01:00.0       8086:10d3  Network controller");
+}
+
+#[test]
+fn json_is_the_device_list_with_stable_field_names() {
+    let fake = FakeHelper::answering(Response::Devices(devices()));
+    let r = run(against(&fake, &["--json", "list"]));
+    r.code(0).stderr_empty();
+    let v = r.json();
+    let list = v.as_array().unwrap_or_else(|| r.fail("not an array"));
+    assert_eq!(list.len(), 4);
+    let keys: BTreeSet<&str> = list[0]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        keys,
+        BTreeSet::from([
+            "address",
+            "vendor",
+            "device",
+            "subsystem_vendor",
+            "subsystem_device",
+            "class",
+            "driver",
+            "driver_override",
+            "iommu_group",
+            "allowed",
+            "holder",
+        ])
+    );
+    let edu = list
+        .iter()
+        .find(|d| d["address"] == "0000:05:02.0")
+        .unwrap_or_else(|| r.fail("05:02.0 missing"));
+    assert_eq!(edu["allowed"], serde_json::json!(["vfio-pci", "pci-stub"]));
+    assert_eq!(edu["holder"]["uid"], 4242);
+    assert_eq!(edu["holder"]["driver"], "vfio-pci");
+    assert_eq!(edu["holder"]["group"], 11);
+    assert_eq!(edu["holder"]["tied"], false);
+    let nvme = list
+        .iter()
+        .find(|d| d["address"] == "0000:03:00.0")
+        .unwrap_or_else(|| r.fail("03:00.0 missing"));
+    assert_eq!(nvme["holder"]["tied"], true);
+    assert_eq!(edu["iommu_group"], 11);
+    assert_eq!(fake.requests(), vec![Request::List]);
+}
+
+#[test]
+fn an_empty_list_says_so() {
+    let fake = FakeHelper::answering(Response::Devices(vec![]));
+    run(against(&fake, &["list"]))
+        .code(0)
+        .stdout_has("no PCI devices");
+    let fake = FakeHelper::answering(Response::Devices(vec![]));
+    let r = run(against(&fake, &["list", "--json"]));
+    assert_eq!(r.code(0).json(), serde_json::json!([]));
+}
+
+#[test]
+fn a_closed_stdout_exits_quietly() {
+    let (go, wait) = std::sync::mpsc::channel();
+    let fake = FakeHelper::start(vec![Reply::AnswerWhen(wait, Response::Devices(devices()))]);
+    let mut child = against(&fake, &["list"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Close the read end before the helper answers, so the first write hits a broken pipe.
+    drop(child.stdout.take());
+    go.send(()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "stderr: {stderr}");
+    assert_eq!(stderr, "");
+    fake.requests();
+}
