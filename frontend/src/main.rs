@@ -1,6 +1,8 @@
 //! `vfio-gate`: parse the command line, run one subcommand, map the outcome to an exit status.
 //! The exit statuses are listed in `vfio_gate::error` and in `vfio-gate --help`.
 
+#![forbid(unsafe_code)]
+
 use std::io;
 use std::process::ExitCode;
 use std::time::Duration;

@@ -50,8 +50,8 @@ pub mod sequence;
 pub mod server;
 pub mod service;
 pub mod state;
-// The one module allowed raw calls, each with its `// SAFETY:` reasoning.
-#[allow(unsafe_code)]
+// The one module allowed raw calls (it says `#![allow(unsafe_code)]`), each with its
+// `// SAFETY:` reasoning.
 mod sys;
 
 use std::os::unix::net::UnixListener;

@@ -8,6 +8,8 @@
 //! of the call only, except [`take_inherited_fd`], which takes ownership of an fd the activator
 //! passed us, exactly once.
 
+#![allow(unsafe_code)]
+
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
