@@ -72,6 +72,9 @@ pub fn explain(
         guards,
         plan,
         holder: None,
+        reserved: crate::reserve::held(view, policy, dev)?
+            .reservation()
+            .cloned(),
         policy_sha256: policy.sha256(),
     })
 }

@@ -26,7 +26,10 @@ pub mod groups;
 pub mod guards;
 pub mod modalias;
 pub mod plan;
+pub mod reserve;
 mod sysfs;
+#[cfg(test)]
+mod testing;
 pub mod usage;
 mod view;
 

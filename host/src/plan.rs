@@ -115,15 +115,13 @@ pub fn plan(
         let addr = m.facts.address;
         let short = addr.short();
         if named.contains(&addr) {
-            if driver_is(&m.driver, driver.as_str()) {
-                return Err(PlanError::Impossible {
-                    device: addr,
-                    reason: format!(
-                        "{short} is already on {driver}, bound outside vfio-gate; an admin must give it back to its host driver first"
-                    ),
-                });
-            }
+            // Already on the driver asked for (a reservation, `vfio-pci.ids=`, an admin): the
+            // caller takes it as it is, and a release leaves it there.
+            let already = driver_is(&m.driver, driver.as_str());
             match perms.decide(&m.facts, driver) {
+                Decision::Allow(rule) if already => {
+                    steps.push(step(m, StepAction::Adopt { driver, rule }))
+                }
                 Decision::Allow(rule) => steps.push(step(m, StepAction::Bind { driver, rule })),
                 Decision::Deny(rule) => {
                     let reason = match &rule {
@@ -346,6 +344,7 @@ mod tests {
             .iter()
             .map(|s| match &s.action {
                 StepAction::Bind { driver, .. } => format!("{} -> {driver}", s.device.short()),
+                StepAction::Adopt { driver, .. } => format!("{} adopt {driver}", s.device.short()),
                 StepAction::Keep { .. } => format!("{} keep", s.device.short()),
             })
             .collect()
@@ -493,10 +492,20 @@ mod tests {
         .unwrap_err();
         assert!(e.to_string().contains("outside vfio-gate"), "{e}");
 
-        // Already on the target outside vfio-gate.
-        let mut members = group11(None, None);
+    }
+
+    #[test]
+    fn a_device_already_on_the_target_is_adopted_as_it_is() {
+        let ok = Perms {
+            allow_vfio: vec!["05:02.0"],
+            companions: vec!["05:01.0"],
+            deny_stub: vec![],
+        };
+        // On vfio-pci already (vfio-pci.ids=, a reservation): taken without a move, and the
+        // e1000 beside it still goes to pci-stub.
+        let mut members = group11(None, Some("e1000"));
         members[2].driver = DriverName::new("vfio-pci");
-        let e = plan(
+        let p = plan(
             11,
             &members,
             &[a("05:02.0")],
@@ -504,8 +513,29 @@ mod tests {
             &ok,
             ViabilityRule::DmaOwnership,
         )
+        .unwrap();
+        assert_eq!(
+            actions(&p),
+            ["04:00.0 keep", "05:01.0 -> pci-stub", "05:02.0 adopt vfio-pci"]
+        );
+        assert!(viable(&after(&members, &p), ViabilityRule::DmaOwnership).is_ok());
+        // The policy still decides: adopting needs the same grant as moving.
+        let none = Perms {
+            allow_vfio: vec![],
+            companions: vec![],
+            deny_stub: vec![],
+        };
+        members[1].driver = None;
+        let e = plan(
+            11,
+            &members,
+            &[a("05:02.0")],
+            Driver::VfioPci,
+            &none,
+            ViabilityRule::DmaOwnership,
+        )
         .unwrap_err();
-        assert!(e.to_string().contains("already on vfio-pci"), "{e}");
+        assert!(matches!(e, PlanError::Denied { .. }), "{e}");
     }
 
     #[test]

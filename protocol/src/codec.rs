@@ -8,7 +8,7 @@ use serde::{Serialize, de::DeserializeOwned};
 use crate::{Request, Response, WireError};
 
 /// The protocol version both sides must speak.
-pub const PROTOCOL_VERSION: u16 = 5;
+pub const PROTOCOL_VERSION: u16 = 6;
 
 /// The largest request payload the helper accepts. Requests are a few dozen bytes; the cap leaves
 /// room for growth while keeping a hostile client's cost to the helper tiny.
@@ -219,6 +219,15 @@ mod tests {
             iommu_group: Some(8),
             allowed: vec![Driver::VfioPci],
             holder: None,
+            reserved: Some(crate::Reservation {
+                driver: Driver::PciStub,
+                rule: crate::RuleRef {
+                    name: "parked".into(),
+                    file: "/etc/vfio-gate/policy.toml".into(),
+                    line: 3,
+                },
+                companion_of: Some(addr("05:02.0")),
+            }),
         }]);
         let frame = encode_response(&resp).unwrap();
         let payload = read_frame(&mut &frame[..], MAX_RESPONSE_FRAME).unwrap();

@@ -113,6 +113,8 @@ pub struct ExplainReport {
     pub plan: Option<Result<Plan, String>>,
     /// Who holds the device's group now, if anyone.
     pub holder: Option<Holder>,
+    /// Whether the policy holds the device from boot, and by which `[[reserve]]`.
+    pub reserved: Option<Reservation>,
     /// The SHA-256 of the policy text the answer comes from.
     pub policy_sha256: String,
 }
@@ -137,6 +139,20 @@ pub struct DeviceInfo {
     pub allowed: Vec<Driver>,
     /// Who holds the device through vfio-gate, if anyone.
     pub holder: Option<Holder>,
+    /// Whether the policy holds the device from boot, and by which `[[reserve]]`.
+    pub reserved: Option<Reservation>,
+}
+
+/// A device the policy holds on a VM driver from boot (`[[reserve]]`): vfio-gate never hands it
+/// to a host driver, and a release returns it to `driver`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reservation {
+    pub driver: Driver,
+    /// The `[[reserve]]` that holds it.
+    pub rule: RuleRef,
+    /// Held as another endpoint of this reserved device's IOMMU group (the reservation's
+    /// `companions`), rather than named by the reservation itself.
+    pub companion_of: Option<PciAddress>,
 }
 
 /// A vfio-gate lease on a device.
@@ -194,6 +210,29 @@ pub enum StepAction {
     Bind { driver: Driver, rule: RuleRef },
     /// Leave the member as it is, for `reason` (it already keeps the group viable).
     Keep { reason: String },
+    /// The member is already on `driver` (a reservation, `vfio-pci.ids=`, an admin): the
+    /// caller takes it as it is, as `rule` allows, with no unbind or probe; a release leaves it
+    /// there.
+    Adopt { driver: Driver, rule: RuleRef },
+}
+
+impl StepAction {
+    /// The driver the member is on once the plan has run, when the plan gives it to the caller
+    /// (moved or adopted); `None` for a member left as it is.
+    pub fn target(&self) -> Option<Driver> {
+        match self {
+            StepAction::Bind { driver, .. } | StepAction::Adopt { driver, .. } => Some(*driver),
+            StepAction::Keep { .. } => None,
+        }
+    }
+
+    /// The rule that lets the caller have the member, if the plan gives it to them.
+    pub fn rule(&self) -> Option<&RuleRef> {
+        match self {
+            StepAction::Bind { rule, .. } | StepAction::Adopt { rule, .. } => Some(rule),
+            StepAction::Keep { .. } => None,
+        }
+    }
 }
 
 /// One member of the group and what the plan does to it.

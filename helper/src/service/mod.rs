@@ -23,6 +23,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use vfio_gate_host::groups::ViabilityRule;
 use vfio_gate_host::guards::{self, HostUse};
 use vfio_gate_host::plan::{self, MemberState};
+use vfio_gate_host::reserve;
 use vfio_gate_host::{PciView, SysfsError};
 use vfio_gate_policy::{Policy, Subject};
 use vfio_gate_protocol::{
@@ -268,6 +269,9 @@ impl Service {
             iommu_group: self.kernel.iommu_group(dev).ok().flatten(),
             allowed: self.policy.allowed_drivers(subject, &facts),
             holder: holders.get(&dev).cloned(),
+            reserved: reserve::held(&self.kernel, &self.policy, dev)
+                .ok()
+                .and_then(|h| h.reservation().cloned()),
         })
     }
 

@@ -216,6 +216,7 @@ fn summary(plan: &Plan) -> Vec<String> {
         .iter()
         .map(|s| match &s.action {
             StepAction::Bind { driver, .. } => format!("{} -> {driver}", s.device.short()),
+            StepAction::Adopt { driver, .. } => format!("{} adopt {driver}", s.device.short()),
             StepAction::Keep { .. } => format!("{} keep", s.device.short()),
         })
         .collect()
