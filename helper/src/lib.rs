@@ -65,7 +65,7 @@ use vfio_gate_policy::{EtcFiles, Policy, PolicyError};
 
 use crate::activation::{ActivationEnv, ActivationError};
 use crate::kernel::Sysfs;
-use crate::options::Options;
+use crate::options::{Mode, Options};
 use crate::roots::Roots;
 use crate::sandbox::landlock;
 use crate::server::{Limits, ServeError};
@@ -91,8 +91,58 @@ pub enum StartupError {
     Serve(#[from] ServeError),
 }
 
-/// Start-up, in order; nothing from a client is read before the last step.
-pub fn run(opts: &Options) -> Result<(), StartupError> {
+/// What a run of the helper came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Finished {
+    /// Served until idle.
+    Idle,
+    /// Held the reserved devices; the report says how each went.
+    Reserved(service::ReserveReport),
+}
+
+/// Runs the helper as `opts.mode` says: serve clients ([`serve_clients`]) or hold the reserved
+/// devices and exit ([`hold_reserved`]).
+pub fn run(opts: &Options) -> Result<Finished, StartupError> {
+    match opts.mode {
+        Mode::Serve => serve_clients(opts).map(|()| Finished::Idle),
+        Mode::Reserve(only) => hold_reserved(opts, only).map(Finished::Reserved),
+    }
+}
+
+/// Holding reserved devices, early at boot or when one appears: the serving start-up without a
+/// socket — close every inherited descriptor → load and check the policy → open the state
+/// directory → drop to CAP_CHOWN → enforce landlock → hold. No reconcile: leases belong to the
+/// helper that serves (which may be running), and a lease's group is left to it.
+pub fn hold_reserved(
+    opts: &Options,
+    only: Option<vfio_gate_protocol::PciAddress>,
+) -> Result<service::ReserveReport, StartupError> {
+    let roots = &opts.roots;
+    sandbox::close_all_inherited_fds().map_err(StartupError::Fds)?;
+    let policy = load_policy(&opts.policy, roots)?;
+    let state = open_state_dir(roots)?;
+    let grants = landlock::grants(roots);
+    drop_capabilities()?;
+    let sandbox = enter_landlock(&grants, &policy)?;
+    let release = kernel_release();
+    audit::Line::new("reserve-start")
+        .field("version", env!("CARGO_PKG_VERSION"))
+        .field("policy", opts.policy.display())
+        .field(
+            "devices",
+            only.map_or_else(|| "all".to_owned(), |d| d.to_string()),
+        )
+        .field("reservations", policy.reservations().len())
+        .field("kernel", &release)
+        .field("landlock_abi", sandbox.abi)
+        .field("sandbox", sandbox.status)
+        .emit();
+    let service = build_service(roots, policy, state, &release);
+    Ok(service.apply_reservations(only))
+}
+
+/// Serving: start-up, in order; nothing from a client is read before the last step.
+pub fn serve_clients(opts: &Options) -> Result<(), StartupError> {
     let roots = &opts.roots;
     let listener = take_socket(opts)?;
     close_inherited_fds(&listener)?;

@@ -4,6 +4,7 @@
 
 use std::process::ExitCode;
 
+use vfio_gated::Finished;
 use vfio_gated::options::{Command, USAGE};
 
 fn main() -> ExitCode {
@@ -17,7 +18,12 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Ok(Command::Run(opts)) => match vfio_gated::run(&opts) {
-            Ok(()) => ExitCode::SUCCESS,
+            Ok(Finished::Idle) => ExitCode::SUCCESS,
+            // A device the kernel would not put on its reservation's driver fails the run (and
+            // the boot unit), so `systemctl status` shows it; refusals and conflicts are policy
+            // matters, logged, and not failures of the helper.
+            Ok(Finished::Reserved(report)) if report.failed() > 0 => ExitCode::FAILURE,
+            Ok(Finished::Reserved(_)) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("vfio-gated: {e}");
                 ExitCode::FAILURE

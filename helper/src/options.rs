@@ -4,16 +4,23 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 
+use vfio_gate_protocol::PciAddress;
+
 use crate::roots::Roots;
 
 pub const USAGE: &str = "\
-usage: vfio-gated [--listen PATH] [--policy FILE] [--sysfs-root DIR] [--state-dir DIR]
-                  [--vfio-dir DIR] [--proc-root DIR] [--etc-root DIR]
+usage: vfio-gated [--listen PATH | --reserve | --reserve-device ADDR] [--policy FILE]
+                  [--sysfs-root DIR] [--state-dir DIR] [--vfio-dir DIR] [--proc-root DIR]
+                  [--etc-root DIR]
 
 The vfio-gate privileged helper. Normally started by systemd socket activation
 (vfio-gate.socket); --listen PATH serves a socket of its own instead.
 
   --listen PATH      listen on PATH instead of the activation socket (fd 3)
+  --reserve          hold every device the policy reserves ([[reserve]]) on its
+                     driver, then exit (vfio-gate-reserve.service, early at boot)
+  --reserve-device ADDR
+                     the same for one device that just appeared (the udev rule)
   --policy FILE      policy file (default /etc/vfio-gate/policy.toml)
   --sysfs-root DIR   sysfs mount to act on (default /sys)
   --state-dir DIR    lease records (default /run/vfio-gate)
@@ -23,9 +30,20 @@ The vfio-gate privileged helper. Normally started by systemd socket activation
   --help, --version
 ";
 
+/// What the helper runs for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Serve clients on the socket until idle (the default).
+    Serve,
+    /// Hold the reserved devices on their drivers and exit: every one (`--reserve`), or one
+    /// device that just appeared (`--reserve-device ADDR`).
+    Reserve(Option<PciAddress>),
+}
+
 /// The helper's settings from its command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Options {
+    pub mode: Mode,
     pub listen: Option<PathBuf>,
     pub policy: PathBuf,
     /// `--sysfs-root`, `--proc-root`, `--etc-root`, `--state-dir`, `--vfio-dir`.
@@ -35,6 +53,7 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Self {
+            mode: Mode::Serve,
             listen: None,
             policy: "/etc/vfio-gate/policy.toml".into(),
             roots: Roots::default(),
@@ -59,6 +78,12 @@ pub enum UsageError {
     MissingValue(&'static str),
     #[error("{0} given twice")]
     Repeated(&'static str),
+    #[error("{0:?} is not a PCI address (DDDD:BB:DD.F)")]
+    BadAddress(String),
+    #[error(
+        "--listen, --reserve and --reserve-device do not go together: the helper serves or reserves"
+    )]
+    Modes,
 }
 
 impl Command {
@@ -71,6 +96,15 @@ impl Command {
             let name: &'static str = match arg.to_str() {
                 Some("--help" | "-h") => return Ok(Command::Help),
                 Some("--version" | "-V") => return Ok(Command::Version),
+                Some("--reserve") => {
+                    if seen.contains(&"--reserve") {
+                        return Err(UsageError::Repeated("--reserve"));
+                    }
+                    seen.push("--reserve");
+                    opts.mode = Mode::Reserve(None);
+                    continue;
+                }
+                Some("--reserve-device") => "--reserve-device",
                 Some("--listen") => "--listen",
                 Some("--policy") => "--policy",
                 Some("--sysfs-root") => "--sysfs-root",
@@ -84,7 +118,16 @@ impl Command {
                 return Err(UsageError::Repeated(name));
             }
             seen.push(name);
-            let value = PathBuf::from(args.next().ok_or(UsageError::MissingValue(name))?);
+            let value = args.next().ok_or(UsageError::MissingValue(name))?;
+            if name == "--reserve-device" {
+                let text = value.to_string_lossy();
+                let dev = text
+                    .parse::<PciAddress>()
+                    .map_err(|_| UsageError::BadAddress(text.into_owned()))?;
+                opts.mode = Mode::Reserve(Some(dev));
+                continue;
+            }
+            let value = PathBuf::from(value);
             match name {
                 "--listen" => opts.listen = Some(value),
                 "--policy" => opts.policy = value,
@@ -94,6 +137,10 @@ impl Command {
                 "--proc-root" => opts.roots.proc = value,
                 _ => opts.roots.etc = value,
             }
+        }
+        let modes = ["--listen", "--reserve", "--reserve-device"];
+        if seen.iter().filter(|s| modes.contains(s)).count() > 1 {
+            return Err(UsageError::Modes);
         }
         Ok(Command::Run(opts))
     }
@@ -168,5 +215,37 @@ mod tests {
             Err(UsageError::Repeated("--policy"))
         );
         assert_eq!(parse(&["--help", "--bogus"]), Ok(Command::Help));
+    }
+
+    #[test]
+    fn reserve_modes() {
+        let mode = |args: &[&str]| match parse(args) {
+            Ok(Command::Run(o)) => Ok(o.mode),
+            Ok(other) => panic!("{other:?}"),
+            Err(e) => Err(e),
+        };
+        assert_eq!(mode(&[]), Ok(Mode::Serve));
+        assert_eq!(mode(&["--reserve"]), Ok(Mode::Reserve(None)));
+        assert_eq!(
+            mode(&["--reserve-device", "0000:01:00.0"]),
+            Ok(Mode::Reserve(Some("01:00.0".parse().unwrap())))
+        );
+        // udev passes the kernel's name; nothing else is a device.
+        assert_eq!(
+            mode(&["--reserve-device", "../../etc"]),
+            Err(UsageError::BadAddress("../../etc".into()))
+        );
+        assert_eq!(
+            mode(&["--reserve", "--listen", "/s"]),
+            Err(UsageError::Modes)
+        );
+        assert_eq!(
+            mode(&["--reserve", "--reserve-device", "01:00.0"]),
+            Err(UsageError::Modes)
+        );
+        assert_eq!(
+            mode(&["--reserve", "--reserve"]),
+            Err(UsageError::Repeated("--reserve"))
+        );
     }
 }

@@ -18,7 +18,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
-use nix::fcntl::{OFlag, open, openat, renameat};
+use nix::fcntl::{Flock, FlockArg, OFlag, open, openat, renameat};
 use nix::sys::stat::{Mode, fstat};
 use nix::unistd::{UnlinkatFlags, fsync, geteuid, unlinkat};
 use vfio_gate_host::DriverName;
@@ -80,6 +80,17 @@ pub struct Lease {
     pub devices: Vec<LeasedDevice>,
 }
 
+impl LeasedDevice {
+    /// Whether the device was already on its target driver when bound (adopted: a reservation,
+    /// `vfio-pci.ids=`): nothing was written for it, and a release leaves it there.
+    pub fn adopted(&self) -> bool {
+        self.original
+            .driver
+            .as_ref()
+            .is_some_and(|d| d.is(self.driver))
+    }
+}
+
 impl Lease {
     /// The member `dev`, if vfio-gate moved it.
     pub fn device(&self, dev: PciAddress) -> Option<&LeasedDevice> {
@@ -119,7 +130,17 @@ pub enum StateError {
 pub struct StateDir {
     dir: OwnedFd,
     path: PathBuf,
+    /// `mutations.lock`, whose `flock` serialises mutations across helper processes: the one
+    /// serving clients and one started to hold a reserved device that just appeared.
+    lock: File,
 }
+
+/// The name of the lock file in the state directory.
+const LOCK_FILE: &str = "mutations.lock";
+
+/// Holds the state directory's mutation lock until dropped.
+#[derive(Debug)]
+pub struct MutationLock(#[allow(dead_code)] Flock<File>);
 
 fn file_name(group: u32) -> String {
     format!("group-{group}{SUFFIX}")
@@ -158,10 +179,45 @@ impl StateDir {
                 mode: st.st_mode & 0o7777,
             });
         }
+        let lock = openat(
+            &dir,
+            LOCK_FILE,
+            OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o600),
+        )
+        .map_err(|errno| StateError::Io {
+            op: "opening",
+            name: LOCK_FILE.into(),
+            errno,
+        })?;
         Ok(Self {
             dir,
             path: path.to_owned(),
+            lock: File::from(lock),
         })
+    }
+
+    /// Waits for, then holds, the lock that serialises sysfs mutations across helper processes
+    /// (within one process a mutex does it first). Released when the guard drops.
+    pub fn lock_mutations(&self) -> Result<MutationLock, StateError> {
+        let io = |errno| StateError::Io {
+            op: "locking",
+            name: LOCK_FILE.into(),
+            errno,
+        };
+        loop {
+            // A duplicate shares the open file description, so its flock is the file's; dropping
+            // the guard unlocks it.
+            let dup = self
+                .lock
+                .try_clone()
+                .map_err(|e| io(Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))))?;
+            match Flock::lock(dup, FlockArg::LockExclusive) {
+                Ok(held) => return Ok(MutationLock(held)),
+                Err((_, Errno::EINTR)) => continue,
+                Err((_, errno)) => return Err(io(errno)),
+            }
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -476,6 +532,30 @@ mod tests {
     }
 
     #[test]
+    fn the_mutation_lock_excludes_another_holder_until_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = StateDir::open(dir.path()).unwrap();
+        // A second open of the directory stands for a second helper process: its own open file
+        // description of the lock file.
+        let b = StateDir::open(dir.path()).unwrap();
+        let held = a.lock_mutations().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiter = std::thread::spawn(move || {
+            let _l = b.lock_mutations().unwrap();
+            tx.send(()).unwrap();
+        });
+        assert!(
+            rx.recv_timeout(std::time::Duration::from_millis(200))
+                .is_err(),
+            "the second holder got the lock while the first held it"
+        );
+        drop(held);
+        rx.recv_timeout(std::time::Duration::from_secs(5))
+            .expect("the lock is free once the guard drops");
+        waiter.join().unwrap();
+    }
+
+    #[test]
     fn records_round_trip_atomically() {
         let tmp = tempfile::tempdir().unwrap();
         let state = StateDir::open(&tmp.path().join("state")).unwrap();
@@ -488,6 +568,7 @@ mod tests {
         let names: Vec<_> = std::fs::read_dir(state.path())
             .unwrap()
             .map(|e| e.unwrap().file_name())
+            .filter(|n| n != LOCK_FILE)
             .collect();
         assert_eq!(names.len(), 1, "no temp file left: {names:?}");
         let (all, problems) = state.all();

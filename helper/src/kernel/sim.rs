@@ -241,6 +241,16 @@ impl SimKernel {
         self.lock().faults.push(Fault { op, dev, errno });
     }
 
+    /// `DRIVER.ids=` at boot: `dev` is bound to `driver` by its ids, with no override.
+    pub fn claim_for(&self, dev: &str, driver: &str) {
+        let mut inner = self.lock();
+        let dev: PciAddress = dev.parse().expect("a valid address");
+        if let Some(d) = inner.devices.get_mut(&dev) {
+            d.driver = DriverName::new(driver);
+        }
+        inner.sync_nodes();
+    }
+
     /// A process opens `/dev/vfio/<group>` (as a VM would) and keeps it open.
     pub fn hold_group(&self, group: u32) {
         self.lock().held.insert(group);

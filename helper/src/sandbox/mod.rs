@@ -22,3 +22,9 @@ pub fn close_inherited_fds(keep: &impl AsRawFd) -> std::io::Result<()> {
     crate::sys::close_range(3, keep - 1)?;
     crate::sys::close_range(keep.max(2) + 1, RawFd::MAX)
 }
+
+/// Closes every descriptor the helper inherited but stdin/stdout/stderr (a run with no socket:
+/// `--reserve`). Call it before opening anything else.
+pub fn close_all_inherited_fds() -> std::io::Result<()> {
+    crate::sys::close_range(3, RawFd::MAX)
+}

@@ -9,7 +9,7 @@ use vfio_gate_host::plan::{self, MemberState, PlanError, PolicyAnswers};
 use vfio_gate_policy::Decision;
 use vfio_gate_protocol::{
     BindReport, BusyReason, DenyReason, Driver, MAX_BIND_DEVICES, PciAddress, Plan, Response,
-    RuleRef, StepAction, WireError,
+    RuleRef, WireError,
 };
 
 use super::{Outcome, Service, internal, now, sysfs_error};
@@ -58,6 +58,7 @@ impl Service {
         let members = self.group_states(group).map_err(internal)?;
         let plan = self.plan(peer, group, &members, &named, req, record)?;
         self.check_companions(group, &plan, &members, req, record)?;
+        self.check_not_open_elsewhere(group, &members, !req.dry_run)?;
         if req.dry_run {
             return Ok(Outcome::reply(self.bound(group, plan, req.driver, true)));
         }
@@ -257,6 +258,55 @@ impl Service {
         self.check_guards(companions, record)
     }
 
+    /// A group with a member already on vfio-pci has a node a process may have open — a VM set up
+    /// without vfio-gate (libvirt, `vfio-pci.ids=` and a hand-started QEMU). Adopting such a
+    /// group would hand a running VM's devices to the caller: refused. The helper opens only nodes
+    /// it owns, so a node someone else owns is taken first (`take`) and given back if in use; a
+    /// dry run (`take` false) looks only at a node root owns.
+    fn check_not_open_elsewhere(
+        &self,
+        group: u32,
+        members: &[MemberState],
+        take: bool,
+    ) -> Result<(), WireError> {
+        let Some(on_vfio) = members
+            .iter()
+            .find(|m| m.driver.as_ref().is_some_and(|d| d.is(Driver::VfioPci)))
+        else {
+            return Ok(());
+        };
+        let Ok(Some(owner)) = self.kernel.group_node(group) else {
+            return Ok(());
+        };
+        if owner != NodeOwner::ROOT {
+            if !take {
+                return Ok(());
+            }
+            self.kernel
+                .chown_group_node(group, NodeOwner::ROOT)
+                .map_err(internal)?;
+        }
+        let in_use = self.kernel.group_in_use(group);
+        if !matches!(in_use, Ok(false)) && owner != NodeOwner::ROOT {
+            let _ = self.kernel.chown_group_node(group, owner);
+        }
+        match in_use {
+            Ok(false) => Ok(()),
+            Ok(true) => Err(WireError::Busy {
+                why: BusyReason::HeldOutsideVfioGate {
+                    device: on_vfio.facts.address,
+                },
+                detail: format!(
+                    "a process that vfio-gate did not start has {} open ({} is on vfio-pci outside \
+                     vfio-gate): whoever runs it must stop it first",
+                    self.node_path(group),
+                    on_vfio.facts.address.short()
+                ),
+            }),
+            Err(e) => Err(internal(e)),
+        }
+    }
+
     /// The policy's cap on groups held at once by one user.
     fn check_quota(&self, peer: &Peer, record: &mut Record) -> Result<(), WireError> {
         let Some(max) = self.policy.settings().max_groups_per_user else {
@@ -298,8 +348,9 @@ impl Service {
             tied: hold,
             devices: Vec::new(),
         };
+        // Moved and adopted members alike: a release must know every device the caller held.
         for s in &plan.steps {
-            if let StepAction::Bind { driver, .. } = s.action {
+            if let Some(driver) = s.action.target() {
                 let original = sequence::original_state(&self.kernel, s.device)
                     .map_err(|e| sysfs_error(s.device, e))?;
                 lease.devices.push(LeasedDevice {
@@ -359,7 +410,7 @@ impl Service {
     /// Binds every member of the lease, then hands the group node over. Undoes nothing itself:
     /// on error the caller rolls back the whole group.
     pub(super) fn execute(&self, lease: &Lease, peer: &Peer, driver: Driver) -> Result<(), String> {
-        for d in &lease.devices {
+        for d in lease.devices.iter().filter(|d| !d.adopted()) {
             sequence::bind(&self.kernel, d.device, d.driver, &d.original)
                 .map_err(|e| e.to_string())?;
         }
@@ -430,7 +481,8 @@ impl Service {
     /// Rolls back the first `n` members of `lease`, last first.
     pub(super) fn undo(&self, lease: &Lease, n: usize) -> Result<(), String> {
         let mut problems = Vec::new();
-        for d in lease.devices[..n].iter().rev() {
+        // Adopted members were never touched: nothing to put back.
+        for d in lease.devices[..n].iter().rev().filter(|d| !d.adopted()) {
             if let Rollback::Incomplete(why) =
                 sequence::roll_back(&self.kernel, d.device, &d.original)
             {
@@ -446,21 +498,21 @@ impl Service {
     }
 }
 
-/// The devices `plan` moves.
+/// The devices `plan` gives the caller: moved or adopted.
 fn moved(plan: &Plan) -> Vec<PciAddress> {
     plan.steps
         .iter()
-        .filter(|s| matches!(s.action, StepAction::Bind { .. }))
+        .filter(|s| s.action.target().is_some())
         .map(|s| s.device)
         .collect()
 }
 
-/// The rule that lets `primary` move.
+/// The rule that lets the caller have `primary`.
 fn primary_rule(plan: &Plan, primary: PciAddress) -> Option<RuleRef> {
-    plan.steps.iter().find_map(|s| match &s.action {
-        StepAction::Bind { rule, .. } if s.device == primary => Some(rule.clone()),
-        _ => None,
-    })
+    plan.steps
+        .iter()
+        .find(|s| s.device == primary)
+        .and_then(|s| s.action.rule().cloned())
 }
 
 /// The refusal of a plan that moves members the client did not name.

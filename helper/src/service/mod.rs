@@ -34,16 +34,20 @@ use crate::audit::Record;
 use crate::kernel::{Bounded, Kernel};
 use crate::peer::Peer;
 use crate::roots::Roots;
-use crate::state::StateDir;
+use crate::state::{MutationLock, StateDir};
 
 mod bind;
 mod explain;
 mod reconcile;
 mod release;
 #[cfg(test)]
+mod reserve_tests;
+mod reserving;
+#[cfg(test)]
 mod tests;
 
 use bind::BindRequest;
+pub use reserving::{HoldResult, ReserveReport};
 
 /// What a handled request leaves for its connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,6 +68,12 @@ impl Outcome {
             tied: None,
         }
     }
+}
+
+/// Held while the service mutates sysfs or its leases (see [`Service::lock`]).
+struct Exclusive<'a> {
+    _threads: MutexGuard<'a, ()>,
+    _processes: Option<MutationLock>,
 }
 
 /// Knobs of the service, with production defaults.
@@ -170,10 +180,28 @@ impl Service {
         &self.policy
     }
 
-    fn lock(&self) -> MutexGuard<'_, ()> {
+    /// Serialises mutations: between this helper's threads (a mutex), then between helper
+    /// processes (the state directory's lock: a helper started to hold a reserved device that
+    /// just appeared may run beside the one serving clients).
+    fn lock(&self) -> Exclusive<'_> {
         // The guarded data is the kernel's state, re-read after locking: a poisoned lock carries
         // nothing stale, so carry on rather than wedge every later client.
-        self.mutations.lock().unwrap_or_else(|e| e.into_inner())
+        let threads = self.mutations.lock().unwrap_or_else(|e| e.into_inner());
+        let processes = match self.state.lock_mutations() {
+            Ok(l) => Some(l),
+            Err(e) => {
+                // Never seen on the tmpfs /run: go on with the in-process lock rather than
+                // refuse everything, and say so.
+                crate::audit::Line::new("lock-error")
+                    .field("error", e)
+                    .emit();
+                None
+            }
+        };
+        Exclusive {
+            _threads: threads,
+            _processes: processes,
+        }
     }
 
     fn node_path(&self, group: u32) -> String {

@@ -4,7 +4,8 @@
 use std::collections::BTreeSet;
 use std::sync::MutexGuard;
 
-use vfio_gate_host::{PciView, SysfsError};
+use vfio_gate_host::reserve::{self, Held};
+use vfio_gate_host::{DriverName, PciView, SysfsError};
 use vfio_gate_protocol::{
     BusyReason, DenyReason, Driver, PciAddress, ReleaseReport, ReleaseTarget, ReleasedGroup,
     Response, RestoredDevice, WireError,
@@ -14,7 +15,7 @@ use super::{Service, internal, now};
 use crate::audit::{self, Record};
 use crate::kernel::{Kernel, NodeOwner};
 use crate::peer::Peer;
-use crate::sequence::{self, ReleaseError};
+use crate::sequence::{self, Original, ReleaseError};
 use crate::state::{Lease, LeasedDevice, Phase};
 
 impl Service {
@@ -171,7 +172,7 @@ impl Service {
         let mut restored = Vec::new();
         while let Some(d) = lease.devices.last().cloned() {
             if self.same_device(&d) {
-                match sequence::release(&self.kernel, d.device, &d.original) {
+                match sequence::release(&self.kernel, d.device, &self.return_to(&d)) {
                     Ok(r) => restored.push(RestoredDevice {
                         device: d.device,
                         expected_driver: r.expected.map(|n| n.to_string()),
@@ -196,6 +197,22 @@ impl Service {
         }
         restored.reverse();
         Ok(restored)
+    }
+
+    /// Where a released member goes: back to its reservation's driver if the policy holds it
+    /// from boot (vfio-gate never hands a reserved device to a host driver), else to the driver
+    /// and override it had before the bind.
+    pub(super) fn return_to(&self, d: &LeasedDevice) -> Original {
+        match reserve::held(&self.kernel, &self.policy, d.device) {
+            Ok(Held::Yes(r)) => {
+                let name = DriverName::from(r.driver);
+                Original {
+                    driver: Some(name.clone()),
+                    driver_override: Some(name),
+                }
+            }
+            _ => d.original.clone(),
+        }
     }
 
     /// Whether the device recorded in a lease is still the one at that address: present, with

@@ -17,7 +17,7 @@ use crate::roots::Roots;
 use crate::sequence;
 use crate::state::{Lease, LeasedDevice, Phase, StateDir};
 
-struct Names;
+pub(super) struct Names;
 impl NameResolver for Names {
     fn uid(&self, user: &str) -> Option<u32> {
         match user {
@@ -73,7 +73,7 @@ devices = [{ class = "01xxxx" }]
 subjects = { users = ["bob"] }
 "#;
 
-fn alice() -> Peer {
+pub(super) fn alice() -> Peer {
     Peer {
         uid: 1000,
         gid: 1000,
@@ -81,7 +81,7 @@ fn alice() -> Peer {
         groups: vec![1000, 1100],
     }
 }
-fn bob() -> Peer {
+pub(super) fn bob() -> Peer {
     Peer {
         uid: 1001,
         gid: 1001,
@@ -97,14 +97,14 @@ fn root() -> Peer {
         groups: vec![],
     }
 }
-fn a(s: &str) -> PciAddress {
+pub(super) fn a(s: &str) -> PciAddress {
     s.parse().unwrap()
 }
 
-struct Fixture {
-    _tmp: tempfile::TempDir,
-    kernel: Arc<SimKernel>,
-    service: Service,
+pub(super) struct Fixture {
+    pub _tmp: tempfile::TempDir,
+    pub kernel: Arc<SimKernel>,
+    pub service: Service,
 }
 
 /// The service's roots for a test: the accounts in `tmp/root/etc`, leases in `tmp/state`, and
@@ -128,6 +128,11 @@ fn roots(tmp: &std::path::Path) -> Roots {
 }
 
 fn fixture() -> Fixture {
+    fixture_with(POLICY)
+}
+
+/// The guest's layout plus the devices only the simulated kernel has, under `policy`.
+pub(super) fn fixture_with(policy: &str) -> Fixture {
     let tmp = tempfile::tempdir().unwrap();
     let kernel = Arc::new(SimKernel::guest_layout());
     // Devices the guest does not have, for the guards it cannot show.
@@ -147,7 +152,7 @@ fn fixture() -> Fixture {
         Some("igb"),
     ));
     kernel.load_driver("igb");
-    let policy = Policy::parse(POLICY, "policy.toml", &Names).unwrap();
+    let policy = Policy::parse(policy, "policy.toml", &Names).unwrap();
     let roots = roots(tmp.path());
     let state = StateDir::open(&roots.state).unwrap();
     let tuning = Tuning {
@@ -171,7 +176,7 @@ fn fixture() -> Fixture {
     }
 }
 
-fn bind_req(devs: &[&str], driver: Driver, group: bool, dry_run: bool) -> Request {
+pub(super) fn bind_req(devs: &[&str], driver: Driver, group: bool, dry_run: bool) -> Request {
     Request::Bind {
         devices: devs.iter().map(|d| a(d)).collect(),
         driver,
@@ -188,16 +193,16 @@ fn outcome(s: &Service, p: &Peer, req: &Request) -> (Outcome, Record) {
     (outcome, record)
 }
 
-fn handle(s: &Service, p: &Peer, req: &Request) -> (Response, Record) {
+pub(super) fn handle(s: &Service, p: &Peer, req: &Request) -> (Response, Record) {
     let (outcome, record) = outcome(s, p, req);
     (outcome.response, record)
 }
 
-fn bind(s: &Service, p: &Peer, dev: &str, driver: Driver) -> (Response, Record) {
+pub(super) fn bind(s: &Service, p: &Peer, dev: &str, driver: Driver) -> (Response, Record) {
     handle(s, p, &bind_req(&[dev], driver, false, false))
 }
 
-fn release(s: &Service, p: &Peer, dev: &str) -> (Response, Record) {
+pub(super) fn release(s: &Service, p: &Peer, dev: &str) -> (Response, Record) {
     handle(
         s,
         p,
@@ -207,11 +212,11 @@ fn release(s: &Service, p: &Peer, dev: &str) -> (Response, Record) {
     )
 }
 
-fn driver_of(k: &SimKernel, dev: &str) -> Option<String> {
+pub(super) fn driver_of(k: &SimKernel, dev: &str) -> Option<String> {
     k.device(a(dev)).unwrap().driver.map(|d| d.to_string())
 }
 
-fn summary(plan: &Plan) -> Vec<String> {
+pub(super) fn summary(plan: &Plan) -> Vec<String> {
     plan.steps
         .iter()
         .map(|s| match &s.action {
