@@ -20,6 +20,10 @@
 //! sit on bus 0 before 00:1b.0, so the IOMMU group *numbers* of the documented layout change in
 //! such a guest: tests using the marker must name devices by address. Every other test boots the
 //! documented layout.
+//!
+//! **Extra kernel parameters.** A line `# vm: kernel-args=ARGS` boots the guest with ARGS added
+//! to the kernel command line (after any in `VFIO_GATE_KERNEL_ARGS`), for tests of what a host
+//! set up at boot looks like (`vfio-pci.ids=1234:11e8`). Only `[A-Za-z0-9_.,:=-]` and spaces.
 
 use std::fs;
 use std::path::Path;
@@ -45,6 +49,34 @@ const FIRST_SLOT: u32 = 7;
 
 /// The marker line a test script carries to get extra devices.
 const EXTRA_MARKER: &str = "# vm: extra-devices=";
+
+/// The marker line a test script carries to get extra kernel parameters.
+const ARGS_MARKER: &str = "# vm: kernel-args=";
+
+/// The kernel parameters the run's script asks for with `# vm: kernel-args=ARGS`.
+pub fn kernel_args(spec: &RunSpec) -> Result<Vec<String>> {
+    let Mode::Script(script) = &spec.mode else {
+        return Ok(Vec::new());
+    };
+    let text =
+        fs::read_to_string(script).with_context(|| format!("reading {}", script.display()))?;
+    args_of(&text).with_context(|| script.display().to_string())
+}
+
+fn args_of(script: &str) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for line in script.lines() {
+        let Some(value) = line.trim_end().strip_prefix(ARGS_MARKER) else {
+            continue;
+        };
+        let ok = |c: char| c.is_ascii_alphanumeric() || "_.,:=- ".contains(c);
+        if value.trim().is_empty() || !value.chars().all(ok) {
+            bail!("bad marker line {line:?}: want {ARGS_MARKER}ARGS from [A-Za-z0-9_.,:=-] and spaces");
+        }
+        out.extend(value.split_whitespace().map(str::to_owned));
+    }
+    Ok(out)
+}
 
 /// Builds `vfio-gated` with `--features fault-injection` (static, release, the same package set
 /// as the release build so that dependencies are shared) and copies it to
@@ -172,6 +204,13 @@ mod tests {
     fn marker() {
         assert_eq!(extra_count("echo hi\n").unwrap(), 0);
         assert_eq!(extra_count("# x\n# vm: extra-devices=20\n").unwrap(), 20);
+        assert_eq!(
+            args_of("# vm: kernel-args=vfio-pci.ids=1234:11e8 loglevel=8\n").unwrap(),
+            ["vfio-pci.ids=1234:11e8", "loglevel=8"]
+        );
+        assert!(args_of("# vm: kernel-args=init=/bin/sh;reboot\n").is_err());
+        assert!(args_of("# vm: kernel-args=\n").is_err());
+        assert!(args_of("no marker\n").unwrap().is_empty());
         assert!(extra_count("# vm: extra-devices=0\n").is_err());
         assert!(extra_count("# vm: extra-devices=33\n").is_err());
         assert!(extra_count("# vm: extra-devices=2\n# vm: extra-devices=3\n").is_err());

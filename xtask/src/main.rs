@@ -248,6 +248,8 @@ pub fn machine(
         root_disk: prep.root_disk.clone(),
         // Opt-in extra devices (`# vm: extra-devices=N` in the script): xtask/src/extra.rs.
         extra_devices: extra::extra_devices(spec)?,
+        // Opt-in kernel parameters (`# vm: kernel-args=…`), the same place.
+        kernel_args: extra::kernel_args(spec)?,
         interactive: matches!(spec.mode, Mode::Shell),
         timeout,
     })

@@ -36,6 +36,8 @@ pub struct Machine {
     pub root_disk: Option<PathBuf>,
     /// More `-device` arguments, after the documented layout (`xtask/src/extra.rs`).
     pub extra_devices: Vec<String>,
+    /// More kernel parameters, after the fixed ones (`xtask/src/extra.rs`).
+    pub kernel_args: Vec<String>,
     pub interactive: bool,
     pub timeout: Duration,
 }
@@ -102,6 +104,10 @@ impl Machine {
         if let Ok(extra) = std::env::var("VFIO_GATE_KERNEL_ARGS") {
             append.push(' ');
             append.push_str(&extra);
+        }
+        for arg in &self.kernel_args {
+            append.push(' ');
+            append.push_str(arg);
         }
         let mut cmd = Command::new("timeout");
         cmd.args(["--foreground", "-k", "5"])

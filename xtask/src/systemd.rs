@@ -340,13 +340,23 @@ pub fn overlay(paths: &Paths, bins: &Path, spec: &RunSpec) -> Result<Vec<u8>> {
             &read(&bins.join(name))?,
         );
     }
-    for unit in ["vfio-gate.socket", "vfio-gated.service"] {
+    for unit in [
+        "vfio-gate.socket",
+        "vfio-gated.service",
+        "vfio-gate-reserve.service",
+        "vfio-gate-reserve@.service",
+    ] {
         a.file(
             &r(&format!("usr/lib/systemd/system/{unit}")),
             FILE,
             &read(&dist.join(unit))?,
         );
     }
+    a.file(
+        &r("usr/lib/udev/rules.d/70-vfio-gate.rules"),
+        FILE,
+        &read(&dist.join("udev/70-vfio-gate.rules"))?,
+    );
     a.file(
         &r("usr/lib/modules-load.d/vfio-gate.conf"),
         FILE,

@@ -457,9 +457,10 @@ fn alive(pid: libc::pid_t) -> bool {
     unsafe { libc::kill(pid, 0) == 0 }
 }
 
-/// Waits up to ten seconds for the frontend; its exit code and stderr.
+/// Waits for the frontend (up to half a minute: a bound on a hang, generous for a loaded host);
+/// its exit code and stderr.
 fn finish(mut child: std::process::Child) -> (Option<i32>, String) {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Some(status) = child.try_wait().unwrap() {
             let mut stderr = String::new();

@@ -61,7 +61,7 @@ done < /users/passwd
 # As a package's maintainer scripts do: enable the socket (its [Install] section decides where
 # the symlink goes). systemctl works offline in a chroot.
 mount --bind /proc /newroot/proc
-chroot /newroot /usr/bin/systemctl enable vfio-gate.socket 2>&1 | sed 's/^/shim: /'
+chroot /newroot /usr/bin/systemctl enable vfio-gate.socket vfio-gate-reserve.service 2>&1 | sed 's/^/shim: /'
 umount /newroot/proc
 
 # Keep the disk's mount visible in the new root's mount table: the in-use guard must find the
