@@ -491,7 +491,6 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("outside vfio-gate"), "{e}");
-
     }
 
     #[test]
@@ -516,7 +515,11 @@ mod tests {
         .unwrap();
         assert_eq!(
             actions(&p),
-            ["04:00.0 keep", "05:01.0 -> pci-stub", "05:02.0 adopt vfio-pci"]
+            [
+                "04:00.0 keep",
+                "05:01.0 -> pci-stub",
+                "05:02.0 adopt vfio-pci"
+            ]
         );
         assert!(viable(&after(&members, &p), ViabilityRule::DmaOwnership).is_ok());
         // The policy still decides: adopting needs the same grant as moving.

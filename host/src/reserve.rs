@@ -212,7 +212,10 @@ driver = "pci-stub"
         let Held::Conflict(why) = held(&v, &p, a("00:06.0")).unwrap() else {
             panic!()
         };
-        assert!(why.contains("'edu fn0'") && why.contains("'both edus'"), "{why}");
+        assert!(
+            why.contains("'edu fn0'") && why.contains("'both edus'"),
+            "{why}"
+        );
         // 00:06.0 is held by neither, so neither are its companions.
         assert_eq!(held(&v, &p, a("00:06.1")).unwrap(), Held::No);
         assert_eq!(

@@ -32,6 +32,6 @@ pub use driver::{Driver, UnknownDriver};
 pub use message::{
     BindReport, BusyReason, DenyReason, DeviceInfo, DriverVerdict, ExplainReport, Guard,
     GuardFinding, Holder, MAX_BIND_DEVICES, MemberKind, Plan, PlanStep, ReleaseReport,
-    ReleaseTarget, ReleasedGroup, Request, Reservation, Response, RestoredDevice, RuleRef, StepAction,
-    WireError,
+    ReleaseTarget, ReleasedGroup, Request, Reservation, Response, RestoredDevice, RuleRef,
+    StepAction, WireError,
 };

@@ -366,6 +366,7 @@ mod tests {
             }],
             plan: None,
             holder: None,
+            reserved: None,
             policy_sha256: "ab".repeat(32),
         };
         let text = explain_text(

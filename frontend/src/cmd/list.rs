@@ -127,6 +127,7 @@ mod tests {
             iommu_group: group,
             allowed: vec![],
             holder: None,
+            reserved: None,
         }
     }
 

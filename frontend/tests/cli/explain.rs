@@ -60,6 +60,7 @@ mod online {
             guards: vec![],
             plan: Some(Ok(group_11_plan())),
             holder: None,
+            reserved: None,
             policy_sha256: "5e".repeat(32),
         }
     }
@@ -89,6 +90,7 @@ mod online {
                 group: Some(10),
                 tied: false,
             }),
+            reserved: None,
             policy_sha256: "5e".repeat(32),
         }
     }
@@ -408,6 +410,9 @@ Policy sha256 ",
                         rule.name,
                         rule.line
                     )
+                }
+                StepAction::Adopt { driver, .. } => {
+                    format!("{} adopt {driver}", s.device.short())
                 }
                 StepAction::Keep { .. } => format!("{} keep", s.device.short()),
             })

@@ -32,6 +32,7 @@ pub fn devices() -> Vec<DeviceInfo> {
         iommu_group: group,
         allowed: vec![],
         holder: None,
+        reserved: None,
     };
     let mut nic = dev(
         "0000:01:00.0",

@@ -72,6 +72,7 @@ fn json_is_the_device_list_with_stable_field_names() {
             "iommu_group",
             "allowed",
             "holder",
+            "reserved",
         ])
     );
     let edu = list
