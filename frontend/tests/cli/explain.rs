@@ -134,6 +134,27 @@ Policy sha256 {} (the helper's)
     }
 
     #[test]
+    fn a_reserved_device_says_so_with_its_rule() {
+        let mut report = allowed();
+        report.reserved = Some(vfio_gate_protocol::Reservation {
+            driver: Driver::VfioPci,
+            rule: RuleRef {
+                name: "the edu, with its group".into(),
+                file: "/etc/vfio-gate/policy.toml".into(),
+                line: 8,
+            },
+            companion_of: None,
+        });
+        let fake = FakeHelper::answering(Response::Explained(report));
+        let r = run(against(&fake, &["explain", "05:02.0"]));
+        r.code(0).stderr_empty().stdout_has(
+            "  held by  nobody\n  reserved held from boot on vfio-pci by rule 'the edu, with its \
+             group' (/etc/vfio-gate/policy.toml:8); a release returns it there\nFor ",
+        );
+        fake.requests();
+    }
+
+    #[test]
     fn a_deny_rule_is_named_with_the_allow_it_overrides_and_the_holder() {
         let fake = FakeHelper::answering(Response::Explained(denied()));
         let mut cmd = against(&fake, &["explain", "0000:03:00.0", "--to", "vfio-pci"]);
@@ -325,6 +346,45 @@ Policy sha256 ",
             "({} and 1 drop-in, read offline)\n",
             fx.policy().display()
         ));
+    }
+
+    #[test]
+    fn a_reserved_device_and_a_companion_say_by_which_reservation() {
+        if !needs_root(
+            "explain::offline::a_reserved_device_and_a_companion_say_by_which_reservation",
+        ) {
+            return;
+        }
+        let fx = HostFixture::new(RESERVE_POLICY, &[]);
+        let nic = reserve_rule(&fx, "the test NIC, held from boot");
+        let edu = reserve_rule(&fx, "the edu, with its group");
+        let r = explain(&fx, &["01:00.0", "--user", "alice"]);
+        r.code(0).stderr_empty().stdout_has(&format!(
+            "  held by  not known offline (the helper keeps the leases: vfio-gate list shows them)\n  \
+             reserved held from boot on pci-stub by rule {nic}; a release returns it there\n\
+             For alice (uid 1000):\n"
+        ));
+        let r = explain(&fx, &["05:01.0", "--user", "alice"]);
+        r.code(0).stderr_empty().stdout_has(&format!(
+            "  reserved held from boot on pci-stub as a companion of 05:02.0 by rule {edu}; a \
+             release returns it there\n"
+        ));
+        // Not reserved: no such line.
+        let r = explain(&fx, &["03:00.0", "--user", "alice"]);
+        if r.code(0).stdout.contains("reserved") {
+            r.fail("03:00.0 is not reserved");
+        }
+        let r = explain(&fx, &["05:01.0", "--user", "alice", "--json"]);
+        let v = r.code(0).json();
+        assert_eq!(v["reserved"]["driver"], "pci-stub");
+        assert_eq!(v["reserved"]["companion_of"], "0000:05:02.0");
+        assert_eq!(v["reserved"]["rule"]["name"], "the edu, with its group");
+        assert_eq!(
+            v["reserved"]["rule"]["line"],
+            header_line(RESERVE_POLICY, "the edu, with its group")
+        );
+        let r = explain(&fx, &["03:00.0", "--json"]);
+        assert_eq!(r.code(0).json()["reserved"], serde_json::Value::Null);
     }
 
     #[test]
