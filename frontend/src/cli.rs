@@ -128,7 +128,10 @@ fn subcommand_usage_error(name: &str, kind: ErrorKind, message: &str) -> clap::E
 ///
 /// ALLOWED is what the policy lets you bind the device to; HOLDER is the user who holds it
 /// through vfio-gate, if anyone, with "(run)" when the lease lasts only while a command started
-/// by `vfio-gate run` runs.
+/// by `vfio-gate run` runs. RESERVED, shown when the policy holds devices from boot
+/// ([[reserve]]), is the driver that holds the device, which a release returns it to; "*" marks
+/// a companion of a reserved device in its IOMMU group. A line under the table names the rule
+/// that holds each.
 #[derive(Debug, Args)]
 pub struct ListArgs {}
 
@@ -372,7 +375,8 @@ impl HostArgs {
 /// with its file and line (or "no rule matches: denied by default"), and the other rules that
 /// match; then the built-in guards that refuse the device now whatever the policy says, the
 /// plan for its IOMMU group (the companions a bind would move) or why no plan works, who holds
-/// it, and the SHA-256 of the policy the answer comes from.
+/// it, whether a [[reserve]] holds it from boot (and so where a release returns it), and the
+/// SHA-256 of the policy the answer comes from.
 ///
 /// Without --policy the helper answers, about you; with --user, about someone else (admins
 /// only, as the policy names them). With --policy PATH vfio-gate answers itself, offline: it

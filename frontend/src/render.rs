@@ -133,7 +133,8 @@ pub fn plan_names(plan: &Plan) -> Wanted {
     wanted
 }
 
-/// "→ vfio-pci (rule 'lab', /etc/vfio-gate/policy.toml:12)" or "stays on pcieport: keeps the
+/// "→ vfio-pci (rule 'lab', /etc/vfio-gate/policy.toml:12)", "stays on vfio-pci: yours as it is
+/// (rule 'lab', …)" (adopted: already on the driver asked for) or "stays on pcieport: keeps the
 /// group viable".
 pub fn action_text(step: &PlanStep) -> String {
     match &step.action {
@@ -143,11 +144,58 @@ pub fn action_text(step: &PlanStep) -> String {
                 rule.name, rule.file, rule.line
             )
         }
+        StepAction::Adopt { driver, rule } => {
+            format!(
+                "stays on {driver}: yours as it is (rule '{}', {}:{})",
+                rule.name, rule.file, rule.line
+            )
+        }
         StepAction::Keep { reason } => match &step.driver {
             Some(d) => format!("stays on {d}: {reason}"),
             None => format!("stays without a driver: {reason}"),
         },
     }
+}
+
+/// The members a plan takes as they are (already on the driver asked for): "00:06.0 on vfio-pci".
+pub fn adopted(plan: &Plan) -> Vec<String> {
+    let mut steps: Vec<&PlanStep> = plan.steps.iter().collect();
+    steps.sort_by_key(|s| s.device);
+    steps
+        .iter()
+        .filter_map(|s| match &s.action {
+            StepAction::Adopt { driver, .. } => Some(format!("{} on {driver}", s.device.short())),
+            StepAction::Bind { .. } | StepAction::Keep { .. } => None,
+        })
+        .collect()
+}
+
+/// The line a bind (or its dry run) prints under the plan when it takes members as they are:
+/// nothing moves for them, and a release leaves them there. `None` when it adopts nothing.
+pub fn adopt_note(plan: &Plan, dry_run: bool) -> Option<String> {
+    let adopted = adopted(plan);
+    if adopted.is_empty() {
+        return None;
+    }
+    let (it, them) = if adopted.len() == 1 {
+        ("it", "it")
+    } else {
+        ("they", "them")
+    };
+    let what = join_words(&adopted);
+    Some(if dry_run {
+        format!(
+            "Already there: {what}; the bind takes {them} as {it} {}, with no unbind or probe, \
+             and a release leaves {them} there\n",
+            if adopted.len() == 1 { "is" } else { "are" }
+        )
+    } else {
+        format!(
+            "Nothing moved for {what}: taken as {it} {}, with no unbind or probe; a release \
+             leaves {them} there\n",
+            if adopted.len() == 1 { "was" } else { "were" }
+        )
+    })
 }
 
 /// The plan as a table, one member a row in address order: MEMBER, IDS, NAME (when the PCI ID
@@ -261,6 +309,19 @@ pub(crate) mod fixtures {
         }
     }
 
+    /// [`group_11`] with the edu device already on vfio-pci (`vfio-pci.ids=`, a reservation):
+    /// the bind takes it as it is.
+    pub fn group_11_adopting() -> Plan {
+        let mut plan = group_11();
+        let edu = &mut plan.steps[0];
+        edu.driver = Some("vfio-pci".into());
+        edu.action = StepAction::Adopt {
+            driver: Driver::VfioPci,
+            rule: rule("lab", 12),
+        };
+        plan
+    }
+
     /// A bind of [`group_11`].
     pub fn bind_report(vfio_node: Option<&str>, dry_run: bool) -> BindReport {
         BindReport {
@@ -312,6 +373,31 @@ IOMMU group 11:
   05:02.0  1234:11e8  QEMU edu device                      endpoint  -         → vfio-pci (rule 'lab', /etc/vfio-gate/policy.toml:12)
 "
         );
+    }
+
+    #[test]
+    fn an_adopted_member_stays_where_it_is_and_the_note_says_nothing_moved() {
+        let plan = group_11_adopting();
+        let table = plan_table(&plan, &PciNames::default()).to_string();
+        assert!(
+            table.contains(
+                "05:02.0  1234:11e8  endpoint  vfio-pci  stays on vfio-pci: yours as it is (rule \
+                 'lab', /etc/vfio-gate/policy.toml:12)"
+            ),
+            "{table}"
+        );
+        assert_eq!(adopted(&plan), ["05:02.0 on vfio-pci"]);
+        assert_eq!(
+            adopt_note(&plan, false).unwrap(),
+            "Nothing moved for 05:02.0 on vfio-pci: taken as it was, with no unbind or probe; a \
+             release leaves it there\n"
+        );
+        assert_eq!(
+            adopt_note(&plan, true).unwrap(),
+            "Already there: 05:02.0 on vfio-pci; the bind takes it as it is, with no unbind or \
+             probe, and a release leaves it there\n"
+        );
+        assert_eq!(adopt_note(&group_11(), false), None);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use super::{Context, name_the_holder, unexpected};
 use crate::cli::BindArgs;
 use crate::error::{Error, GroupNeeded, Status};
 use crate::messages;
-use crate::render::{group_name, join_words, plan_block, plan_names};
+use crate::render::{adopt_note, group_name, join_words, plan_block, plan_names};
 use crate::users::{self, ETC_ROOT, UserNames};
 
 /// `vfio-gate bind ADDR... [--to DRIVER] [--group] [--dry-run]`.
@@ -58,10 +58,12 @@ fn text(
     let group = group_name(report.plan.group);
     if report.dry_run {
         let mut text = plan_block(&format!("Plan for {group}:"), &report.plan, &names);
+        text.extend(adopt_note(&report.plan, true));
         text.push_str(&dry_run_note(&args.command_line(args.group, false)));
         return text;
     }
     let mut text = plan_block(&format!("{group}:"), &report.plan, &names);
+    text.extend(adopt_note(&report.plan, false));
     let owner: BTreeSet<u32> = node
         .iter()
         .filter_map(|n| n.as_ref().ok().map(|o| o.uid))
@@ -152,10 +154,7 @@ pub fn bind_outcome(
                 .steps
                 .iter()
                 .filter(|s| s.device == primary)
-                .filter_map(|s| match &s.action {
-                    StepAction::Bind { driver, .. } => Some(driver.to_string()),
-                    StepAction::Keep { .. } => None,
-                })
+                .filter_map(|s| s.action.target().map(|d| d.to_string()))
                 .collect();
             let on = drivers
                 .pop()
@@ -199,7 +198,7 @@ pub fn dry_run_note(run_it: &str) -> String {
 /// pci-stub and leave 04:00.0 on pcieport: vfio-gate bind 05:02.0 --to vfio-pci --group".
 pub fn needs_group_step(plan: &Plan, named: &[PciAddress], rerun: &str) -> String {
     let moved = moved_others(plan, named);
-    let kept = kept(plan);
+    let kept = kept(plan, named);
     let what = match (moved.is_empty(), kept.is_empty()) {
         (false, false) => format!(
             "also put {} and leave {}",
@@ -220,16 +219,21 @@ fn moved_others(plan: &Plan, named: &[PciAddress]) -> Vec<String> {
         .filter(|s| !named.contains(&s.device))
         .filter_map(|s| match &s.action {
             StepAction::Bind { driver, .. } => Some(format!("{} on {driver}", s.device.short())),
-            StepAction::Keep { .. } => None,
+            StepAction::Keep { .. } | StepAction::Adopt { .. } => None,
         })
         .collect()
 }
 
-/// The members a plan leaves alone: "04:00.0 on pcieport".
-fn kept(plan: &Plan) -> Vec<String> {
+/// The members a plan leaves where they are: "04:00.0 on pcieport" (kept), and members other
+/// than `named` that it takes as they are (adopted; named ones are what the user asked for).
+fn kept(plan: &Plan, named: &[PciAddress]) -> Vec<String> {
     plan.steps
         .iter()
-        .filter(|s| matches!(s.action, StepAction::Keep { .. }))
+        .filter(|s| match s.action {
+            StepAction::Keep { .. } => true,
+            StepAction::Adopt { .. } => !named.contains(&s.device),
+            StepAction::Bind { .. } => false,
+        })
         .map(|s| match &s.driver {
             Some(d) => format!("{} on {d}", s.device.short()),
             None => format!("{} without a driver", s.device.short()),
@@ -286,6 +290,29 @@ mod tests {
             stub,
             "IOMMU group 11 is yours (05:01.0 on pci-stub; no host driver will touch it). \
              Release with: vfio-gate release 05:01.0\n"
+        );
+    }
+
+    #[test]
+    fn an_adopted_primary_is_named_on_its_driver_and_not_as_moved() {
+        let users = UserNames::default();
+        let mut r = report(None, false);
+        r.plan = crate::render::fixtures::group_11_adopting();
+        assert_eq!(
+            bind_outcome(&r, addr("05:02.0"), None, &users),
+            "IOMMU group 11 is yours (05:02.0 on vfio-pci; no host driver will touch it). \
+             Release with: vfio-gate release 05:02.0\n"
+        );
+        // Named by the user: what they asked for, not a member "left" as it is.
+        assert_eq!(
+            needs_group_step(&r.plan, &[addr("05:02.0")], "X"),
+            "Re-run with --group to also put 05:01.0 on pci-stub and leave 04:00.0 on pcieport: X"
+        );
+        // Not named (the helper adopts only what is named, but a plan may say so): left as is.
+        assert_eq!(
+            needs_group_step(&r.plan, &[addr("05:01.0")], "X"),
+            "Re-run with --group to bind the group as a whole and leave 05:02.0 on vfio-pci and \
+             04:00.0 on pcieport: X"
         );
     }
 

@@ -11,7 +11,8 @@ use std::path::Path;
 use vfio_gate_host::plan::moves_companions;
 use vfio_gate_policy::PolicySource;
 use vfio_gate_protocol::{
-    Driver, DriverVerdict, ExplainReport, Holder, Plan, Request, Response, RuleRef, WireError,
+    Driver, DriverVerdict, ExplainReport, Holder, Plan, Request, Reservation, Response, RuleRef,
+    WireError,
 };
 
 use super::{Context, name_the_holder, unexpected};
@@ -161,6 +162,20 @@ fn verdict_lines(v: &DriverVerdict) -> Vec<String> {
     lines
 }
 
+/// "held from boot on pci-stub by rule 'nic' (/etc/vfio-gate/policy.toml:3); a release returns
+/// it there", or "… on pci-stub as a companion of 05:02.0 by rule …".
+fn reservation_text(r: &Reservation) -> String {
+    let companion = r
+        .companion_of
+        .map(|p| format!(" as a companion of {}", p.short()))
+        .unwrap_or_default();
+    format!(
+        "held from boot on {}{companion} by rule {}; a release returns it there",
+        r.driver,
+        rule_text(&r.rule)
+    )
+}
+
 fn holder_text(h: &Holder, users: &UserNames) -> String {
     let when = localtime::when(h.since, localtime::now_unix());
     let tied = if h.tied {
@@ -237,6 +252,9 @@ pub fn explain_text(
         }
     };
     let _ = writeln!(t, "  held by  {held}");
+    if let Some(r) = &r.reserved {
+        let _ = writeln!(t, "  reserved {}", reservation_text(r));
+    }
 
     let who = match users.name(r.uid) {
         Some(name) => format!("{name} (uid {})", r.uid),
@@ -350,6 +368,25 @@ mod tests {
     }
 
     #[test]
+    fn a_reserved_device_says_by_which_rule_and_where_a_release_returns_it() {
+        let mut r = Reservation {
+            driver: Driver::PciStub,
+            rule: rule("nic", 3),
+            companion_of: None,
+        };
+        assert_eq!(
+            reservation_text(&r),
+            "held from boot on pci-stub by rule 'nic' (/p.toml:3); a release returns it there"
+        );
+        r.companion_of = Some("05:02.0".parse().unwrap());
+        assert_eq!(
+            reservation_text(&r),
+            "held from boot on pci-stub as a companion of 05:02.0 by rule 'nic' (/p.toml:3); a \
+             release returns it there"
+        );
+    }
+
+    #[test]
     fn an_explanation_without_a_group_says_why_there_is_no_plan() {
         let r = ExplainReport {
             device: "01:00.0".parse().unwrap(),
@@ -366,6 +403,7 @@ mod tests {
             }],
             plan: None,
             holder: None,
+            reserved: None,
             policy_sha256: "ab".repeat(32),
         };
         let text = explain_text(

@@ -5,13 +5,13 @@ use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::Path;
 
-use vfio_gate_protocol::{DeviceInfo, Driver, Request, Response};
+use vfio_gate_protocol::{DeviceInfo, Driver, Request, Response, RuleRef};
 
 use super::{Context, unexpected};
 use crate::cli::ListArgs;
 use crate::error::{Error, Status};
 use crate::pci_ids::{PciNames, Wanted};
-use crate::render::{Table, ids};
+use crate::render::{Table, ids, join_words};
 use crate::users::{ETC_ROOT, UserNames};
 
 /// `vfio-gate list`.
@@ -31,7 +31,9 @@ fn text(ctx: &Context<'_>, devices: &[DeviceInfo]) -> String {
     }
     let names = ctx.pci_names(&wanted_names(devices));
     let users = UserNames::load(Path::new(ETC_ROOT), &holder_uids(devices));
-    device_table(devices, &names, &users).to_string()
+    let mut text = device_table(devices, &names, &users).to_string();
+    text.push_str(&reserved_footnote(devices));
+    text
 }
 
 /// The ids of `devices` whose names the device table shows.
@@ -51,13 +53,19 @@ pub fn holder_uids(devices: &[DeviceInfo]) -> BTreeSet<u32> {
         .collect()
 }
 
-/// The `list` table, sorted by address. The NAME column is left out when the PCI ID database
-/// gave no names at all (it is not installed), rather than being a column of dashes.
+/// The `list` table, sorted by address. The RESERVED column (the driver a `[[reserve]]` holds
+/// the device on from boot, with `*` for a companion of a reserved device) is there only when
+/// some device is reserved; the NAME column is left out when the PCI ID database gave no names
+/// at all (it is not installed), rather than being a column of dashes.
 pub fn device_table(devices: &[DeviceInfo], names: &PciNames, users: &UserNames) -> Table {
     let with_names = !names.is_empty();
+    let with_reserved = devices.iter().any(|d| d.reserved.is_some());
     let mut headers = vec![
         "ADDRESS", "IDS", "CLASS", "DRIVER", "GROUP", "ALLOWED", "HOLDER",
     ];
+    if with_reserved {
+        headers.push("RESERVED");
+    }
     if with_names {
         headers.push("NAME");
     }
@@ -86,6 +94,15 @@ pub fn device_table(devices: &[DeviceInfo], names: &PciNames, users: &UserNames)
                 },
             ),
         ];
+        if with_reserved {
+            row.push(d.reserved.as_ref().map_or_else(
+                || "-".to_owned(),
+                |r| match r.companion_of {
+                    None => r.driver.to_string(),
+                    Some(_) => format!("{}*", r.driver),
+                },
+            ));
+        }
         if with_names {
             row.push(
                 names
@@ -96,6 +113,53 @@ pub fn device_table(devices: &[DeviceInfo], names: &PciNames, users: &UserNames)
         table.push(row);
     }
     table
+}
+
+/// Under the table, one line per `[[reserve]]` that holds a device here, naming the rule once
+/// with what it holds: "Held from boot: 01:00.0 on pci-stub by 'nic' (/etc/vfio-gate/policy.toml:3)",
+/// companions as "05:01.0 on pci-stub as a companion of 05:02.0". Empty when nothing is reserved.
+pub fn reserved_footnote(devices: &[DeviceInfo]) -> String {
+    let mut sorted: Vec<&DeviceInfo> = devices.iter().collect();
+    // Each rule once, in the order of the first device it holds; what it names before what it
+    // holds as companions.
+    sorted.sort_by_key(|d| {
+        let companion = d
+            .reserved
+            .as_ref()
+            .is_some_and(|r| r.companion_of.is_some());
+        (companion, d.address)
+    });
+    let mut rules: Vec<(&RuleRef, Vec<String>)> = Vec::new();
+    for d in sorted {
+        let Some(r) = &d.reserved else { continue };
+        let what = match r.companion_of {
+            None => format!("{} on {}", d.address.short(), r.driver),
+            Some(primary) => format!(
+                "{} on {} as a companion of {}",
+                d.address.short(),
+                r.driver,
+                primary.short()
+            ),
+        };
+        match rules.iter_mut().find(|(rule, _)| **rule == r.rule) {
+            Some((_, held)) => held.push(what),
+            None => rules.push((&r.rule, vec![what])),
+        }
+    }
+    if rules.is_empty() {
+        return String::new();
+    }
+    let mut text = String::from("\n");
+    for (rule, held) in rules {
+        text.push_str(&format!(
+            "Held from boot: {} by '{}' ({}:{})\n",
+            join_words(&held),
+            rule.name,
+            rule.file,
+            rule.line
+        ));
+    }
+    text
 }
 
 fn drivers(list: &[Driver]) -> String {
@@ -127,6 +191,7 @@ mod tests {
             iommu_group: group,
             allowed: vec![],
             holder: None,
+            reserved: None,
         }
     }
 
@@ -158,6 +223,55 @@ ADDRESS       IDS        CLASS               DRIVER    GROUP  ALLOWED           
 0001:00:1f.7  8086:10d3  7a0000              -         -      -                  -
 "
         );
+    }
+
+    #[test]
+    fn reserved_devices_get_a_column_and_each_rule_one_line_below() {
+        use crate::render::fixtures::rule;
+        use vfio_gate_protocol::Reservation;
+        let mut nic = device("01:00.0", Some("pci-stub"), Some(8));
+        nic.reserved = Some(Reservation {
+            driver: Driver::PciStub,
+            rule: rule("nic", 3),
+            companion_of: None,
+        });
+        let mut e1000 = device("05:01.0", Some("pci-stub"), Some(11));
+        e1000.reserved = Some(Reservation {
+            driver: Driver::PciStub,
+            rule: rule("edu", 8),
+            companion_of: Some(addr("05:02.0")),
+        });
+        let mut edu = device("05:02.0", Some("vfio-pci"), Some(11));
+        edu.reserved = Some(Reservation {
+            driver: Driver::VfioPci,
+            rule: rule("edu", 8),
+            companion_of: None,
+        });
+        let plain = device("03:00.0", Some("nvme"), Some(10));
+        let devices = [edu, plain, e1000, nic];
+        let t = device_table(&devices, &PciNames::default(), &UserNames::default());
+        assert_eq!(
+            t.to_string(),
+            "\
+ADDRESS  IDS        CLASS               DRIVER    GROUP  ALLOWED  HOLDER  RESERVED
+01:00.0  8086:10d3  Network controller  pci-stub  8      -        -       pci-stub
+03:00.0  8086:10d3  Network controller  nvme      10     -        -       -
+05:01.0  8086:10d3  Network controller  pci-stub  11     -        -       pci-stub*
+05:02.0  8086:10d3  Network controller  vfio-pci  11     -        -       vfio-pci
+"
+        );
+        assert_eq!(
+            reserved_footnote(&devices),
+            "
+Held from boot: 01:00.0 on pci-stub by 'nic' (/etc/vfio-gate/policy.toml:3)
+Held from boot: 05:02.0 on vfio-pci and 05:01.0 on pci-stub as a companion of 05:02.0 by 'edu' (/etc/vfio-gate/policy.toml:8)
+"
+        );
+        // Nothing reserved: no column, no footnote.
+        let plain = [device("03:00.0", Some("nvme"), Some(10))];
+        let t = device_table(&plain, &PciNames::default(), &UserNames::default()).to_string();
+        assert!(!t.contains("RESERVED"), "{t}");
+        assert_eq!(reserved_footnote(&plain), "");
     }
 
     #[test]

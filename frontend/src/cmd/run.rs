@@ -3,7 +3,7 @@
 //! exit with the command's status. Its notes go to stderr; stdout is the command's.
 
 use vfio_gate_protocol::{
-    BindReport, Driver, PciAddress, ReleaseReport, ReleaseTarget, Request, Response, StepAction,
+    BindReport, PciAddress, ReleaseReport, ReleaseTarget, Request, Response, StepAction,
 };
 
 use super::bind::{check_node, needs_group};
@@ -94,15 +94,17 @@ pub fn run(ctx: &Context<'_>, args: &RunArgs) -> Result<u8, Error> {
 }
 
 /// The note `vfio-gate run` prints before it starts the command: "05:02.0 is on vfio-pci
-/// (/dev/vfio/11) while qemu-system-x86_64 runs". Every device the bind moved is named, the ones
-/// the user named first, in their order.
+/// (/dev/vfio/11) while qemu-system-x86_64 runs". Every device the bind gave the user is named,
+/// the ones the user named first, in their order; one taken as it was (adopted: already on the
+/// driver) says so: "00:06.0 is on vfio-pci as it was".
 pub fn run_note(r: &BindReport, named: &[PciAddress], program: &str) -> String {
-    let mut moved: Vec<(PciAddress, Driver)> = r
+    let mut moved: Vec<(PciAddress, String)> = r
         .plan
         .steps
         .iter()
         .filter_map(|s| match &s.action {
-            StepAction::Bind { driver, .. } => Some((s.device, *driver)),
+            StepAction::Bind { driver, .. } => Some((s.device, driver.to_string())),
+            StepAction::Adopt { driver, .. } => Some((s.device, format!("{driver} as it was"))),
             StepAction::Keep { .. } => None,
         })
         .collect();
@@ -154,6 +156,12 @@ mod tests {
         assert_eq!(
             run_note(&r, &[addr("05:01.0"), addr("05:02.0")], "sh"),
             "05:01.0 is on pci-stub and 05:02.0 on vfio-pci (/dev/vfio/11) while sh runs"
+        );
+        let mut adopting = report(Some("/dev/vfio/11"), false);
+        adopting.plan = crate::render::fixtures::group_11_adopting();
+        assert_eq!(
+            run_note(&adopting, &[addr("05:02.0")], "sh"),
+            "05:02.0 is on vfio-pci as it was and 05:01.0 on pci-stub (/dev/vfio/11) while sh runs"
         );
         let mut nothing_moved = report(None, false);
         nothing_moved.plan.steps.clear();

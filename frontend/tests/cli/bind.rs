@@ -229,3 +229,91 @@ fn the_socket_can_come_from_the_environment() {
     run(cmd).code(0).stdout_has("dry run: nothing was changed");
     assert_eq!(fake.requests().len(), 1);
 }
+
+/// The test guest booted with `vfio-pci.ids=1234:11e8`: 00:06.0 is on vfio-pci already, and the
+/// helper takes it as it is (beside it, the pci-testdev has no driver).
+fn adopting_plan() -> Plan {
+    Plan {
+        group: Some(5),
+        steps: vec![
+            PlanStep {
+                device: addr("00:06.0"),
+                kind: MemberKind::Endpoint,
+                vendor: 0x1234,
+                device_id: 0x11e8,
+                driver: Some("vfio-pci".into()),
+                action: StepAction::Adopt {
+                    driver: Driver::VfioPci,
+                    rule: rule(),
+                },
+            },
+            PlanStep {
+                device: addr("00:06.1"),
+                kind: MemberKind::Endpoint,
+                vendor: 0x1b36,
+                device_id: 0x0005,
+                driver: None,
+                action: StepAction::Keep {
+                    reason: "no driver: does not block the group".into(),
+                },
+            },
+        ],
+    }
+}
+
+#[test]
+fn an_adopted_device_stays_where_it_is_and_the_bind_says_nothing_moved() {
+    let (_dir, node) = fake_node(0o600);
+    let fake = FakeHelper::start(vec![
+        Reply::Answer(Response::Bound(BindReport {
+            plan: adopting_plan(),
+            dry_run: false,
+            vfio_node: Some(node.clone()),
+        })),
+        Reply::Answer(Response::Bound(BindReport {
+            plan: adopting_plan(),
+            dry_run: true,
+            vfio_node: None,
+        })),
+        Reply::Answer(Response::Bound(BindReport {
+            plan: adopting_plan(),
+            dry_run: false,
+            vfio_node: Some(node.clone()),
+        })),
+    ]);
+    let r = run(against(
+        &fake,
+        &["bind", "00:06.0", "--group", "--pci-ids", "/nonexistent"],
+    ));
+    r.code(0).stderr_empty();
+    let expected = format!(
+        "IOMMU group 5:\n  \
+         MEMBER   IDS        KIND      DRIVER    ACTION\n  \
+         00:06.0  1234:11e8  endpoint  vfio-pci  stays on vfio-pci: yours as it is (rule 'lab NIC \
+         for vm-users', /etc/vfio-gate/policy.toml:12)\n  \
+         00:06.1  1b36:0005  endpoint  -         stays without a driver: no driver: does not block \
+         the group\n\
+         Nothing moved for 00:06.0 on vfio-pci: taken as it was, with no unbind or probe; a \
+         release leaves it there\n\
+         IOMMU group 5 is yours: {node} (owner {}, mode 0600). Release with: vfio-gate release \
+         00:06.0\n",
+        passwd_name(own_uid(&node))
+    );
+    if r.stdout != expected {
+        r.fail(&format!("expected\n{expected}"));
+    }
+    let r = run(against(&fake, &["bind", "00:06.0", "--dry-run"]));
+    r.code(0).stderr_empty().stdout_has(
+        "Already there: 00:06.0 on vfio-pci; the bind takes it as it is, with no unbind or \
+         probe, and a release leaves it there\ndry run: nothing was changed",
+    );
+    // JSON: the action as the helper sent it.
+    let r = run(against(&fake, &["bind", "00:06.0", "--json"]));
+    let v = r.code(0).stderr_empty().json();
+    assert_eq!(
+        v["plan"]["steps"][0]["action"]["Adopt"]["driver"],
+        "vfio-pci"
+    );
+    assert_eq!(v["plan"]["steps"][0]["action"]["Adopt"]["rule"]["line"], 12);
+    fake.requests();
+}

@@ -60,6 +60,7 @@ mod online {
             guards: vec![],
             plan: Some(Ok(group_11_plan())),
             holder: None,
+            reserved: None,
             policy_sha256: "5e".repeat(32),
         }
     }
@@ -89,6 +90,7 @@ mod online {
                 group: Some(10),
                 tied: false,
             }),
+            reserved: None,
             policy_sha256: "5e".repeat(32),
         }
     }
@@ -129,6 +131,27 @@ Policy sha256 {} (the helper's)
                 uid: None,
             }]
         );
+    }
+
+    #[test]
+    fn a_reserved_device_says_so_with_its_rule() {
+        let mut report = allowed();
+        report.reserved = Some(vfio_gate_protocol::Reservation {
+            driver: Driver::VfioPci,
+            rule: RuleRef {
+                name: "the edu, with its group".into(),
+                file: "/etc/vfio-gate/policy.toml".into(),
+                line: 8,
+            },
+            companion_of: None,
+        });
+        let fake = FakeHelper::answering(Response::Explained(report));
+        let r = run(against(&fake, &["explain", "05:02.0"]));
+        r.code(0).stderr_empty().stdout_has(
+            "  held by  nobody\n  reserved held from boot on vfio-pci by rule 'the edu, with its \
+             group' (/etc/vfio-gate/policy.toml:8); a release returns it there\nFor ",
+        );
+        fake.requests();
     }
 
     #[test]
@@ -326,6 +349,45 @@ Policy sha256 ",
     }
 
     #[test]
+    fn a_reserved_device_and_a_companion_say_by_which_reservation() {
+        if !needs_root(
+            "explain::offline::a_reserved_device_and_a_companion_say_by_which_reservation",
+        ) {
+            return;
+        }
+        let fx = HostFixture::new(RESERVE_POLICY, &[]);
+        let nic = reserve_rule(&fx, "the test NIC, held from boot");
+        let edu = reserve_rule(&fx, "the edu, with its group");
+        let r = explain(&fx, &["01:00.0", "--user", "alice"]);
+        r.code(0).stderr_empty().stdout_has(&format!(
+            "  held by  not known offline (the helper keeps the leases: vfio-gate list shows them)\n  \
+             reserved held from boot on pci-stub by rule {nic}; a release returns it there\n\
+             For alice (uid 1000):\n"
+        ));
+        let r = explain(&fx, &["05:01.0", "--user", "alice"]);
+        r.code(0).stderr_empty().stdout_has(&format!(
+            "  reserved held from boot on pci-stub as a companion of 05:02.0 by rule {edu}; a \
+             release returns it there\n"
+        ));
+        // Not reserved: no such line.
+        let r = explain(&fx, &["03:00.0", "--user", "alice"]);
+        if r.code(0).stdout.contains("reserved") {
+            r.fail("03:00.0 is not reserved");
+        }
+        let r = explain(&fx, &["05:01.0", "--user", "alice", "--json"]);
+        let v = r.code(0).json();
+        assert_eq!(v["reserved"]["driver"], "pci-stub");
+        assert_eq!(v["reserved"]["companion_of"], "0000:05:02.0");
+        assert_eq!(v["reserved"]["rule"]["name"], "the edu, with its group");
+        assert_eq!(
+            v["reserved"]["rule"]["line"],
+            header_line(RESERVE_POLICY, "the edu, with its group")
+        );
+        let r = explain(&fx, &["03:00.0", "--json"]);
+        assert_eq!(r.code(0).json()["reserved"], serde_json::Value::Null);
+    }
+
+    #[test]
     fn a_deny_in_a_drop_in_leaves_no_plan_and_says_which_rule() {
         if !needs_root("explain::offline::a_deny_in_a_drop_in_leaves_no_plan_and_says_which_rule") {
             return;
@@ -408,6 +470,9 @@ Policy sha256 ",
                         rule.name,
                         rule.line
                     )
+                }
+                StepAction::Adopt { driver, .. } => {
+                    format!("{} adopt {driver}", s.device.short())
                 }
                 StepAction::Keep { .. } => format!("{} keep", s.device.short()),
             })

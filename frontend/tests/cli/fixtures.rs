@@ -32,6 +32,7 @@ pub fn devices() -> Vec<DeviceInfo> {
         iommu_group: group,
         allowed: vec![],
         holder: None,
+        reserved: None,
     };
     let mut nic = dev(
         "0000:01:00.0",
@@ -245,5 +246,34 @@ pub fn lab() -> HostFixture {
 /// "'NAME' (FILE:LINE)" for a rule of the lab policy (or, with `drop_in`, of its drop-in).
 pub fn lab_rule(fx: &HostFixture, name: &str) -> String {
     let line = header_line(LAB_POLICY, name);
+    format!("'{name}' ({}:{line})", fx.policy().display())
+}
+
+/// The guest-like reservations: the 82574L at 01:00.0 held on pci-stub, the edu at 05:02.0 on
+/// vfio-pci with its IOMMU group's other endpoint (the e1000 at 05:01.0) on pci-stub.
+pub const RESERVE_POLICY: &str = r#"version = 1
+
+[[reserve]]
+name    = "the test NIC, held from boot"
+devices = [{ address = "01:00.0", vendor = "8086", device = "10d3" }]
+driver  = "pci-stub"
+
+[[reserve]]
+name       = "the edu, with its group"
+devices    = [{ address = "05:02.0", vendor = "1234", device = "11e8" }]
+driver     = "vfio-pci"
+companions = "pci-stub"
+
+[[rule]]
+name       = "vm-users: the edu device"
+subjects   = { groups = ["vm-users"] }
+devices    = [{ address = "05:02.0", vendor = "1234", device = "11e8" }]
+drivers    = ["vfio-pci"]
+companions = ["pci-stub"]
+"#;
+
+/// "'NAME' (FILE:LINE)" for a rule of [`RESERVE_POLICY`] as the fixture `fx` holds it.
+pub fn reserve_rule(fx: &HostFixture, name: &str) -> String {
+    let line = header_line(RESERVE_POLICY, name);
     format!("'{name}' ({}:{line})", fx.policy().display())
 }

@@ -72,6 +72,7 @@ fn json_is_the_device_list_with_stable_field_names() {
             "iommu_group",
             "allowed",
             "holder",
+            "reserved",
         ])
     );
     let edu = list
@@ -119,5 +120,87 @@ fn a_closed_stdout_exits_quietly() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "stderr: {stderr}");
     assert_eq!(stderr, "");
+    fake.requests();
+}
+
+/// The reservations of the guest-like policy: 01:00.0 on pci-stub, 05:02.0 on vfio-pci with its
+/// group's e1000 as a companion on pci-stub.
+fn reserved_devices() -> Vec<vfio_gate_protocol::DeviceInfo> {
+    use vfio_gate_protocol::{DeviceInfo, Driver, Reservation, RuleRef};
+    let reserve = |name: &str, line| RuleRef {
+        name: name.into(),
+        file: "/etc/vfio-gate/policy.toml".into(),
+        line,
+    };
+    let mut list = devices();
+    for d in &mut list {
+        if d.address == addr("01:00.0") {
+            d.reserved = Some(Reservation {
+                driver: Driver::PciStub,
+                rule: reserve("the test NIC, held from boot", 3),
+                companion_of: None,
+            });
+        }
+        if d.address == addr("05:02.0") {
+            d.reserved = Some(Reservation {
+                driver: Driver::VfioPci,
+                rule: reserve("the edu, with its group", 8),
+                companion_of: None,
+            });
+        }
+    }
+    let mut e1000: DeviceInfo = list[2].clone();
+    e1000.address = addr("05:01.0");
+    e1000.device = 0x100e;
+    e1000.driver = Some("pci-stub".into());
+    e1000.iommu_group = Some(11);
+    e1000.allowed = vec![];
+    e1000.reserved = Some(Reservation {
+        driver: Driver::PciStub,
+        rule: reserve("the edu, with its group", 8),
+        companion_of: Some(addr("05:02.0")),
+    });
+    list.push(e1000);
+    list
+}
+
+#[test]
+fn reserved_devices_get_a_column_and_a_line_per_reservation() {
+    let fake = FakeHelper::start(vec![
+        Reply::Answer(Response::Devices(reserved_devices())),
+        Reply::Answer(Response::Devices(reserved_devices())),
+    ]);
+    let r = run(against(&fake, &["list", "--pci-ids", "/nonexistent"]));
+    r.code(0).stderr_empty();
+    let expected = "\
+ADDRESS       IDS        CLASS                    DRIVER    GROUP  ALLOWED            HOLDER      RESERVED
+01:00.0       8086:10d3  Network controller       e1000e    8      vfio-pci           -           pci-stub
+03:00.0       1b36:0010  Mass storage controller  pci-stub  10     -                  root (run)  -
+05:01.0       8086:100e  Network controller       pci-stub  11     -                  -           pci-stub*
+05:02.0       1234:11e8  Unclassified device      vfio-pci  11     vfio-pci,pci-stub  4242        vfio-pci
+0001:00:00.0  abcd:0001  Processing accelerators  -         -      -                  -           -
+
+Held from boot: 01:00.0 on pci-stub by 'the test NIC, held from boot' (/etc/vfio-gate/policy.toml:3)
+Held from boot: 05:02.0 on vfio-pci and 05:01.0 on pci-stub as a companion of 05:02.0 by 'the edu, with its group' (/etc/vfio-gate/policy.toml:8)
+";
+    if r.stdout != expected {
+        r.fail(&format!("expected\n{expected}"));
+    }
+    let r = run(against(&fake, &["list", "--json"]));
+    let v = r.code(0).stderr_empty().json();
+    let e1000 = v
+        .as_array()
+        .and_then(|l| l.iter().find(|d| d["address"] == "0000:05:01.0"))
+        .unwrap_or_else(|| r.fail("05:01.0 missing"))
+        .clone();
+    assert_eq!(e1000["reserved"]["driver"], "pci-stub");
+    assert_eq!(e1000["reserved"]["companion_of"], "0000:05:02.0");
+    assert_eq!(e1000["reserved"]["rule"]["name"], "the edu, with its group");
+    assert_eq!(e1000["reserved"]["rule"]["line"], 8);
+    let nvme = v
+        .as_array()
+        .and_then(|l| l.iter().find(|d| d["address"] == "0000:03:00.0"))
+        .unwrap_or_else(|| r.fail("03:00.0 missing"));
+    assert_eq!(nvme["reserved"], serde_json::Value::Null);
     fake.requests();
 }

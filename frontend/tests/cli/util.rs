@@ -563,8 +563,8 @@ pub fn needs_root(test: &str) -> bool {
     root
 }
 
-/// The line of the `[[rule]]`/`[[deny]]` header of the rule called `name` in `text` (what
-/// decisions cite).
+/// The line of the `[[rule]]`/`[[deny]]`/`[[reserve]]` header of the rule called `name` in
+/// `text` (what decisions cite).
 pub fn header_line(text: &str, name: &str) -> u32 {
     let lines: Vec<&str> = text.lines().collect();
     let at = lines
@@ -573,7 +573,7 @@ pub fn header_line(text: &str, name: &str) -> u32 {
         .unwrap_or_else(|| panic!("no rule {name:?}"));
     let header = lines[..at]
         .iter()
-        .rposition(|l| l.trim() == "[[rule]]" || l.trim() == "[[deny]]")
+        .rposition(|l| ["[[rule]]", "[[deny]]", "[[reserve]]"].contains(&l.trim()))
         .unwrap_or_else(|| panic!("no header above {name:?}"));
     u32::try_from(header + 1).unwrap()
 }
