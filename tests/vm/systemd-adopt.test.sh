@@ -22,8 +22,8 @@ check_equals "and so is $EDU2, by the same ids" vfio-pci driver_of $EDU2
 check_equals "no driver_override: vfio-pci claimed it by its ids" "(null)" override_of $EDU
 check_equals "/dev/vfio/5 is root's" "root 600" node_owner 5
 
-check_output_contains "alice's dry run adopts it: no move" "adopt" \
-    runas alice vfio-gate bind $EDU --group --dry-run --json
+check_output_contains "alice's dry run takes it as it is: no move" "yours as it is" \
+    runas alice vfio-gate bind $EDU --group --dry-run
 before=$(inode)
 check "alice binds $EDU with its group" runas alice vfio-gate bind $EDU --group
 check_equals "it is still on vfio-pci" vfio-pci driver_of $EDU

@@ -40,7 +40,7 @@ check_equals "$EDU is on vfio-pci after boot" vfio-pci driver_of $EDU
 check_equals "$E1000, its group's companion, is on pci-stub" pci-stub driver_of $E1000
 check_output_lacks "e1000 never probed $E1000" "e1000 0000:$E1000" klog
 check_output_contains "the companion hold names the reserved device" \
-    "device=0000:$E1000 driver=pci-stub rule=\"group 11, held from boot\" rule_at=/etc/vfio-gate/policy.toml:27 companion_of=0000:$EDU result=held" \
+    "device=0000:$E1000 driver=pci-stub rule=\"group 11, held from boot\" rule_at=/etc/vfio-gate/policy.toml:25 companion_of=0000:$EDU result=held" \
     reserve_log
 check_equals "/dev/vfio/11 exists, root's (nobody holds the group)" "root 600" node_owner 11
 check_output_contains "alice's list shows $NIC RESERVED on pci-stub" "pci-stub" \
