@@ -423,7 +423,9 @@ pub enum PolicyCommand {
 /// syntax, schema, names); a refusal is an error, with its file and line. A policy that loads
 /// is then linted: unknown users and groups, rules that match no device on this host, allow
 /// rules that match by address alone, allows shadowed by denies, grants of storage, network
-/// or display controllers, grants to everyone. Prints one `file:line: severity: message` line
+/// or display controllers, grants to everyone; for each [[reserve]], what it holds on this host
+/// (companions included), conflicts, and reserved devices a built-in guard protects (the helper
+/// will not hold them). Prints one `file:line: severity: message` line
 /// per finding, then a summary. For CI machines without the hardware, --no-host skips the
 /// checks against this host's devices.
 ///
