@@ -1,7 +1,7 @@
 //! The offline audit: the policy file, this host's sysfs and its accounts, read directly, and
 //! evaluated with the helper's own code (`vfio-gate-policy` for the rules, `vfio-gate-host` for
-//! the host: IOMMU groups, guards, plans), so that `explain --policy`, `policy check` and
-//! `policy report` give the answers the helper would give.
+//! the host: IOMMU groups, guards, plans, reservations), so that `explain --policy`, `policy
+//! check`, `policy report` and `boot-config` give the answers the helper would give.
 //!
 //! Nothing here needs privilege or writes anything: the policy files are root-owned and
 //! world-readable (the helper insists on the first, the usual mode gives the second), and sysfs,
@@ -138,10 +138,15 @@ pub fn caller() -> Subject {
     }
 }
 
+/// The release of the running kernel (`uname -r`), if `/proc` says.
+pub fn kernel_release() -> Option<String> {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").ok()?;
+    Some(release.trim().to_owned()).filter(|r| !r.is_empty())
+}
+
 /// The viability rule of the running kernel, as the helper picks it.
 pub fn viability() -> ViabilityRule {
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    ViabilityRule::for_release(release.trim())
+    ViabilityRule::for_release(&kernel_release().unwrap_or_default())
 }
 
 /// The helper's questions, asked of one policy and one host.
