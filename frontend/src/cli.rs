@@ -68,6 +68,7 @@ pub enum Command {
     Release(ReleaseArgs),
     Run(RunArgs),
     Explain(ExplainArgs),
+    BootConfig(BootConfigArgs),
     /// Check a policy file, or report the permissions it grants on this host (offline).
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -423,7 +424,9 @@ pub enum PolicyCommand {
 /// syntax, schema, names); a refusal is an error, with its file and line. A policy that loads
 /// is then linted: unknown users and groups, rules that match no device on this host, allow
 /// rules that match by address alone, allows shadowed by denies, grants of storage, network
-/// or display controllers, grants to everyone. Prints one `file:line: severity: message` line
+/// or display controllers, grants to everyone; for each [[reserve]], what it holds on this host
+/// (companions included), conflicts, and reserved devices a built-in guard protects (the helper
+/// will not hold them). Prints one `file:line: severity: message` line
 /// per finding, then a summary. For CI machines without the hardware, --no-host skips the
 /// checks against this host's devices.
 ///
@@ -459,6 +462,67 @@ pub struct PolicyReportArgs {
     /// The policy file; its drop-ins are read from policy.d beside it.
     #[arg(long, value_name = "PATH", default_value = DEFAULT_POLICY)]
     pub policy: PathBuf,
+
+    #[command(flatten)]
+    pub host: HostArgs,
+}
+
+/// Print the boot configuration that claims reserved devices before their host drivers do.
+///
+/// For host drivers that bind before userspace. vfio-gate-reserve.service holds the policy's
+/// reserved devices ([[reserve]]) early at boot, before udev loads host drivers; a host driver
+/// built into the kernel or loaded from the initramfs gets there first. Offline, from the
+/// policy's reservations and this host's devices, boot-config prints:
+///
+/// The modprobe.d file: `softdep MODULE pre: vfio-pci` (or pci-stub) for each reserved
+/// device's host driver module, so that the driver holding the device is loaded first. The host
+/// driver module is the one bound to the device now or, when it is on vfio-pci or pci-stub
+/// already, every module whose modules.alias pattern matches its modalias. Companions (the
+/// other endpoints of a reserved device's IOMMU group) count as reserved devices, on their
+/// companions driver. A module built into the kernel gets a note instead: only the kernel
+/// command line claims the device first. With --ids the file also gets `options vfio-pci
+/// ids=VVVV:DDDD,...` (and pci-stub), which claim every device with those ids.
+///
+/// The kernel command line parameters (vfio-pci.ids=..., pci-stub.ids=...) and where to put
+/// them; vfio-gate never writes the bootloader's configuration. The initramfs rebuild command
+/// for Debian/Ubuntu, Fedora and Arch.
+///
+/// Warnings: every other device of this host with the same ids as a reserved device (ids=
+/// claims them all), and reserved devices left out (a built-in guard protects them, or
+/// reservations disagree on them).
+///
+/// --write writes the modprobe.d file, and only that, to /etc/modprobe.d/vfio-gate.conf
+/// (atomically, mode 0644); it needs root. Then rebuild the initramfs and reboot.
+///
+/// Exit status 0 (nothing reserved too), 3 for --write when not run as root, 9 when the
+/// policy is refused.
+#[derive(Debug, Args)]
+pub struct BootConfigArgs {
+    /// The policy file; its drop-ins are read from policy.d beside it.
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_POLICY)]
+    pub policy: PathBuf,
+
+    /// Write the modprobe.d file (as root; atomically, mode 0644). Never the bootloader.
+    #[arg(long)]
+    pub write: bool,
+
+    /// Also claim the reserved devices by their vendor:device ids in the modprobe.d file
+    /// (options vfio-pci ids=...): every device with those ids, not only the reserved ones.
+    #[arg(long)]
+    pub ids: bool,
+
+    /// The module directory of the kernel this host boots, with its modules.alias and
+    /// modules.builtin.alias (default: /lib/modules/RELEASE of the running kernel).
+    #[arg(long, value_name = "DIR")]
+    pub modules_dir: Option<PathBuf>,
+
+    /// Write vfio-gate.conf into DIR instead of /etc/modprobe.d (an image being built, tests).
+    #[arg(
+        long = "modprobe-d",
+        value_name = "DIR",
+        default_value = "/etc/modprobe.d"
+    )]
+    pub modprobe_d: PathBuf,
 
     #[command(flatten)]
     pub host: HostArgs,
@@ -701,6 +765,45 @@ mod tests {
         assert_eq!(shell_quote("it's"), r"'it'\''s'");
         assert_eq!(shell_quote(""), "''");
         assert_eq!(shell_quote("$HOME"), "'$HOME'");
+    }
+
+    #[test]
+    fn boot_config_takes_its_flags_and_says_itself_as_a_command_line() {
+        let cli = parse(&["boot-config", "--ids", "--write"]).unwrap();
+        let Command::BootConfig(args) = cli.command else {
+            panic!("not boot-config")
+        };
+        assert!(args.ids && args.write);
+        assert_eq!(args.policy, PathBuf::from(DEFAULT_POLICY));
+        assert_eq!(args.modprobe_d, PathBuf::from("/etc/modprobe.d"));
+        assert_eq!(args.modules_dir, None);
+        assert_eq!(
+            args.command_line(true),
+            "vfio-gate boot-config --write --ids"
+        );
+        let cli = parse(&[
+            "boot-config",
+            "--policy",
+            "/srv/my policy.toml",
+            "--modules-dir",
+            "/lib/modules/6.1.0-56-amd64",
+            "--modprobe-d",
+            "/mnt/etc/modprobe.d",
+        ])
+        .unwrap();
+        let Command::BootConfig(args) = cli.command else {
+            panic!("not boot-config")
+        };
+        assert_eq!(
+            args.command_line(true),
+            "vfio-gate boot-config --write --policy '/srv/my policy.toml' --modules-dir \
+             /lib/modules/6.1.0-56-amd64 --modprobe-d /mnt/etc/modprobe.d"
+        );
+        assert_eq!(
+            args.command_line(false),
+            "vfio-gate boot-config --policy '/srv/my policy.toml' --modules-dir \
+             /lib/modules/6.1.0-56-amd64 --modprobe-d /mnt/etc/modprobe.d"
+        );
     }
 
     #[test]

@@ -7,13 +7,13 @@
 //! | 0 | success |
 //! | 1 | any other failure: the kernel refused, the helper failed or timed out, its answer made no sense |
 //! | 2 | bad usage: unknown option, malformed address or driver (clap's own) |
-//! | 3 | denied: by the policy or a built-in guard, the group needs `--group`, or another user holds it |
+//! | 3 | denied: by the policy or a built-in guard, the group needs `--group`, or another user holds it; `boot-config --write` not run as root |
 //! | 4 | no such device |
 //! | 5 | the helper is unreachable: socket missing, connection refused, or not permitted |
 //! | 6 | busy: try again |
 //! | 7 | protocol version mismatch: the frontend and the helper come from different releases |
 //! | 8 | `policy check`: the policy loads, with warnings a reviewer should look at |
-//! | 9 | the policy is refused (`policy check`, `policy report`, `explain --policy`): the helper would serve nothing with it |
+//! | 9 | the policy is refused (`policy check`, `policy report`, `explain --policy`, `boot-config`): the helper would serve nothing with it |
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -35,14 +35,14 @@ Exit status:
   1  other failure: the kernel refused, the helper failed or timed out, its answer made no sense
   2  bad usage: unknown option, malformed address or driver
   3  denied: by the policy or a built-in guard, the group needs --group, or another
-     user holds it
+     user holds it; boot-config --write not run as root
   4  no such device
   5  the helper is unreachable: socket missing, connection refused, or not permitted
   6  busy: try again
   7  protocol version mismatch: vfio-gate and vfio-gated come from different releases
   8  policy check: the policy loads, with warnings to review
-  9  the policy is refused (policy check, policy report, explain --policy): the helper
-     would serve nothing with it";
+  9  the policy is refused (policy check, policy report, explain --policy, boot-config):
+     the helper would serve nothing with it";
 
 /// The policy file the helper reads unless its admin passed `--policy`.
 pub const DEFAULT_POLICY: &str = "/etc/vfio-gate/policy.toml";
@@ -187,6 +187,26 @@ pub enum Error {
     /// The helper answers questions about other users to admins only.
     #[error("denied: {reason}")]
     NotAdmin { reason: String },
+    /// `boot-config --write` run by someone other than root.
+    #[error("boot-config --write writes into /etc/modprobe.d, which only root may do")]
+    NotRoot {
+        /// The same command with sudo.
+        rerun: String,
+    },
+    /// `boot-config --write` could not write its file (the old one, if any, is left as it was).
+    #[error("writing {}", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// `boot-config`: the kernel's module alias tables could not be read.
+    #[error("reading the module aliases in {}", dir.display())]
+    ModuleAliases {
+        dir: PathBuf,
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// A bind refused because the named devices alone would leave their group unusable: the helper's
@@ -435,6 +455,20 @@ impl Error {
                  admins in the policy). Whoever can read the policy can also ask offline: \
                  vfio-gate explain ADDR --user NAME --policy {DEFAULT_POLICY}"
             )),
+            Error::NotRoot { rerun } => {
+                D::new(Status::Denied, "not_root").step(format!("Run it as root: {rerun}"))
+            }
+            Error::Write { path, .. } => {
+                let dir = path.parent().unwrap_or(Path::new("/")).display();
+                D::new(Status::Failure, "write").step(format!(
+                    "Check that {dir} exists and that root may write it (ls -ld {dir}); the \
+                     previous file, if any, was left as it was"
+                ))
+            }
+            Error::ModuleAliases { .. } => D::new(Status::Failure, "modules").step(
+                "Pass --modules-dir with the module directory of the kernel this host boots \
+                 (ls /lib/modules), whose modules.alias depmod writes",
+            ),
             Error::Helper(WireError::Denied { why, rule, .. }) => D {
                 rule: rule.as_ref(),
                 ..D::new(Status::Denied, "denied").step(deny_next_step(why, rule.as_ref()))

@@ -15,18 +15,21 @@
 //!   sends a release on it.
 //!
 //! Invariants worth keeping:
-//! - The frontend never writes sysfs and never asks for privilege. The one program it starts is
-//!   the command of `vfio-gate run`, as the calling user, with the caller's environment. The
-//!   commands that ask the helper read only the PCI ID database (for names) and `/etc/passwd`
-//!   with `/etc/group` (for user names, and for the uid of `--user NAME`, with the policy
-//!   crate's reader, the helper's), and none is required: when they are missing, ids and uids
-//!   are shown instead. After a bind it `stat`s the `/dev/vfio/N` the helper reports, to say
-//!   truthfully whose it is.
-//! - The offline audit commands (`explain --policy`, `policy check`, `policy report`) read the
-//!   policy files, `/sys`, `/proc` (for the in-use guard), `/etc/passwd` and `/etc/group`, and
-//!   evaluate them with the helper's own crates (`vfio-gate-policy`, `vfio-gate-host`), so their
-//!   answers are the helper's. They load the policy with the helper's checks (root-owned, not
-//!   group/world-writable, no symlinks), so a policy they accept is one the helper accepts.
+//! - The frontend never writes sysfs and never asks for privilege. It writes one file:
+//!   `boot-config --write`'s `/etc/modprobe.d/vfio-gate.conf`, refused unless an admin runs it
+//!   as root (`cmd/boot_config/write.rs`, the admin-writers list `cargo xtask tidy` checks). The
+//!   one program it starts is the command of `vfio-gate run`, as the calling user, with the
+//!   caller's environment. The commands that ask the helper read only the PCI ID database (for
+//!   names) and `/etc/passwd` with `/etc/group` (for user names, and for the uid of `--user
+//!   NAME`, with the policy crate's reader, the helper's), and none is required: when they are
+//!   missing, ids and uids are shown instead. After a bind it `stat`s the `/dev/vfio/N` the
+//!   helper reports, to say truthfully whose it is.
+//! - The offline audit commands (`explain --policy`, `policy check`, `policy report`,
+//!   `boot-config`) read the policy files, `/sys`, `/proc` (for the in-use guard), `/etc/passwd`
+//!   and `/etc/group` (and `boot-config` the kernel's `modules.alias`), and evaluate them with
+//!   the helper's own crates (`vfio-gate-policy`, `vfio-gate-host`), so their answers are the
+//!   helper's. They load the policy with the helper's checks (root-owned, not group/world-
+//!   writable, no symlinks), so a policy they accept is one the helper accepts.
 //! - Identity is not part of any request; the helper takes it from the kernel.
 //! - Every failure maps to one [`Status`](error::Status) (the exit code) and, where there is one,
 //!   a next step the user can take, both from [`Error::details`](error::Error::details), which
@@ -40,7 +43,7 @@
 //! |---|---|
 //! | `main.rs` | parse, run one subcommand, map the outcome to an exit status |
 //! | [`cli`] | the clap argument structs; their doc comments are the help text |
-//! | [`cmd`] | a module per subcommand (`list`, `bind`, `release`, `run`, `explain`, `policy_check`, `policy_report`): its request, its text and its JSON; the [`Context`](cmd::Context) they share |
+//! | [`cmd`] | a module per subcommand (`list`, `bind`, `release`, `run`, `explain`, `policy_check`, `policy_report`, `boot_config`): its request, its text and its JSON; the [`Context`](cmd::Context) they share |
 //! | [`render`] | what their output shares: tables, the group plan, words for groups, guards, ids and policy files, the JSON writer |
 //! | [`error`] | what can fail; per failure one [`ErrorDetails`](error::ErrorDetails): exit status, kind, next step and facts |
 //! | [`messages`] | how errors, warnings and notes reach stderr, and stdout under `--json` |

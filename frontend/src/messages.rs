@@ -19,7 +19,8 @@ use crate::render::write_json;
 pub struct JsonError<'a> {
     /// A stable name: unreachable, timeout, connection, protocol, version_mismatch, denied,
     /// refused, needs_group, held, not_found, busy, bad_request, failed, internal, output, usage,
-    /// and from the offline commands policy (a refused policy), sysfs, guard, accounts.
+    /// from the offline commands policy (a refused policy), sysfs, guard, accounts, and from
+    /// boot-config modules (no module alias tables), not_root and write (for --write).
     pub kind: &'a str,
     pub exit_code: u8,
     /// The message and its causes, as printed on stderr.

@@ -1,7 +1,7 @@
 //! The offline audit: the policy file, this host's sysfs and its accounts, read directly, and
 //! evaluated with the helper's own code (`vfio-gate-policy` for the rules, `vfio-gate-host` for
-//! the host: IOMMU groups, guards, plans), so that `explain --policy`, `policy check` and
-//! `policy report` give the answers the helper would give.
+//! the host: IOMMU groups, guards, plans, reservations), so that `explain --policy`, `policy
+//! check`, `policy report` and `boot-config` give the answers the helper would give.
 //!
 //! Nothing here needs privilege or writes anything: the policy files are root-owned and
 //! world-readable (the helper insists on the first, the usual mode gives the second), and sysfs,
@@ -16,12 +16,17 @@ use vfio_gate_host::explain::ExplainError;
 use vfio_gate_host::groups::ViabilityRule;
 use vfio_gate_host::guards::{self, HostUse};
 use vfio_gate_host::plan;
+use vfio_gate_host::reserve::{self, Held};
 use vfio_gate_host::{PciView, SysfsError, SysfsView};
-use vfio_gate_policy::{DeviceFacts, EtcFiles, Policy, PolicyError, Subject, Subjects, accounts};
-use vfio_gate_protocol::{Driver, ExplainReport, GuardFinding, PciAddress, RuleRef};
+use vfio_gate_policy::{
+    DeviceFacts, EtcFiles, Finding, Policy, PolicyError, Reserved, Severity, Subject, Subjects,
+    accounts,
+};
+use vfio_gate_protocol::{Driver, ExplainReport, GuardFinding, PciAddress, Reservation, RuleRef};
 
 use crate::cli::HostArgs;
 use crate::error::Error;
+use crate::render::guard_label;
 
 /// Where the offline commands read the host.
 #[derive(Debug, Clone)]
@@ -133,10 +138,15 @@ pub fn caller() -> Subject {
     }
 }
 
+/// The release of the running kernel (`uname -r`), if `/proc` says.
+pub fn kernel_release() -> Option<String> {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").ok()?;
+    Some(release.trim().to_owned()).filter(|r| !r.is_empty())
+}
+
 /// The viability rule of the running kernel, as the helper picks it.
 pub fn viability() -> ViabilityRule {
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    ViabilityRule::for_release(release.trim())
+    ViabilityRule::for_release(&kernel_release().unwrap_or_default())
 }
 
 /// The helper's questions, asked of one policy and one host.
@@ -232,6 +242,171 @@ impl Evaluator<'_> {
         out
     }
 
+    /// Every device of this host the policy holds from boot, or means to (conflicts included),
+    /// in address order: [`reserve::holds`], with this host's sysfs named in its error.
+    pub fn holds(&self) -> Result<Vec<(PciAddress, Held)>, Error> {
+        reserve::holds(self.view, self.policy).map_err(|source| self.sysfs_error(source))
+    }
+
+    fn sysfs_error(&self, source: SysfsError) -> Error {
+        Error::Sysfs {
+            sysfs: self.sysfs.to_owned(),
+            source,
+        }
+    }
+
+    /// Why `vfio-gated --reserve` would refuse to hold `dev` on `driver`, as it decides: a
+    /// built-in guard protects the device, or cannot tell whether it does. `None` when the
+    /// helper would hold it, and for a device already on `driver` (which the helper leaves as
+    /// it is, guards unasked).
+    pub fn hold_refusal(&self, dev: PciAddress, driver: Driver) -> Option<HoldRefusal> {
+        match self.view.driver(dev) {
+            Ok(Some(d)) if d.is(driver) => return None,
+            Ok(_) => {}
+            Err(e) => return Some(HoldRefusal::CannotTell(e.to_string())),
+        }
+        match self.guard_now(dev) {
+            (Some(g), _) => Some(HoldRefusal::Guard(g)),
+            (None, Some(why)) => Some(HoldRefusal::CannotTell(why)),
+            (None, None) => None,
+        }
+    }
+
+    /// What `policy check` adds to the lint from this host's IOMMU groups and guards, for the
+    /// reservations (the lint itself sees only each device's own facts):
+    ///
+    /// - the endpoints each reservation holds as companions of the devices it names — info;
+    /// - companion holds that disagree on the driver, so none applies — a warning (conflicts
+    ///   between reservations that name a device are the lint's);
+    /// - held devices a built-in guard protects, which the helper refuses to hold — a warning.
+    ///
+    /// Each is at its reservation's file and line; not sorted (see [`Policy::sort_findings`]).
+    pub fn reservation_findings(&self) -> Result<Vec<Finding>, Error> {
+        let mut out = Vec::new();
+        let holds = self.holds()?;
+        let at = |rule: &RuleRef, severity, message: String| Finding {
+            severity,
+            file: rule.file.clone(),
+            line: rule.line,
+            rule: Some(rule.name.clone()),
+            message,
+        };
+        let facts = |dev: PciAddress| match self.view.facts(dev) {
+            Ok(f) => format!("{dev} [{:04x}:{:04x}]", f.vendor, f.device),
+            Err(_) => dev.to_string(),
+        };
+        // Companion holds, one finding per reservation (in the order of its first device).
+        let mut companions: Vec<(&Reservation, Vec<String>)> = Vec::new();
+        for (dev, held) in &holds {
+            let Held::Yes(r) = held else { continue };
+            let Some(primary) = r.companion_of else {
+                continue;
+            };
+            let what = format!("{} as a companion of {primary}", facts(*dev));
+            match companions.iter_mut().find(|(c, _)| c.rule == r.rule) {
+                Some((_, list)) => list.push(what),
+                None => companions.push((r, vec![what])),
+            }
+        }
+        for (r, list) in companions {
+            out.push(at(
+                &r.rule,
+                Severity::Info,
+                format!(
+                    "reservation {:?} holds the other endpoints of its devices' IOMMU groups on \
+                     {} from boot: {}",
+                    r.rule.name,
+                    r.driver,
+                    list.join(", ")
+                ),
+            ));
+        }
+        for (dev, held) in &holds {
+            match held {
+                Held::No => {}
+                Held::Conflict(_) => {
+                    // Named by reservations that disagree: the lint says so.
+                    let named = self.view.facts(*dev).map(|f| self.policy.reserved(&f));
+                    if matches!(named, Ok(Reserved::Conflict(_))) {
+                        continue;
+                    }
+                    if let Some(f) = self.companion_conflict(*dev, &facts(*dev))? {
+                        out.push(f);
+                    }
+                }
+                Held::Yes(r) => {
+                    if let Some(refusal) = self.hold_refusal(*dev, r.driver) {
+                        let what = match r.companion_of {
+                            None => format!("matches {}", facts(*dev)),
+                            Some(p) => format!("holds {} as a companion of {p}", facts(*dev)),
+                        };
+                        let why = match refusal {
+                            HoldRefusal::Guard(g) => format!(
+                                "which a built-in guard protects ({}: {})",
+                                guard_label(g.guard),
+                                g.reason
+                            ),
+                            HoldRefusal::CannotTell(e) => format!(
+                                "and whether a built-in guard protects it cannot be told ({e})"
+                            ),
+                        };
+                        out.push(at(
+                            &r.rule,
+                            Severity::Warning,
+                            format!(
+                                "reservation {:?} {what}, {why}: vfio-gated will refuse to \
+                                 reserve it; take it out of the reservation's matchers{}",
+                                r.rule.name,
+                                if r.companion_of.is_some() {
+                                    " (or its companions)"
+                                } else {
+                                    ""
+                                }
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The finding for `dev`, held as a companion by reservations that disagree on the driver:
+    /// at the first of them in load order.
+    fn companion_conflict(&self, dev: PciAddress, shown: &str) -> Result<Option<Finding>, Error> {
+        let holds = reserve::companion_holds(self.view, self.policy, dev)
+            .map_err(|source| self.sysfs_error(source))?;
+        let order = |r: &RuleRef| {
+            self.policy
+                .reservations()
+                .iter()
+                .position(|x| x.origin() == r)
+                .unwrap_or(usize::MAX)
+        };
+        let Some(first) = holds.iter().min_by_key(|h| order(&h.rule)) else {
+            return Ok(None);
+        };
+        let by: Vec<String> = holds
+            .iter()
+            .map(|h| {
+                let of = h.companion_of.map(|p| p.to_string()).unwrap_or_default();
+                format!("{} (on {}, as a companion of {of})", h.rule, h.driver)
+            })
+            .collect();
+        Ok(Some(Finding {
+            severity: Severity::Warning,
+            file: first.rule.file.clone(),
+            line: first.rule.line,
+            rule: Some(first.rule.name.clone()),
+            message: format!(
+                "{shown} is held as a companion by {} with different drivers, so it is held by \
+                 neither: give these reservations the same companions driver, or name the \
+                 device in a reservation of its own (which wins over companion holds)",
+                by.join(" and ")
+            ),
+        }))
+    }
+
     /// The guard that refuses `dev` now, or why that could not be checked.
     fn guard_now(&self, dev: PciAddress) -> (Option<GuardFinding>, Option<String>) {
         let m = match plan::member_state(self.view, dev) {
@@ -250,6 +425,15 @@ impl Evaluator<'_> {
             Err(e) => (None, Some(e.to_string())),
         }
     }
+}
+
+/// Why the helper would refuse to hold a reserved device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HoldRefusal {
+    /// A built-in guard protects it.
+    Guard(GuardFinding),
+    /// Whether one does could not be told (the helper refuses then too).
+    CannotTell(String),
 }
 
 /// One row of `policy report`: `user` may bind `device` to `driver`, as `rule` grants.

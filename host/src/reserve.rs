@@ -62,11 +62,42 @@ pub fn held(view: &dyn PciView, policy: &Policy, dev: PciAddress) -> Result<Held
         Reserved::No => {}
     }
     // Only endpoints are held as companions: bridges are never moved.
-    if me.kind != MemberKind::Endpoint || policy.reservations().is_empty() {
+    if me.kind != MemberKind::Endpoint {
         return Ok(Held::No);
     }
+    let holds = companion_holds(view, policy, dev)?;
+    match holds.first() {
+        None => Ok(Held::No),
+        Some(first) if holds.iter().all(|h| h.driver == first.driver) => {
+            Ok(Held::Yes(first.clone()))
+        }
+        Some(_) => {
+            let names: Vec<String> = holds
+                .iter()
+                .map(|h| format!("{} ({} as a companion)", h.rule, h.driver))
+                .collect();
+            Ok(Held::Conflict(format!(
+                "held as a companion by {} with different drivers",
+                names.join(" and ")
+            )))
+        }
+    }
+}
+
+/// Every companion hold on `dev`: for each other member of its IOMMU group that a reservation
+/// with `companions` names (without conflict), that reservation's companions driver, in the
+/// order of the group's members. Whether they apply is [`held`]'s business: not to a device a
+/// reservation names itself, nor to a bridge, nor when they disagree.
+pub fn companion_holds(
+    view: &dyn PciView,
+    policy: &Policy,
+    dev: PciAddress,
+) -> Result<Vec<Reservation>, SysfsError> {
+    if policy.reservations().is_empty() {
+        return Ok(Vec::new());
+    }
     let Some(group) = view.iommu_group(dev)? else {
-        return Ok(Held::No);
+        return Ok(Vec::new());
     };
     let mut holds: Vec<Reservation> = Vec::new();
     for other in view.group_members(group)? {
@@ -87,22 +118,7 @@ pub fn held(view: &dyn PciView, policy: &Policy, dev: PciAddress) -> Result<Held
             });
         }
     }
-    match holds.first() {
-        None => Ok(Held::No),
-        Some(first) if holds.iter().all(|h| h.driver == first.driver) => {
-            Ok(Held::Yes(first.clone()))
-        }
-        Some(_) => {
-            let names: Vec<String> = holds
-                .iter()
-                .map(|h| format!("{} ({} as a companion)", h.rule, h.driver))
-                .collect();
-            Ok(Held::Conflict(format!(
-                "held as a companion by {} with different drivers",
-                names.join(" and ")
-            )))
-        }
-    }
+    Ok(holds)
 }
 
 /// Every device of this host the policy holds or means to hold (conflicts included), in address
@@ -221,6 +237,56 @@ driver = "pci-stub"
         assert_eq!(
             held(&v, &p, a("05:02.0")).unwrap().driver(),
             Some(Driver::PciStub)
+        );
+    }
+
+    #[test]
+    fn companion_holds_that_disagree_are_listed_typed_and_hold_nothing() {
+        let mut v = FakeView::guest_layout();
+        // A third endpoint in group 11, reserved with other companions than the edu.
+        let mut third = v.devices[&a("05:01.0")].clone();
+        third.facts.address = a("05:03.0");
+        third.facts.device = 0x10d3;
+        third.driver = None;
+        v.devices.insert(a("05:03.0"), third);
+        let p = policy(&format!(
+            "{GROUP_11}
+[[reserve]]
+name = \"the 82574L, with its group on vfio-pci\"
+devices = [{{ address = \"05:03.0\", vendor = \"8086\", device = \"10d3\" }}]
+driver = \"vfio-pci\"
+companions = \"vfio-pci\"
+"
+        ));
+        let holds = companion_holds(&v, &p, a("05:01.0")).unwrap();
+        let by: Vec<(Driver, &str, Option<PciAddress>)> = holds
+            .iter()
+            .map(|h| (h.driver, h.rule.name.as_str(), h.companion_of))
+            .collect();
+        assert_eq!(
+            by,
+            [
+                (Driver::PciStub, "edu with its group", Some(a("05:02.0"))),
+                (
+                    Driver::VfioPci,
+                    "the 82574L, with its group on vfio-pci",
+                    Some(a("05:03.0"))
+                ),
+            ]
+        );
+        assert!(matches!(
+            held(&v, &p, a("05:01.0")).unwrap(),
+            Held::Conflict(_)
+        ));
+        // Each reserved device is held as its own reservation says, whatever the other's
+        // companions are.
+        assert_eq!(
+            held(&v, &p, a("05:02.0")).unwrap().driver(),
+            Some(Driver::VfioPci)
+        );
+        assert_eq!(
+            held(&v, &p, a("05:03.0")).unwrap().driver(),
+            Some(Driver::VfioPci)
         );
     }
 }

@@ -40,6 +40,22 @@ impl SysfsView {
         self.pci_dir().join("devices").join(dev.to_string())
     }
 
+    /// The device's modalias (`pci:v00008086d000010D3sv…bc02sc00i00`): what udev matches the
+    /// kernel's module alias tables against ([`crate::modalias`]).
+    pub fn modalias(&self, dev: PciAddress) -> Result<String, SysfsError> {
+        if !self.exists(dev) {
+            return Err(SysfsError::NoDevice(dev));
+        }
+        self.read_attr(&self.device_dir(dev).join("modalias"))
+    }
+
+    /// The kernel module of the driver bound to `dev` (the `driver/module` link: `e1000e`,
+    /// `snd_hda_intel`); `None` when no driver is bound, or when the driver has no module link
+    /// (some built-in drivers, such as pcieport).
+    pub fn driver_module(&self, dev: PciAddress) -> Result<Option<String>, SysfsError> {
+        self.link_name(dev, "driver/module")
+    }
+
     fn read_attr(&self, path: &Path) -> Result<String, SysfsError> {
         let mut text = String::new();
         fs::File::open(path)
@@ -239,5 +255,48 @@ impl PciView for SysfsView {
             }
             Err(e) => Err(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    #[test]
+    fn modalias_and_the_bound_driver_s_module() {
+        let dir = tempfile::tempdir().unwrap();
+        let sys = dir.path();
+        let dev: PciAddress = "01:00.0".parse().unwrap();
+        let real = sys.join("devices/pci0000:00/0000:01:00.0");
+        fs::create_dir_all(&real).unwrap();
+        fs::create_dir_all(sys.join("bus/pci/devices")).unwrap();
+        symlink(&real, sys.join("bus/pci/devices/0000:01:00.0")).unwrap();
+        fs::write(real.join("vendor"), "0x8086\n").unwrap();
+        let alias = "pci:v00008086d000010D3sv00008086sd00000000bc02sc00i00";
+        fs::write(real.join("modalias"), format!("{alias}\n")).unwrap();
+        let v = SysfsView::new(sys);
+        assert_eq!(v.modalias(dev).unwrap(), alias);
+        // No driver: no module.
+        assert_eq!(v.driver_module(dev).unwrap(), None);
+        // A driver without a module link (built in): none either.
+        let pcieport = sys.join("bus/pci/drivers/pcieport");
+        fs::create_dir_all(&pcieport).unwrap();
+        symlink(&pcieport, real.join("driver")).unwrap();
+        assert_eq!(v.driver_module(dev).unwrap(), None);
+        // A module's driver: the module's name.
+        fs::remove_file(real.join("driver")).unwrap();
+        let e1000e = sys.join("bus/pci/drivers/e1000e");
+        fs::create_dir_all(&e1000e).unwrap();
+        fs::create_dir_all(sys.join("module/e1000e")).unwrap();
+        symlink(sys.join("module/e1000e"), e1000e.join("module")).unwrap();
+        symlink(&e1000e, real.join("driver")).unwrap();
+        assert_eq!(v.driver_module(dev).unwrap().as_deref(), Some("e1000e"));
+        let gone: PciAddress = "02:00.0".parse().unwrap();
+        assert!(matches!(v.modalias(gone), Err(SysfsError::NoDevice(_))));
+        assert!(matches!(
+            v.driver_module(gone),
+            Err(SysfsError::NoDevice(_))
+        ));
     }
 }

@@ -80,18 +80,25 @@ impl Policy {
                 });
             }
         }
+        self.sort_findings(&mut out);
+        out
+    }
+
+    /// Sorts findings as [`Policy::lint`] sorts its own: by file (in load order), then line,
+    /// then severity, rule and message. For callers that add findings of their own (`policy
+    /// check` adds what only the host view knows).
+    pub fn sort_findings(&self, findings: &mut [Finding]) {
         let order = |f: &Finding| {
             self.sources()
                 .iter()
                 .position(|s| s.path == f.file)
                 .unwrap_or(usize::MAX)
         };
-        out.sort_by(|a, b| {
+        findings.sort_by(|a, b| {
             (order(a), &a.file, a.line)
                 .cmp(&(order(b), &b.file, b.line))
                 .then_with(|| compare_rest(a, b))
         });
-        out
     }
 }
 

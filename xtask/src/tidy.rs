@@ -16,9 +16,13 @@
 //!    chown or chmod files appear only in the files listed between [`WRITERS_BEGIN`] and
 //!    [`WRITERS_END`] in `ARCHITECTURE.md` (first column of a table, or first `` `path` `` of a
 //!    list item; a path ending in `/` allows everything under it). Every entry must exist, lie in
-//!    the privileged crate ([`PRIVILEGED_CRATE`]), and write something. What counts as a write:
-//!    see [`file_writes`]. `write_all`/`write` on a handle are not flagged: a writable handle
-//!    comes from an open that is (the frontend's self-pipe and stdout stay allowed).
+//!    the privileged crate ([`PRIVILEGED_CRATE`]), and write something. The one exception is a
+//!    second, optional list between [`ADMIN_WRITERS_BEGIN`] and [`ADMIN_WRITERS_END`]: files of
+//!    the CLI ([`CLI_CRATE`]) that write only when an admin runs them as root (`boot-config
+//!    --write`); its entries must exist, lie in the CLI crate, and write something too. What
+//!    counts as a write: see [`file_writes`]. `write_all`/`write` on a handle are not flagged: a
+//!    writable handle comes from an open that is (the frontend's self-pipe and stdout stay
+//!    allowed).
 //! 3. **code map** — `ARCHITECTURE.md`'s tables with a `path` column name every workspace member
 //!    (and the crate name matches its `Cargo.toml`); every path they name exists. A table whose
 //!    first column is `module`, under a heading naming `` `DIR/src/` ``, lists exactly the
@@ -67,6 +71,11 @@ pub const MAX_HELPER_DEPS: usize = 40;
 /// rendered).
 pub const WRITERS_BEGIN: &str = "<!-- tidy:writers -->";
 pub const WRITERS_END: &str = "<!-- /tidy:writers -->";
+
+/// The markers around the admin-writers list: files of [`CLI_CRATE`] that write, and only when
+/// an admin runs them as root. Optional: without it the CLI writes nothing.
+pub const ADMIN_WRITERS_BEGIN: &str = "<!-- tidy:admin-writers -->";
+pub const ADMIN_WRITERS_END: &str = "<!-- /tidy:admin-writers -->";
 
 const ARCHITECTURE: &str = "ARCHITECTURE.md";
 const README: &str = "README.md";
@@ -1215,17 +1224,37 @@ struct Writer {
 
 /// The writers list of `ARCHITECTURE.md`: `Err` says why there is none.
 fn writers_list(arch: &str) -> std::result::Result<Vec<Writer>, String> {
+    marked_list(arch, WRITERS_BEGIN, WRITERS_END)
+}
+
+/// The admin-writers list of `ARCHITECTURE.md`: empty when there is no such section; `Err` says
+/// what is wrong with one that is there.
+fn admin_writers_list(arch: &str) -> std::result::Result<Vec<Writer>, String> {
+    let norm = |s: &str| s.split_whitespace().collect::<String>();
+    if !arch.lines().any(|l| norm(l) == norm(ADMIN_WRITERS_BEGIN)) {
+        return Ok(Vec::new());
+    }
+    marked_list(arch, ADMIN_WRITERS_BEGIN, ADMIN_WRITERS_END)
+}
+
+/// The files listed between the lines `begin_marker` and `end_marker`: `Err` says why there are
+/// none.
+fn marked_list(
+    arch: &str,
+    begin_marker: &str,
+    end_marker: &str,
+) -> std::result::Result<Vec<Writer>, String> {
     let lines: Vec<&str> = arch.lines().collect();
     let norm = |s: &str| s.split_whitespace().collect::<String>();
     let begin = lines
         .iter()
-        .position(|l| norm(l) == norm(WRITERS_BEGIN))
-        .ok_or_else(|| format!("no `{WRITERS_BEGIN}` marker"))?;
+        .position(|l| norm(l) == norm(begin_marker))
+        .ok_or_else(|| format!("no `{begin_marker}` marker"))?;
     let end = lines[begin..]
         .iter()
-        .position(|l| norm(l) == norm(WRITERS_END))
+        .position(|l| norm(l) == norm(end_marker))
         .map(|k| begin + k)
-        .ok_or_else(|| format!("`{WRITERS_BEGIN}` without a closing `{WRITERS_END}`"))?;
+        .ok_or_else(|| format!("`{begin_marker}` without a closing `{end_marker}`"))?;
     let region = lines[begin + 1..end].join("\n");
     let mut out = Vec::new();
     for table in tables(&region) {
@@ -1251,8 +1280,8 @@ fn writers_list(arch: &str) -> std::result::Result<Vec<Writer>, String> {
     }
     if out.is_empty() {
         return Err(format!(
-            "the `{WRITERS_BEGIN}` section names no file (a table whose first column holds \
-             `` `helper/src/FILE.rs` ``, or list items starting with one)"
+            "the `{begin_marker}` section names no file (a table whose first column holds \
+             `` `CRATE/src/FILE.rs` ``, or list items starting with one)"
         ));
     }
     Ok(out)
@@ -1269,14 +1298,14 @@ fn writer_allows(w: &Writer, file: &str) -> bool {
 fn check_writes(ws: &Workspace, arch: &Doc) -> Vec<Problem> {
     let mut problems = Vec::new();
     let privileged_dir = ws.member(PRIVILEGED_CRATE).map(|m| format!("{}/", m.dir));
-    let writers = match arch {
+    let cli_dir = ws.member(CLI_CRATE).map(|m| format!("{}/", m.dir));
+    let (writers, admin) = match arch {
         Err(p) => {
             problems.push(p.clone());
-            Vec::new()
+            (Vec::new(), Vec::new())
         }
-        Ok(text) => match writers_list(text) {
-            Ok(w) => w,
-            Err(why) => {
+        Ok(text) => {
+            let writers = writers_list(text).unwrap_or_else(|why| {
                 problems.push(Problem::file(
                     ARCHITECTURE,
                     format!(
@@ -1285,35 +1314,66 @@ fn check_writes(ws: &Workspace, arch: &Doc) -> Vec<Problem> {
                     ),
                 ));
                 Vec::new()
-            }
-        },
+            });
+            let admin = admin_writers_list(text).unwrap_or_else(|why| {
+                problems.push(Problem::file(
+                    ARCHITECTURE,
+                    format!(
+                        "{why}: list the files of `{CLI_CRATE}` that write when an admin runs \
+                         them as root between `{ADMIN_WRITERS_BEGIN}` and \
+                         `{ADMIN_WRITERS_END}`, or drop the markers (see xtask/src/tidy.rs)"
+                    ),
+                ));
+                Vec::new()
+            });
+            (writers, admin)
+        }
     };
     let list_where = format!("the writers list of {ARCHITECTURE}");
-    for w in &writers {
-        if !ws.abs(&w.path).exists() {
-            problems.push(Problem::at(
-                ARCHITECTURE,
-                w.line,
-                format!("writers list names `{}`, which does not exist", w.path),
-            ));
-        }
-        match &privileged_dir {
-            Some(d) if w.path.starts_with(d.as_str()) => {}
-            _ => problems.push(Problem::at(
-                ARCHITECTURE,
-                w.line,
-                format!(
-                    "writers list names `{}`, outside the privileged helper ({}): only \
-                     `{PRIVILEGED_CRATE}` may write files",
-                    w.path,
-                    privileged_dir
-                        .as_deref()
-                        .unwrap_or("not a workspace member")
-                ),
-            )),
+    let admin_where = format!("the admin-writers list of {ARCHITECTURE}");
+    let only_helper = format!("only `{PRIVILEGED_CRATE}` may write files");
+    let only_admin =
+        format!("it lists files of `{CLI_CRATE}` that write when an admin runs them as root");
+    for (list, name, dir, owner, rule) in [
+        (
+            &writers,
+            "writers list",
+            &privileged_dir,
+            "the privileged helper",
+            &only_helper,
+        ),
+        (
+            &admin,
+            "admin-writers list",
+            &cli_dir,
+            "the CLI",
+            &only_admin,
+        ),
+    ] {
+        for w in list {
+            if !ws.abs(&w.path).exists() {
+                problems.push(Problem::at(
+                    ARCHITECTURE,
+                    w.line,
+                    format!("{name} names `{}`, which does not exist", w.path),
+                ));
+            }
+            match dir {
+                Some(d) if w.path.starts_with(d.as_str()) => {}
+                _ => problems.push(Problem::at(
+                    ARCHITECTURE,
+                    w.line,
+                    format!(
+                        "{name} names `{}`, outside {owner} ({}): {rule}",
+                        w.path,
+                        dir.as_deref().unwrap_or("not a workspace member")
+                    ),
+                )),
+            }
         }
     }
     let mut used = vec![false; writers.len()];
+    let mut admin_used = vec![false; admin.len()];
     for m in ws
         .members
         .iter()
@@ -1321,6 +1381,7 @@ fn check_writes(ws: &Workspace, arch: &Doc) -> Vec<Problem> {
     {
         let test_only = test_only_paths(ws, m);
         let privileged = m.name == PRIVILEGED_CRATE;
+        let cli = m.name == CLI_CRATE;
         for file in ws.src_files(m) {
             if is_under_any(&file, &test_only) {
                 continue;
@@ -1333,11 +1394,18 @@ fn check_writes(ws: &Workspace, arch: &Doc) -> Vec<Problem> {
             if writes.is_empty() {
                 continue;
             }
-            let listed: Vec<usize> = (0..writers.len())
-                .filter(|&k| writer_allows(&writers[k], &file))
+            let (list, marks): (&[Writer], &mut Vec<bool>) = if privileged {
+                (&writers, &mut used)
+            } else if cli {
+                (&admin, &mut admin_used)
+            } else {
+                (&[], &mut Vec::new())
+            };
+            let listed: Vec<usize> = (0..list.len())
+                .filter(|&k| writer_allows(&list[k], &file))
                 .collect();
-            if privileged && !listed.is_empty() {
-                listed.iter().for_each(|&k| used[k] = true);
+            if !listed.is_empty() {
+                listed.iter().for_each(|&k| marks[k] = true);
                 continue;
             }
             for (line, what) in writes {
@@ -1345,6 +1413,13 @@ fn check_writes(ws: &Workspace, arch: &Doc) -> Vec<Problem> {
                     format!(
                         "writes a file ({what}), but {file} is not in {list_where}: add it there \
                          with what it writes, or move the write into a listed file"
+                    )
+                } else if cli {
+                    format!(
+                        "writes a file ({what}): `{CLI_CRATE}` holds no privilege and writes \
+                         stdout and stderr only, besides the files of {admin_where} (writes an \
+                         admin runs as root); add {file} there with what it writes, or drop \
+                         the write"
                     )
                 } else {
                     format!(
@@ -1358,17 +1433,22 @@ fn check_writes(ws: &Workspace, arch: &Doc) -> Vec<Problem> {
             }
         }
     }
-    for (k, w) in writers.iter().enumerate() {
-        if !used[k] && ws.abs(&w.path).exists() {
-            problems.push(Problem::at(
-                ARCHITECTURE,
-                w.line,
-                format!(
-                    "writers list names `{}`, but tidy finds no file write in its production \
-                     code: drop the entry",
-                    w.path
-                ),
-            ));
+    for (list, marks, name) in [
+        (&writers, &used, "writers list"),
+        (&admin, &admin_used, "admin-writers list"),
+    ] {
+        for (k, w) in list.iter().enumerate() {
+            if !marks[k] && ws.abs(&w.path).exists() {
+                problems.push(Problem::at(
+                    ARCHITECTURE,
+                    w.line,
+                    format!(
+                        "{name} names `{}`, but tidy finds no file write in its production \
+                         code: drop the entry",
+                        w.path
+                    ),
+                ));
+            }
         }
     }
     problems
@@ -2454,6 +2534,134 @@ fn f<'a>(x: &'a str) -> &'a str {
         assert!(!writer_allows(&w[1], "helper/src/state/x.rs"));
         assert!(writers_list("no markers").is_err());
         assert!(writers_list("<!-- tidy:writers -->\n| a |\n").is_err());
+    }
+
+    #[test]
+    fn the_admin_writers_list_is_optional_and_apart_from_the_writers_list() {
+        let arch = "<!-- tidy:writers -->\n- `helper/src/state.rs` leases\n<!-- /tidy:writers -->\n\n\
+                    <!-- tidy:admin-writers -->\n| file | writes |\n|---|---|\n\
+                    | `frontend/src/cmd/boot_config/write.rs` | modprobe.d, as root |\n\
+                    <!-- /tidy:admin-writers -->\n";
+        let paths = |w: Vec<Writer>| w.into_iter().map(|w| w.path).collect::<Vec<_>>();
+        assert_eq!(paths(writers_list(arch).unwrap()), ["helper/src/state.rs"]);
+        assert_eq!(
+            admin_writers_list(arch).unwrap(),
+            [Writer {
+                path: "frontend/src/cmd/boot_config/write.rs".into(),
+                line: 8
+            }]
+        );
+        // Absent: the CLI writes nothing. Unclosed or empty: a problem.
+        assert_eq!(admin_writers_list("no markers"), Ok(Vec::new()));
+        assert!(admin_writers_list("<!-- tidy:admin-writers -->\n- `a.rs`\n").is_err());
+        assert!(
+            admin_writers_list("<!-- tidy:admin-writers -->\n<!-- /tidy:admin-writers -->\n")
+                .is_err()
+        );
+    }
+
+    /// A workspace in a temporary directory, removed when dropped.
+    struct TempTree(PathBuf);
+
+    impl TempTree {
+        fn new(name: &str, files: &[(&str, &str)]) -> Self {
+            let root =
+                std::env::temp_dir().join(format!("xtask-tidy-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&root);
+            for (rel, text) in files {
+                let path = root.join(rel);
+                std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+                std::fs::write(path, text).unwrap();
+            }
+            Self(root)
+        }
+    }
+
+    impl Drop for TempTree {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn writes_are_checked_against_both_lists() {
+        let package = |name: &str| format!("[package]\nname = \"{name}\"\n");
+        let tree = TempTree::new(
+            "writes",
+            &[
+                (
+                    "Cargo.toml",
+                    "[workspace]\nmembers = [\"helper\", \"frontend\", \"host\"]\n",
+                ),
+                ("helper/Cargo.toml", &package("vfio-gated")),
+                ("frontend/Cargo.toml", &package("vfio-gate")),
+                ("host/Cargo.toml", &package("vfio-gate-host")),
+                ("helper/src/lib.rs", "fn f() { fs::write(a, b); }\n"),
+                (
+                    "frontend/src/lib.rs",
+                    "mod admin;\nmod quiet;\nfn g() { fs::remove_file(x); }\n",
+                ),
+                ("frontend/src/admin.rs", "fn w() { fs::rename(a, b); }\n"),
+                ("frontend/src/quiet.rs", "fn q() {}\n"),
+                ("host/src/lib.rs", "fn h() { fs::write(a, b); }\n"),
+            ],
+        );
+        let ws = Workspace::load(&tree.0).unwrap();
+        let arch = "<!-- tidy:writers -->\n- `helper/src/lib.rs` x\n<!-- /tidy:writers -->\n\
+                    <!-- tidy:admin-writers -->\n- `frontend/src/admin.rs` y\n\
+                    - `frontend/src/quiet.rs` z\n- `helper/src/lib.rs` w\n\
+                    <!-- /tidy:admin-writers -->\n";
+        let problems: Vec<String> = check_writes(&ws, &Ok(arch.to_owned()))
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        let has = |start: &str, part: &str| {
+            problems
+                .iter()
+                .any(|p| p.starts_with(start) && p.contains(part))
+        };
+        assert!(
+            has(
+                "ARCHITECTURE.md:7: admin-writers list names `helper/src/lib.rs`, outside the CLI",
+                "that write when an admin runs them as root"
+            ),
+            "{problems:#?}"
+        );
+        assert!(
+            has(
+                "ARCHITECTURE.md:6: admin-writers list names `frontend/src/quiet.rs`",
+                "drop the entry"
+            ),
+            "{problems:#?}"
+        );
+        assert!(
+            has(
+                "frontend/src/lib.rs:3: writes a file (`fs::remove_file`)",
+                "admin-writers list"
+            ),
+            "{problems:#?}"
+        );
+        assert!(
+            has(
+                "host/src/lib.rs:1: writes a file (`fs::write`)",
+                "only `vfio-gated` writes files"
+            ),
+            "{problems:#?}"
+        );
+        // The listed writers themselves are fine.
+        assert!(
+            !problems
+                .iter()
+                .any(|p| p.starts_with("frontend/src/admin.rs") || p.starts_with("helper/src")),
+            "{problems:#?}"
+        );
+        // Without the admin section, the CLI's write is a problem like any other.
+        let plain = "<!-- tidy:writers -->\n- `helper/src/lib.rs` x\n<!-- /tidy:writers -->\n";
+        let problems = check_writes(&ws, &Ok(plain.to_owned()));
+        assert!(
+            problems.iter().any(|p| p.file == "frontend/src/admin.rs"),
+            "{problems:#?}"
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! share is in [`crate::render`].
 
 pub mod bind;
+pub mod boot_config;
 pub mod explain;
 pub mod list;
 pub mod policy_check;

@@ -1,6 +1,8 @@
 //! `vfio-gate policy check`: load a policy as the helper would and lint it against this host's
-//! devices; a `file:line: severity: message` line per finding and a summary, or the findings in
-//! JSON. The exit status is the most serious finding's.
+//! devices — the policy crate's lint, and what only the host view knows about reservations
+//! (companion holds, their conflicts, reserved devices a guard protects); a `file:line:
+//! severity: message` line per finding and a summary, or the findings in JSON. The exit status
+//! is the most serious finding's.
 
 use std::fmt::Write as _;
 use std::io::Write;
@@ -11,7 +13,7 @@ use vfio_gate_policy::{Finding, PolicySource, Severity};
 use super::Context;
 use crate::cli::PolicyCheckArgs;
 use crate::error::{Error, Status};
-use crate::offline::{self, Host};
+use crate::offline::{self, Evaluator, Host};
 use crate::render::{count, files_text};
 
 /// `vfio-gate policy check [PATH] [--no-host]`: load as the helper would, lint against this
@@ -26,13 +28,21 @@ pub fn run(
     let path = policy_path.display().to_string();
     let (findings, policy) = match host.load_policy(&policy_path) {
         Err(e) => (vec![Finding::from_error(&e)], None),
+        Ok(policy) if args.no_host => (policy.lint(&[]), Some(policy)),
         Ok(policy) => {
-            let devices = if args.no_host {
-                Vec::new()
-            } else {
-                host.devices()?
+            let mut findings = policy.lint(&host.devices()?);
+            let view = host.view();
+            let host_use = host.host_use();
+            let evaluator = Evaluator {
+                policy: &policy,
+                view: &view,
+                host_use: &host_use,
+                rule: offline::viability(),
+                sysfs: &host.sysfs,
             };
-            (policy.lint(&devices), Some(policy))
+            findings.extend(evaluator.reservation_findings()?);
+            policy.sort_findings(&mut findings);
+            (findings, Some(policy))
         }
     };
     let status = check_status(&findings);

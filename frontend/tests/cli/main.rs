@@ -6,6 +6,7 @@ mod fixtures;
 mod util;
 
 mod bind;
+mod boot_config;
 mod errors;
 mod explain;
 mod list;

@@ -279,3 +279,135 @@ fn help_documents_the_exit_statuses() {
         .stdout_has("  8  policy check: the policy loads, with warnings")
         .stdout_has("  9  the policy is refused");
 }
+
+/// What `policy check` adds from the host view for reservations: the companions each holds.
+#[test]
+fn reservations_list_their_companions_on_this_host() {
+    if !needs_root("policy_check::reservations_list_their_companions_on_this_host") {
+        return;
+    }
+    let fx = HostFixture::new(RESERVE_POLICY, &[]);
+    let r = check(&fx, &[]);
+    r.code(0).stderr_empty();
+    let policy = fx.policy().display().to_string();
+    let nic = header_line(RESERVE_POLICY, "the test NIC, held from boot");
+    let edu = header_line(RESERVE_POLICY, "the edu, with its group");
+    let expected = format!(
+        "\
+{policy}:{nic}: info: reservation \"the test NIC, held from boot\" holds 0000:01:00.0 [8086:10d3] on pci-stub from boot
+{policy}:{edu}: info: reservation \"the edu, with its group\" holds 0000:05:02.0 [1234:11e8] on vfio-pci from boot, and the other endpoints of their IOMMU groups on pci-stub
+{policy}:{edu}: info: reservation \"the edu, with its group\" holds the other endpoints of its devices' IOMMU groups on pci-stub from boot: 0000:05:01.0 [8086:100e] as a companion of 0000:05:02.0
+policy check: {policy} clean: 0 warnings, 3 notes; sha256 "
+    );
+    if !r.stdout.starts_with(&expected) {
+        r.fail(&format!("expected\n{expected}"));
+    }
+    // Without the host, nothing about what they hold.
+    let r = check(&fx, &["--no-host"]);
+    if r.code(0).stdout.contains("companion of") {
+        r.fail("--no-host reads no IOMMU group");
+    }
+}
+
+/// Companion holds that disagree: a third endpoint in group 11, reserved with its group on
+/// vfio-pci, while the edu's reservation puts the group on pci-stub.
+#[test]
+fn companion_holds_that_disagree_are_a_warning_at_the_first_reservation() {
+    if !needs_root("policy_check::companion_holds_that_disagree_are_a_warning") {
+        return;
+    }
+    let policy = format!(
+        "{RESERVE_POLICY}
+[[reserve]]
+name       = \"a second 82574L, with its group\"
+devices    = [{{ address = \"05:03.0\", vendor = \"8086\", device = \"10d3\" }}]
+driver     = \"vfio-pci\"
+companions = \"vfio-pci\"
+"
+    );
+    let fx = HostFixture::new(&policy, &[]);
+    fx.add_device(("0000:05:03.0", 0x8086, 0x10d3, 0x020000, None, 11, 0));
+    let r = check(&fx, &[]);
+    let path = fx.policy().display().to_string();
+    let edu = header_line(&policy, "the edu, with its group");
+    let second = header_line(&policy, "a second 82574L, with its group");
+    r.code(8).stdout_has(&format!(
+        "{path}:{edu}: warning: 0000:05:01.0 [8086:100e] is held as a companion by 'the edu, \
+         with its group' ({path}:{edu}) (on pci-stub, as a companion of 0000:05:02.0) and 'a \
+         second 82574L, with its group' ({path}:{second}) (on vfio-pci, as a companion of \
+         0000:05:03.0) with different drivers, so it is held by neither: give these \
+         reservations the same companions driver, or name the device in a reservation of its \
+         own (which wins over companion holds)\n"
+    ));
+    // 05:02.0 is held as a companion of 05:03.0 no more than 05:03.0 of 05:02.0: each is named.
+    if r.stdout
+        .contains("0000:05:02.0 [1234:11e8] is held as a companion")
+    {
+        r.fail("a named device is not a companion");
+    }
+    let v = run({
+        let mut c = fx.command(&["policy", "check", "--json"]);
+        c.arg(fx.policy());
+        c
+    })
+    .code(8)
+    .json();
+    let conflict = v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["severity"] == "warning")
+        .cloned()
+        .unwrap();
+    assert_eq!(conflict["rule"], "the edu, with its group");
+    assert_eq!(conflict["line"], edu);
+}
+
+/// A reservation of a device a built-in guard protects (the boot display, a bridge) is a
+/// warning: the helper will not hold it.
+#[test]
+fn a_reserved_device_a_guard_protects_is_a_warning() {
+    if !needs_root("policy_check::a_reserved_device_a_guard_protects_is_a_warning") {
+        return;
+    }
+    let policy = "version = 1
+
+[[reserve]]
+name    = \"the display\"
+devices = [{ address = \"00:02.0\", vendor = \"1234\", device = \"1111\" }]
+driver  = \"vfio-pci\"
+
+[[reserve]]
+name    = \"the bridge\"
+devices = [{ address = \"04:00.0\", vendor = \"1b36\", device = \"000e\" }]
+driver  = \"pci-stub\"
+";
+    let fx = HostFixture::new(policy, &[]);
+    let r = check(&fx, &[]);
+    let path = fx.policy().display().to_string();
+    r.code(8)
+        .stdout_has(&format!(
+            "{path}:3: warning: reservation \"the display\" matches 0000:00:02.0 [1234:1111], \
+             which a built-in guard protects (boot VGA: 00:02.0 is the boot VGA device: the host \
+             console and firmware framebuffer use it. Use another GPU for VMs): vfio-gated will \
+             refuse to reserve it; take it out of the reservation's matchers\n"
+        ))
+        .stdout_has(&format!(
+            "{path}:8: warning: reservation \"the bridge\" matches 0000:04:00.0 [1b36:000e], \
+             which a built-in guard protects (not an endpoint: 04:00.0 is a "
+        ));
+    // Findings stay sorted by line.
+    let lines: Vec<u32> = r
+        .stdout
+        .lines()
+        .filter_map(|l| l.split(':').nth(1)?.parse().ok())
+        .collect();
+    let mut sorted = lines.clone();
+    sorted.sort();
+    assert_eq!(lines, sorted, "{}", r.stdout);
+    // Without the host, only the lint's "no rule grants anything".
+    let r = check(&fx, &["--no-host"]);
+    if r.code(8).stdout.contains("guard") {
+        r.fail("--no-host checks no guard");
+    }
+}

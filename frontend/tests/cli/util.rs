@@ -358,7 +358,7 @@ pub struct HostFixture {
 }
 
 /// One device of the fixture: address, vendor, device, class, driver, IOMMU group, header type.
-type FixtureDevice = (&'static str, u16, u16, u32, Option<&'static str>, u32, u8);
+pub type FixtureDevice = (&'static str, u16, u16, u32, Option<&'static str>, u32, u8);
 
 pub const FIXTURE_DEVICES: [FixtureDevice; 6] = [
     (
@@ -409,6 +409,57 @@ pub const FIXTURE_DEVICES: [FixtureDevice; 6] = [
     ("0000:05:02.0", 0x1234, 0x11e8, 0x00ff00, None, 11, 0),
 ];
 
+/// The rest of the test guest (docs/guest.md), for the tests that need it
+/// ([`HostFixture::add_guest_devices`]): group 5 the two functions of slot 6 (an edu device,
+/// the other 1234:11e8 of the guest, and a pci-testdev), group 6 the HD audio controller.
+pub const MORE_GUEST_DEVICES: [FixtureDevice; 3] = [
+    ("0000:00:06.0", 0x1234, 0x11e8, 0x00ff00, None, 5, 0),
+    ("0000:00:06.1", 0x1b36, 0x0005, 0x00ff00, None, 5, 0),
+    (
+        "0000:00:1b.0",
+        0x8086,
+        0x293e,
+        0x040300,
+        Some("snd_hda_intel"),
+        6,
+        0,
+    ),
+];
+
+/// The fixture kernel's `modules.alias`: the modules of the fixture's host drivers (by ids, or
+/// by class for nvme), lines of other buses, and vfio-pci's own `vfio_pci:` alias (which no
+/// `pci:` modalias matches).
+pub const FIXTURE_MODULES_ALIAS: &str = "\
+# Aliases extracted from modules themselves.
+alias pci:v00008086d000010D3sv*sd*bc*sc*i* e1000e
+alias pci:v00008086d0000100Esv*sd*bc*sc*i* e1000
+alias pci:v*d*sv*sd*bc01sc08i02* nvme
+alias pci:v00001234d00001111sv*sd*bc03sc00i00* bochs
+alias pci:v00008086d0000293Esv*sd*bc*sc*i* snd_hda_intel
+alias vfio_pci:v*d*sv*sd*bc*sc*i* vfio_pci
+alias usb:v*p*d*dc*dsc*dp*ic09isc*ip*in* usbcore
+";
+
+/// The fixture kernel's `modules.builtin.alias`: the PCIe port driver is built in.
+pub const FIXTURE_BUILTIN_ALIAS: &str = "\
+alias pci:v*d*sv*sd*bc06sc04i00* pcieport
+";
+
+/// The module behind a fixture driver, as `driver/module` links it (`None`: no link, as for
+/// pcieport).
+fn driver_module(driver: &str) -> Option<&'static str> {
+    Some(match driver {
+        "bochs-drm" => "bochs",
+        "e1000e" => "e1000e",
+        "e1000" => "e1000",
+        "nvme" => "nvme",
+        "snd_hda_intel" => "snd_hda_intel",
+        "vfio-pci" => "vfio_pci",
+        "pci-stub" => "pci_stub",
+        _ => return None,
+    })
+}
+
 pub const FIXTURE_PASSWD: &str = "\
 root:x:0:0:root:/root:/bin/sh
 alice:x:1000:1000:Alice:/home/alice:/bin/sh
@@ -448,6 +499,10 @@ impl HostFixture {
         }
         // The boot display.
         std::fs::write(sys.join("devices/pci0000:00/0000:00:02.0/boot_vga"), "1\n").unwrap();
+        let modules = root.join("lib/modules/fixture");
+        std::fs::create_dir_all(&modules).unwrap();
+        std::fs::write(modules.join("modules.alias"), FIXTURE_MODULES_ALIAS).unwrap();
+        std::fs::write(modules.join("modules.builtin.alias"), FIXTURE_BUILTIN_ALIAS).unwrap();
         let etc = root.join("etc");
         std::fs::create_dir_all(&etc).unwrap();
         std::fs::write(etc.join("passwd"), FIXTURE_PASSWD).unwrap();
@@ -491,6 +546,46 @@ impl HostFixture {
         self.root().join("etc/vfio-gate/policy.d")
     }
 
+    /// The fixture kernel's module directory (`/lib/modules/RELEASE`): `modules.alias` and
+    /// `modules.builtin.alias`.
+    pub fn modules_dir(&self) -> PathBuf {
+        self.root().join("lib/modules/fixture")
+    }
+
+    /// Adds one PCI function, linked as the kernel links it (and its driver's module).
+    pub fn add_device(&self, dev: FixtureDevice) {
+        let (addr, vendor, device, class, driver, group, header) = dev;
+        fixture_device(
+            &self.sysfs(),
+            addr,
+            [vendor, device, vendor, 0],
+            class,
+            driver,
+            group,
+            header,
+        );
+    }
+
+    /// Adds [`MORE_GUEST_DEVICES`]: the second edu device, the pci-testdev, the HD audio.
+    pub fn add_guest_devices(&self) {
+        for dev in MORE_GUEST_DEVICES {
+            self.add_device(dev);
+        }
+    }
+
+    /// Binds `addr` to `driver` (or to none), as the kernel shows it: the `driver` link.
+    pub fn set_driver(&self, addr: &str, driver: Option<&str>) {
+        let link = self
+            .sysfs()
+            .join("devices/pci0000:00")
+            .join(addr)
+            .join("driver");
+        let _ = std::fs::remove_file(&link);
+        if let Some(d) = driver {
+            std::os::unix::fs::symlink(driver_dir(&self.sysfs(), d), link).unwrap();
+        }
+    }
+
     /// `vfio-gate <args> --sysfs-root <fixture> --etc-root <fixture>`, with the fixture PCI
     /// ID database and a socket nobody listens on (the offline commands must not need it).
     pub fn command(&self, args: &[&str]) -> Command {
@@ -527,6 +622,21 @@ fn fixture_device(
         std::fs::write(real.join(attr), format!("0x{v:04x}\n")).unwrap();
     }
     std::fs::write(real.join("class"), format!("0x{class:06x}\n")).unwrap();
+    // As the kernel prints it: upper-case hex, class split into base, sub and interface.
+    std::fs::write(
+        real.join("modalias"),
+        format!(
+            "pci:v{:08X}d{:08X}sv{:08X}sd{:08X}bc{:02X}sc{:02X}i{:02X}\n",
+            ids[0],
+            ids[1],
+            ids[2],
+            ids[3],
+            class >> 16,
+            (class >> 8) & 0xff,
+            class & 0xff
+        ),
+    )
+    .unwrap();
     std::fs::write(real.join("driver_override"), "(null)\n").unwrap();
     let mut config = vec![0u8; 64];
     config[0x0e] = header;
@@ -537,10 +647,23 @@ fn fixture_device(
     symlink(&g, real.join("iommu_group")).unwrap();
     symlink(&real, g.join("devices").join(addr)).unwrap();
     if let Some(d) = driver {
-        let dd = sys.join("bus/pci/drivers").join(d);
-        std::fs::create_dir_all(&dd).unwrap();
-        symlink(&dd, real.join("driver")).unwrap();
+        symlink(driver_dir(sys, d), real.join("driver")).unwrap();
     }
+}
+
+/// `SYS/bus/pci/drivers/DRIVER`, created with its `module` link (to `SYS/module/MODULE`) the
+/// first time.
+fn driver_dir(sys: &Path, driver: &str) -> PathBuf {
+    let dd = sys.join("bus/pci/drivers").join(driver);
+    if !dd.exists() {
+        std::fs::create_dir_all(&dd).unwrap();
+        if let Some(m) = driver_module(driver) {
+            let md = sys.join("module").join(m);
+            std::fs::create_dir_all(&md).unwrap();
+            std::os::unix::fs::symlink(&md, dd.join("module")).unwrap();
+        }
+    }
+    dd
 }
 
 /// Whether the tests run as root. The policy loader accepts only root-owned files, so the tests
