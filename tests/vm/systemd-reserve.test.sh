@@ -50,6 +50,32 @@ check_output_contains "and names the reservation" "the lab NIC, parked from boot
 check_output_contains "explain says so too" "the lab NIC, parked from boot" \
     runas alice vfio-gate explain $NIC
 
+# --- boot-config: what a host whose drivers bind before userspace would need ---
+bc() { runas alice vfio-gate boot-config "$@"; }
+check "alice may ask for the boot configuration (it only reads)" bc
+check_output_contains "softdep for e1000e, the host driver of $NIC (from modules.alias)" \
+    "softdep e1000e pre: pci-stub" bc
+check_output_contains "softdep for e1000, the companion's host driver" \
+    "softdep e1000 pre: pci-stub" bc
+check_output_contains "the kernel command line for both drivers' ids" \
+    "vfio-pci.ids=1234:11e8 pci-stub.ids=8086:100e,8086:10d3" bc
+check_output_lacks "no options lines unless asked for" "options vfio-pci ids=1234" bc
+check_output_contains "with --ids, the options line for vfio-pci" \
+    "options vfio-pci ids=1234:11e8" bc --ids
+check_output_contains "and for pci-stub" "options pci-stub ids=8086:100e,8086:10d3" bc --ids
+check_output_contains "the same-ids warning names the other edu, 00:06.0" \
+    "claims every 1234:11e8 device of this host, not only 05:02.0: also 00:06.0" bc
+check_output_contains "the initramfs commands for Debian, Fedora and Arch" "mkinitcpio -P" bc
+check_output_contains "it says nothing was written" "Nothing was written" bc
+check_status 3 "alice may not --write it (root only)" bc --write
+check "root writes /etc/modprobe.d/vfio-gate.conf" vfio-gate boot-config --write
+check_output_contains "which holds the softdep lines" "softdep e1000e pre: pci-stub" \
+    cat /etc/modprobe.d/vfio-gate.conf
+check_equals "mode 0644, root's" "644 root:root" stat -c '%a %U:%G' /etc/modprobe.d/vfio-gate.conf
+check "modprobe reads it without complaint" sh -c 'modprobe -c | grep -q "^softdep e1000e pre: pci-stub"'
+check_output_contains "policy check lists what each reservation holds here" \
+    "holds 0000:01:00.0 [8086:10d3] on pci-stub from boot" vfio-gate policy check
+
 # --- a lease moves it; the release returns it to the reservation ---
 check "alice binds $NIC to vfio-pci" runas alice vfio-gate bind $NIC
 check_equals "$NIC is on vfio-pci" vfio-pci driver_of $NIC

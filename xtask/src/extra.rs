@@ -71,7 +71,9 @@ fn args_of(script: &str) -> Result<Vec<String>> {
         };
         let ok = |c: char| c.is_ascii_alphanumeric() || "_.,:=- ".contains(c);
         if value.trim().is_empty() || !value.chars().all(ok) {
-            bail!("bad marker line {line:?}: want {ARGS_MARKER}ARGS from [A-Za-z0-9_.,:=-] and spaces");
+            bail!(
+                "bad marker line {line:?}: want {ARGS_MARKER}ARGS from [A-Za-z0-9_.,:=-] and spaces"
+            );
         }
         out.extend(value.split_whitespace().map(str::to_owned));
     }
