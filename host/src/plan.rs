@@ -148,10 +148,10 @@ pub fn plan(
         let current = m.driver.as_ref().map_or("no driver", DriverName::as_str);
         match (m.kind, &m.driver) {
             (MemberKind::Endpoint, None) => {
-                steps.push(keep(m, "no driver: does not block the group"))
+                steps.push(keep(m, "a device without a driver does not block the group"))
             }
             (MemberKind::Endpoint, Some(d)) if d.as_str() == "pci-stub" => {
-                steps.push(keep(m, "on pci-stub: does not block the group"))
+                steps.push(keep(m, "pci-stub does not block the group"))
             }
             (MemberKind::Endpoint, Some(d)) if d.as_str() == "vfio-pci" => {
                 // Whoever opens the group can open this device too.

@@ -254,7 +254,7 @@ fn adopting_plan() -> Plan {
                 device_id: 0x0005,
                 driver: None,
                 action: StepAction::Keep {
-                    reason: "no driver: does not block the group".into(),
+                    reason: "a device without a driver does not block the group".into(),
                 },
             },
         ],
@@ -291,8 +291,8 @@ fn an_adopted_device_stays_where_it_is_and_the_bind_says_nothing_moved() {
          MEMBER   IDS        KIND      DRIVER    ACTION\n  \
          00:06.0  1234:11e8  endpoint  vfio-pci  stays on vfio-pci: yours as it is (rule 'lab NIC \
          for vm-users', /etc/vfio-gate/policy.toml:12)\n  \
-         00:06.1  1b36:0005  endpoint  -         stays without a driver: no driver: does not block \
-         the group\n\
+         00:06.1  1b36:0005  endpoint  -         stays without a driver: a device without a driver \
+         does not block the group\n\
          Nothing moved for 00:06.0 on vfio-pci: taken as it was, with no unbind or probe; a \
          release leaves it there\n\
          IOMMU group 5 is yours: {node} (owner {}, mode 0600). Release with: vfio-gate release \
