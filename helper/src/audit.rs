@@ -6,6 +6,11 @@
 //! Values that need it are quoted, with `"` and `\` escaped and control characters replaced, so a
 //! line can never be split or forged by text that reached it from a client or from sysfs.
 //!
+//! Under systemd each line starts with a syslog priority, `<3>` to `<6>` ([`Priority`]), which the
+//! journal takes as the entry's PRIORITY and strips: denials and refusals are warnings, failures
+//! errors, the rest information, so `journalctl -p warning -u vfio-gated` lists exactly what an
+//! admin should look at. Anywhere else (a terminal, a log file) the lines carry no prefix.
+//!
 //! The service fills a [`Record`] beside its answer (the decision, the deciding rule, the devices
 //! concerned); the connection handler writes the request's line from it ([`request`]) whatever
 //! the answer was. Other events ([`Line`]) are written where they happen.
@@ -49,19 +54,60 @@ impl Record {
     }
 }
 
+/// How much a line matters, as syslog levels (`sd-daemon(3)`'s `<N>` prefixes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Priority {
+    /// Something failed: a kernel write, a lease record, the helper itself.
+    Error = 3,
+    /// Somebody was refused, or something needs an admin's eye.
+    Warning = 4,
+    /// Normal, but worth noticing: a busy answer, a release still pending.
+    Notice = 5,
+    /// Everything else.
+    Info = 6,
+}
+
+impl Priority {
+    /// The default priority of an event's lines; a line can say otherwise ([`Line::priority`]).
+    pub fn of_event(event: &str) -> Self {
+        match event {
+            "lease-unreadable" | "refused-to-serve" => Priority::Error,
+            e if e.ends_with("-error") => Priority::Error,
+            "policy-warning" | "UNSANDBOXED" | "TEST-BUILD" | "fault-injection" => {
+                Priority::Warning
+            }
+            "connection-refused" | "waiting" | "lease-member-gone" => Priority::Notice,
+            _ => Priority::Info,
+        }
+    }
+}
+
 /// Builds one audit line.
 #[derive(Debug)]
 pub struct Line {
     text: String,
+    priority: Priority,
 }
 
 impl Line {
     pub fn new(event: &str) -> Self {
         let mut line = Line {
             text: format!("ts={}", rfc3339(SystemTime::now())),
+            priority: Priority::of_event(event),
         };
         line.field("event", event);
         line
+    }
+
+    /// Sets the line's priority (the journal's PRIORITY under systemd).
+    pub fn priority(&mut self, p: Priority) -> &mut Self {
+        self.priority = p;
+        self
+    }
+
+    /// The line's priority.
+    pub fn level(&self) -> Priority {
+        self.priority
     }
 
     pub fn field(&mut self, key: &str, value: impl std::fmt::Display) -> &mut Self {
@@ -98,12 +144,38 @@ impl Line {
         &self.text
     }
 
-    /// Writes the line to stderr in one `write` so concurrent lines do not interleave.
+    /// Writes the line to stderr in one `write` so concurrent lines do not interleave, with its
+    /// `<N>` priority prefix when stderr is the journal.
     pub fn emit(&self) {
-        let mut buf = self.text.clone();
-        buf.push('\n');
+        let buf = self.render(stderr_is_journal());
         let _ = std::io::stderr().lock().write_all(buf.as_bytes());
     }
+
+    /// The line as written: `<N>` first for the journal, a newline last.
+    pub fn render(&self, journal: bool) -> String {
+        let mut buf = String::with_capacity(self.text.len() + 5);
+        if journal {
+            let _ = write!(buf, "<{}>", self.priority as u8);
+        }
+        buf.push_str(&self.text);
+        buf.push('\n');
+        buf
+    }
+}
+
+/// Whether stderr is connected to the journal: systemd sets `JOURNAL_STREAM=DEV:INODE` to the
+/// stream it passed, and stderr is still that stream (`systemd.exec(5)`). Asked once.
+fn stderr_is_journal() -> bool {
+    static JOURNAL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *JOURNAL.get_or_init(|| {
+        let Ok(stream) = std::env::var("JOURNAL_STREAM") else {
+            return false;
+        };
+        let Ok(st) = nix::sys::stat::fstat(std::io::stderr()) else {
+            return false;
+        };
+        stream == format!("{}:{}", st.st_dev, st.st_ino)
+    })
 }
 
 /// Writes the line of one request: who asked, what, the [`Record`], the result and how long it
@@ -148,9 +220,24 @@ pub fn request(
     }
     match result {
         Ok(()) => line.field("result", "ok"),
-        Err(e) => line.field("result", error_kind(e)).field("error", e),
+        Err(e) => line
+            .field("result", error_kind(e))
+            .field("error", e)
+            .priority(error_priority(e)),
     };
     line.duration(started.elapsed()).emit();
+}
+
+/// Refusals are warnings (someone asked for what they may not have, or a guard kept the host's
+/// device), a busy answer is a notice, a failure an error.
+fn error_priority(e: &WireError) -> Priority {
+    match e {
+        WireError::Busy { .. } | WireError::NotFound { .. } => Priority::Notice,
+        WireError::Failed { .. } | WireError::Internal { .. } | WireError::Unavailable { .. } => {
+            Priority::Error
+        }
+        _ => Priority::Warning,
+    }
 }
 
 /// The `result=` word of a failed request.
@@ -207,6 +294,29 @@ mod tests {
         assert_eq!(rfc3339(t), "2025-11-25T17:02:03.456Z");
         let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
         assert_eq!(&rfc3339(leap)[..10], "2000-02-29");
+    }
+
+    #[test]
+    fn priorities_for_the_journal() {
+        assert_eq!(Priority::of_event("request"), Priority::Info);
+        assert_eq!(Priority::of_event("node-error"), Priority::Error);
+        assert_eq!(Priority::of_event("lease-unreadable"), Priority::Error);
+        assert_eq!(Priority::of_event("policy-warning"), Priority::Warning);
+        let mut l = Line::new("request");
+        l.field("result", "denied").priority(Priority::Warning);
+        assert!(l.render(true).starts_with("<4>ts="));
+        assert!(l.render(false).starts_with("ts="));
+        assert!(l.render(false).ends_with("result=denied\n"));
+        let denied = WireError::Denied {
+            why: vfio_gate_protocol::DenyReason::Policy,
+            rule: None,
+            detail: "no".into(),
+        };
+        assert_eq!(error_priority(&denied), Priority::Warning);
+        assert_eq!(
+            error_priority(&WireError::Failed { reason: "x".into() }),
+            Priority::Error
+        );
     }
 
     #[test]

@@ -96,6 +96,15 @@ check_equals "ahci still drives $AHCI" ahci driver_of $AHCI
 check_output_contains "a malformed frame gets a typed BadRequest" "Error(BadRequest" \
     runas bob rawframe --after-version "01ffffff"
 
+# --- the journal sorts the audit lines by priority (<N> prefixes under systemd) ---
+warnings() { journalctl -b --no-pager -o cat -p warning -u vfio-gated.service; }
+check_output_contains "journalctl -p warning lists bob's denial" \
+    "peer_uid=1001" warnings
+check_output_contains "and the guard's refusal of the root disk's controller" "result=refused" warnings
+check_output_lacks "but no request that succeeded" "result=ok" warnings
+check_output_contains "those are at priority info" "result=ok" \
+    journalctl -b --no-pager -o cat -p info -u vfio-gated.service
+
 # --- the running helper's credentials and confinement ---
 # Its idle timeout is 2 s, less than these checks can take on a busy host: a `run` lease on the
 # test device keeps it up (a tied lease holds the helper) until the inspection is over.

@@ -144,7 +144,10 @@ impl Service {
         line.field("group", group).field("action", action);
         match result {
             Ok(()) => line.field("result", "ok"),
-            Err(e) => line.field("result", "failed").field("error", e),
+            Err(e) => line
+                .field("result", "failed")
+                .field("error", e)
+                .priority(audit::Priority::Error),
         };
         line.emit();
     }

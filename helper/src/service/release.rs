@@ -266,7 +266,9 @@ impl Service {
             }
             Err(e) => {
                 self.orphans().insert(group);
-                line.field("result", "pending").field("error", e);
+                line.field("result", "pending")
+                    .field("error", e)
+                    .priority(audit::Priority::Notice);
             }
         }
         line.emit();

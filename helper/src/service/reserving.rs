@@ -14,7 +14,7 @@ use vfio_gate_host::{DriverName, PciView};
 use vfio_gate_protocol::{Driver, PciAddress, Reservation};
 
 use super::Service;
-use crate::audit;
+use crate::audit::{self, Priority};
 use crate::kernel::Kernel;
 use crate::sequence::{self, BindError, Original};
 
@@ -214,7 +214,14 @@ fn reserve_line(dev: PciAddress, r: Option<&Reservation>, result: &HoldResult) {
             line.field("companion_of", primary);
         }
     }
-    line.field("result", result.word());
+    line.field("result", result.word()).priority(match result {
+        HoldResult::Already | HoldResult::Held => Priority::Info,
+        HoldResult::Moved { .. } | HoldResult::Leased { .. } => Priority::Notice,
+        HoldResult::Late { .. } | HoldResult::Refused { .. } | HoldResult::Conflict { .. } => {
+            Priority::Warning
+        }
+        HoldResult::Failed { .. } => Priority::Error,
+    });
     match result {
         HoldResult::Late { was } => {
             line.field("was", was).field(
