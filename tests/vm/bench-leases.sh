@@ -50,7 +50,7 @@ check "the CLI, as alice: $N cycles" measure -n "$N" -- \
     runas alice vfio-gate bind $NIC --to vfio-pci --then runas alice vfio-gate release $NIC
 cli=$(printf '%s\n' "$OUT" | tail -n 1)
 check_equals "after the CLI cycles $NIC is on e1000e" e1000e driver_of $NIC
-check_equals "no lease records left" "" ls /run/vfio-gate
+check_equals "no lease records left" "" lease_files
 
 metric bench_by_hand_cycle_median_ms "$by_hand"
 metric bench_vfio_gate_cycle_median_ms "$protocol"

@@ -162,7 +162,7 @@ check "alice lists devices through it" runas alice vfio-gate list
 check "the helper says it is a fault-injection test build" grep -q "event=TEST-BUILD" $LOG
 check_equals "01:00.0 starts restored" restored verdict nic
 check_equals "group 11 starts restored" restored verdict g11
-check_equals "no lease records at start" "" ls $STATE
+check_equals "no lease records at start" "" lease_files $STATE
 
 # --- crash consistency: every step of bind and of release, two plans ---
 for plan in nic g11; do
@@ -197,7 +197,7 @@ check_status 0 "[run] the helper dies at release:unbound after the command: exit
 check "[run] the helper logged its stop" stopped_at release:unbound "$n"
 next_client
 check_equals "[run] killed during the run's release, then reconciled: restored" restored verdict nic
-check_equals "no lease records left" "" ls $STATE
+check_equals "no lease records left" "" lease_files $STATE
 check "the helper logged a reconcile line" grep -q "event=reconcile" $LOG
 
 # --- ownership ---
@@ -229,7 +229,7 @@ check_equals "bob's group 11 is untouched" "none/(null) pci-stub/pci-stub vfio-p
 check_status 0 "alice's release --all with nothing held succeeds" runas alice vfio-gate release --all
 check "carol releases everything of bob's (--user bob)" runas carol vfio-gate release --user bob
 check_equals "group 11 is restored" restored verdict g11
-check_equals "no lease records left" "" ls $STATE
+check_equals "no lease records left" "" lease_files $STATE
 
 # --- two users race for one group: exactly one wins, the other is told who holds it ---
 race() { # ROUND ARGS...
@@ -270,6 +270,6 @@ race 3 $NIC --to vfio-pci
 check_equals "after race 3 $NIC is restored" restored verdict nic
 race 4 $NIC --to vfio-pci
 check_equals "after race 4 $NIC is restored" restored verdict nic
-check_equals "no lease records left" "" ls $STATE
+check_equals "no lease records left" "" lease_files $STATE
 
 finish

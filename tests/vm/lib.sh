@@ -20,7 +20,8 @@
 # Helpers: driver_of ADDR (driver name or "none"), override_of ADDR (driver_override), dev ADDR
 # (sysfs path), helper_pid (the running helper's pid, empty if none), uptime_s,
 # wait_for SECONDS CMD... (poll until CMD succeeds), now_ms (uptime in ms),
-# node_owner GROUP (`alice 600` for /dev/vfio/GROUP, or `gone`).
+# node_owner GROUP (`alice 600` for /dev/vfio/GROUP, or `gone`), lease_files [DIR] (the lease
+# records in the state directory).
 
 _lib_n=0
 _lib_passed=0
@@ -176,3 +177,7 @@ node_owner() {
         echo gone
     fi
 }
+
+# lease_files [DIR]: the lease records in the helper's state directory (default /run/vfio-gate),
+# one per line; its other files (the mutation lock) are not leases.
+lease_files() { ls "${1:-/run/vfio-gate}" 2> /dev/null | grep '\.lease$'; }

@@ -62,7 +62,7 @@ check_equals "the same helper process served it all" "$pid" helper_pid
 # deterministically by helper/tests/e2e.rs (over_the_connection_limit_gets_busy_not_a_hang).
 metric helper_busy_refusals "$(grep -c 'event=connection-refused reason=busy' /run/vfio-gated.log)"
 check_equals "every extra device is restored" "$RESTORED" all_extra
-check_equals "no lease records left" "" ls /run/vfio-gate
+check_equals "no lease records left" "" lease_files
 check_equals "no group node of theirs is left" "vfio" ls /dev/vfio
 check_output_contains "the helper still answers" "01:00.0" runas alice vfio-gate list
 

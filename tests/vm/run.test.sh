@@ -149,6 +149,6 @@ metric run_holder_gone_release_ms "${ms:-timeout}"
 check "... within about 2 s (${ms:-more than 6000} ms)" test "${ms:-99999}" -le 2500
 check_equals "group 11 is fully restored" "$G11_RESTORED" g11_state
 check "the audit log has the tied release done" grep -q "event=tied-release group=11 owner_uid=1000 result=ok" $LOG
-check_equals "no lease records left" "" ls $STATE
+check_equals "no lease records left" "" lease_files $STATE
 
 finish

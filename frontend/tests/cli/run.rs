@@ -430,6 +430,18 @@ fn start_sleeper(
     if own_group {
         cmd.process_group(0);
     }
+    // The command starts with the dispositions vfio-gate found (an ignored signal stays ignored,
+    // as `nohup` means it to): give vfio-gate the defaults, whatever this test run inherited
+    // (`nohup cargo test` ignores SIGHUP).
+    // SAFETY: only signal(2) between fork and exec, which is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            for sig in [libc::SIGHUP, libc::SIGTERM, libc::SIGINT, libc::SIGQUIT] {
+                libc::signal(sig, libc::SIG_DFL);
+            }
+            Ok(())
+        });
+    }
     let mut child = cmd.spawn().unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
