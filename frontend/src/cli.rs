@@ -37,8 +37,9 @@ pub struct Cli {
     )]
     pub socket: PathBuf,
 
-    /// Print JSON on stdout instead of text. Errors too, as {"error": {"kind", "exit_code",
-    /// "message", "next_step", ...}}, with the same exit status.
+    /// Print JSON on stdout instead of text: one document, {"schema": 1, ...}, its shape per
+    /// command in docs/json.md (schema: the version of that format). Errors too, as {"schema": 1,
+    /// "error": {"kind", "exit_code", "message", "next_step", ...}}, with the same exit status.
     #[arg(long, global = true)]
     pub json: bool,
 

@@ -1,15 +1,17 @@
 //! `vfio-gate list`: every PCI device the helper sees, as a table (ids, class, driver, group,
-//! what you may bind it to, who holds it, and its name) or as the helper's list in JSON.
+//! what you may bind it to, who holds it, and its name) or as JSON.
 
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::Path;
 
+use serde::Serialize;
 use vfio_gate_protocol::{DeviceInfo, Driver, Request, Response, RuleRef};
 
 use super::{Context, unexpected};
 use crate::cli::ListArgs;
 use crate::error::{Error, Status};
+use crate::json::{self, HolderJson, Reserved};
 use crate::pci_ids::{PciNames, Wanted};
 use crate::render::{Table, ids, join_words};
 use crate::users::{ETC_ROOT, UserNames};
@@ -17,12 +19,67 @@ use crate::users::{ETC_ROOT, UserNames};
 /// `vfio-gate list`.
 pub fn run(ctx: &Context<'_>, _args: &ListArgs, out: &mut impl Write) -> Result<Status, Error> {
     let request = Request::List;
-    let devices = match ctx.client.call(&request)? {
+    let mut devices = match ctx.client.call(&request)? {
         Response::Devices(devices) => devices,
         other => return Err(unexpected(&request, &other)),
     };
-    ctx.print(out, &devices, || text(ctx, &devices))?;
+    devices.sort_by_key(|d| d.address);
+    let users = UserNames::load(Path::new(ETC_ROOT), &holder_uids(&devices));
+    let doc = DevicesJson {
+        source: "helper",
+        devices: devices.iter().map(|d| device_json(d, &users)).collect(),
+    };
+    ctx.print(out, &doc, || text(ctx, &devices))?;
     Ok(Status::Ok)
+}
+
+/// `list --json`.
+#[derive(Debug, Serialize)]
+pub struct DevicesJson {
+    /// `helper`: the helper answered.
+    pub source: &'static str,
+    /// The devices, in address order.
+    pub devices: Vec<DeviceJson>,
+}
+
+/// One device of `list --json`.
+#[derive(Debug, Serialize)]
+pub struct DeviceJson {
+    pub address: String,
+    pub short: String,
+    pub vendor: String,
+    pub device: String,
+    pub subsystem_vendor: String,
+    pub subsystem_device: String,
+    pub class: String,
+    /// The bound driver.
+    pub driver: Option<String>,
+    pub driver_override: Option<String>,
+    pub iommu_group: Option<u32>,
+    /// The drivers the policy lets you bind it to.
+    pub allowed: Option<Vec<&'static str>>,
+    /// Who holds it through vfio-gate.
+    pub holder: Option<HolderJson>,
+    pub reserved: Option<Reserved>,
+}
+
+/// `d` under `--json`.
+pub fn device_json(d: &DeviceInfo, users: &UserNames) -> DeviceJson {
+    DeviceJson {
+        address: json::address(d.address),
+        short: d.address.short(),
+        vendor: json::id(d.vendor),
+        device: json::id(d.device),
+        subsystem_vendor: json::id(d.subsystem_vendor),
+        subsystem_device: json::id(d.subsystem_device),
+        class: json::class(d.class),
+        driver: d.driver.clone(),
+        driver_override: d.driver_override.clone(),
+        iommu_group: d.iommu_group,
+        allowed: Some(d.allowed.iter().map(|a| a.as_str()).collect()),
+        holder: d.holder.as_ref().map(|h| HolderJson::new(h, users)),
+        reserved: d.reserved.as_ref().map(Reserved::from),
+    }
 }
 
 fn text(ctx: &Context<'_>, devices: &[DeviceInfo]) -> String {

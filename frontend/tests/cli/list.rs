@@ -50,8 +50,14 @@ fn json_is_the_device_list_with_stable_field_names() {
     let r = run(against(&fake, &["--json", "list"]));
     r.code(0).stderr_empty();
     let v = r.json();
-    let list = v.as_array().unwrap_or_else(|| r.fail("not an array"));
+    assert_eq!(v["schema"], 1);
+    assert_eq!(v["source"], "helper");
+    let list = v["devices"]
+        .as_array()
+        .unwrap_or_else(|| r.fail("no devices"));
     assert_eq!(list.len(), 4);
+    let order: Vec<&str> = list.iter().map(|d| d["short"].as_str().unwrap()).collect();
+    assert_eq!(order, ["01:00.0", "03:00.0", "05:02.0", "0001:00:00.0"]);
     let keys: BTreeSet<&str> = list[0]
         .as_object()
         .unwrap()
@@ -62,6 +68,7 @@ fn json_is_the_device_list_with_stable_field_names() {
         keys,
         BTreeSet::from([
             "address",
+            "short",
             "vendor",
             "device",
             "subsystem_vendor",
@@ -79,17 +86,27 @@ fn json_is_the_device_list_with_stable_field_names() {
         .iter()
         .find(|d| d["address"] == "0000:05:02.0")
         .unwrap_or_else(|| r.fail("05:02.0 missing"));
+    assert_eq!(edu["vendor"], "1234");
+    assert_eq!(edu["device"], "11e8");
+    assert_eq!(edu["subsystem_device"], "0000");
+    assert_eq!(edu["class"], "00ff00");
+    assert_eq!(edu["driver"], "vfio-pci");
+    assert_eq!(edu["driver_override"], "vfio-pci");
     assert_eq!(edu["allowed"], serde_json::json!(["vfio-pci", "pci-stub"]));
     assert_eq!(edu["holder"]["uid"], 4242);
-    assert_eq!(edu["holder"]["driver"], "vfio-pci");
-    assert_eq!(edu["holder"]["group"], 11);
+    assert_eq!(edu["holder"]["since"], 1_700_000_000);
     assert_eq!(edu["holder"]["tied"], false);
     let nvme = list
         .iter()
         .find(|d| d["address"] == "0000:03:00.0")
         .unwrap_or_else(|| r.fail("03:00.0 missing"));
-    assert_eq!(nvme["holder"]["tied"], true);
+    assert_eq!(
+        nvme["holder"],
+        serde_json::json!({"uid": 0, "user": "root", "since": 1_700_000_000, "tied": true})
+    );
     assert_eq!(edu["iommu_group"], 11);
+    assert_eq!(list[3]["iommu_group"], serde_json::Value::Null);
+    assert_eq!(list[3]["allowed"], serde_json::json!([]));
     assert_eq!(fake.requests(), vec![Request::List]);
 }
 
@@ -101,7 +118,10 @@ fn an_empty_list_says_so() {
         .stdout_has("no PCI devices");
     let fake = FakeHelper::answering(Response::Devices(vec![]));
     let r = run(against(&fake, &["list", "--json"]));
-    assert_eq!(r.code(0).json(), serde_json::json!([]));
+    assert_eq!(
+        r.code(0).json(),
+        serde_json::json!({"schema": 1, "source": "helper", "devices": []})
+    );
 }
 
 #[test]
@@ -188,7 +208,7 @@ Held from boot: 05:02.0 on vfio-pci and 05:01.0 on pci-stub as a companion of 05
     }
     let r = run(against(&fake, &["list", "--json"]));
     let v = r.code(0).stderr_empty().json();
-    let e1000 = v
+    let e1000 = v["devices"]
         .as_array()
         .and_then(|l| l.iter().find(|d| d["address"] == "0000:05:01.0"))
         .unwrap_or_else(|| r.fail("05:01.0 missing"))
@@ -197,7 +217,7 @@ Held from boot: 05:02.0 on vfio-pci and 05:01.0 on pci-stub as a companion of 05
     assert_eq!(e1000["reserved"]["companion_of"], "0000:05:02.0");
     assert_eq!(e1000["reserved"]["rule"]["name"], "the edu, with its group");
     assert_eq!(e1000["reserved"]["rule"]["line"], 8);
-    let nvme = v
+    let nvme = v["devices"]
         .as_array()
         .and_then(|l| l.iter().find(|d| d["address"] == "0000:03:00.0"))
         .unwrap_or_else(|| r.fail("03:00.0 missing"));
