@@ -25,6 +25,8 @@
 //!   NAME`, with the policy crate's reader, the helper's), and none is required: when they are
 //!   missing, ids and uids are shown instead. After a bind it `stat`s the `/dev/vfio/N` the
 //!   helper reports, to say truthfully whose it is.
+//! - `list` reads `/sys` (and the policy, for the reservations) itself when the helper cannot be
+//!   reached, with the helper's reader, and says so.
 //! - The offline audit commands (`explain --policy`, `policy check`, `policy report`,
 //!   `boot-config`) read the policy files, `/sys`, `/proc` (for the in-use guard), `/etc/passwd`
 //!   and `/etc/group` (and `boot-config` the kernel's `modules.alias`), and evaluate them with
