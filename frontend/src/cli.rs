@@ -37,8 +37,9 @@ pub struct Cli {
     )]
     pub socket: PathBuf,
 
-    /// Print JSON on stdout instead of text. Errors too, as {"error": {"kind", "exit_code",
-    /// "message", "next_step", ...}}, with the same exit status.
+    /// Print JSON on stdout instead of text: one document, {"schema": 1, ...}, its shape per
+    /// command in docs/json.md (schema: the version of that format). Errors too, as {"schema": 1,
+    /// "error": {"kind", "exit_code", "message", "next_step", ...}}, with the same exit status.
     #[arg(long, global = true)]
     pub json: bool,
 
@@ -133,8 +134,45 @@ fn subcommand_usage_error(name: &str, kind: ErrorKind, message: &str) -> clap::E
 /// ([[reserve]]), is the driver that holds the device, which a release returns it to; "*" marks
 /// a companion of a reserved device in its IOMMU group. A line under the table names the rule
 /// that holds each.
+///
+/// With --by-group, devices are shown IOMMU group by IOMMU group, each group under a line that
+/// says whether a VM could use it as its devices are bound now (viable: no member is on a host
+/// driver, by the running kernel's rule) and who holds it. The filters narrow the list, and
+/// combine (a device must pass each one given); with --by-group they pick groups, each shown
+/// whole: those with a device that passes.
+///
+/// When the helper cannot be reached (its socket is missing, or nobody listens on it), list reads
+/// this host's devices from /sys instead and says so on stderr: without ALLOWED and HOLDER, which
+/// only the helper knows, and with the reservations of /etc/vfio-gate/policy.toml if it can be
+/// read; the exit status is 0. --mine and --allowed need the helper: without it they fail with
+/// status 5. Under --json, "source" says which: "helper" or "sysfs" ("allowed" is then null).
 #[derive(Debug, Args)]
-pub struct ListArgs {}
+pub struct ListArgs {
+    /// Show the devices by IOMMU group, with each group's viability and holder.
+    #[arg(long)]
+    pub by_group: bool,
+
+    /// Only the devices of IOMMU group N.
+    #[arg(long, value_name = "N")]
+    pub group: Option<u32>,
+
+    /// Only the devices bound to this driver now (its kernel name: vfio-pci, e1000e, ...).
+    #[arg(long, value_name = "DRIVER")]
+    pub driver: Option<String>,
+
+    /// Only the devices of the IOMMU groups you hold.
+    #[arg(long)]
+    pub mine: bool,
+
+    /// Only the devices you may bind to some driver.
+    #[arg(long)]
+    pub allowed: bool,
+
+    // Where list reads the host when the helper cannot be reached (tests), the policy then at
+    // ETC_ROOT/etc/vfio-gate/policy.toml; and whose passwd names the holders.
+    #[command(flatten)]
+    pub host: HostArgs,
+}
 
 /// Bind devices to vfio-pci (for your VM) or pci-stub, if the policy allows it.
 ///

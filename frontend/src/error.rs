@@ -145,6 +145,8 @@ pub enum Error {
         uid: u32,
         /// The user name, or the uid as text.
         user: String,
+        /// The user name, if `/etc/passwd` has one.
+        name: Option<String>,
         since: u64,
         /// "17:02" today, else "2024-05-03 17:02" (local time).
         when: String,
@@ -277,7 +279,11 @@ fn describe_wire(e: &WireError) -> String {
 #[derive(Debug)]
 pub struct ErrorDetails<'a> {
     pub status: Status,
-    /// A stable, machine-readable name (`error.kind` under `--json`).
+    /// A stable, machine-readable name (`error.kind` under `--json`): unreachable, timeout,
+    /// connection, protocol, version_mismatch, denied, refused, needs_group, held, not_found,
+    /// busy, bad_request, failed, internal, unavailable, other, output, usage; from the offline
+    /// commands policy (a refused policy), sysfs, guard and accounts; from boot-config modules
+    /// (no module alias tables), not_root and write (for --write).
     pub kind: &'static str,
     /// What the user can do about it, as one or two sentences.
     pub next_step: Option<String>,
@@ -286,6 +292,8 @@ pub struct ErrorDetails<'a> {
     pub shown: Option<&'a str>,
     /// The policy rule behind a denial, if the helper named one.
     pub rule: Option<&'a RuleRef>,
+    /// The typed reason of a denial or of a `busy` answer.
+    pub why: Option<Why<'a>>,
     /// The device that was not found, or that a guard refused.
     pub device: Option<PciAddress>,
     /// The built-in guard that refused.
@@ -302,12 +310,21 @@ pub struct ErrorDetails<'a> {
     pub socket: Option<&'a Path>,
 }
 
-/// Who holds a group: uid, name (or the uid as text) and since when (Unix seconds).
+/// Who holds a group: uid, name (or the uid as text), the name `/etc/passwd` gives, and since
+/// when (Unix seconds).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HolderDetails<'a> {
     pub uid: u32,
     pub user: &'a str,
+    pub name: Option<&'a str>,
     pub since: u64,
+}
+
+/// The helper's typed reason for a refusal, for the `--json` error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Why<'a> {
+    Deny(&'a DenyReason),
+    Busy(&'a BusyReason),
 }
 
 impl ErrorDetails<'_> {
@@ -318,6 +335,7 @@ impl ErrorDetails<'_> {
             next_step: None,
             shown: None,
             rule: None,
+            why: None,
             device: None,
             guard: None,
             group: None,
@@ -412,6 +430,7 @@ impl Error {
                 group,
                 uid,
                 user,
+                name,
                 since,
                 ..
             } => D {
@@ -419,6 +438,7 @@ impl Error {
                 holder: Some(HolderDetails {
                     uid: *uid,
                     user,
+                    name: name.as_deref(),
                     since: *since,
                 }),
                 ..D::new(Status::Denied, "held").step(format!(
@@ -471,6 +491,7 @@ impl Error {
             ),
             Error::Helper(WireError::Denied { why, rule, .. }) => D {
                 rule: rule.as_ref(),
+                why: Some(Why::Deny(why)),
                 ..D::new(Status::Denied, "denied").step(deny_next_step(why, rule.as_ref()))
             },
             Error::Helper(WireError::NotAdmin { .. }) => D::new(Status::Denied, "denied").step(
@@ -502,9 +523,10 @@ impl Error {
                 ..D::new(Status::NotFound, "not_found")
                     .step("Run `vfio-gate list` to see the devices and their addresses")
             },
-            Error::Helper(WireError::Busy { why, .. }) => {
-                D::new(Status::Busy, "busy").step(busy_next_step(why))
-            }
+            Error::Helper(WireError::Busy { why, .. }) => D {
+                why: Some(Why::Busy(why)),
+                ..D::new(Status::Busy, "busy").step(busy_next_step(why))
+            },
             Error::Helper(WireError::BadRequest { .. }) => D::new(Status::Failure, "bad_request")
                 .step(format!(
                     "The helper did not understand this vfio-gate. {ONE_RELEASE}; if they do \
@@ -824,6 +846,7 @@ mod tests {
             group: Some(11),
             uid: 1000,
             user: "alice".into(),
+            name: Some("alice".into()),
             since: 1_700_000_000,
             when: "17:02".into(),
         };
@@ -836,6 +859,7 @@ mod tests {
         let holder = HolderDetails {
             uid: 1000,
             user: "alice",
+            name: Some("alice"),
             since: 1_700_000_000,
         };
         assert_eq!(d.holder, Some(holder));

@@ -10,7 +10,8 @@
 //! - this crate, the frontend, holds no privilege at all. It turns a command line into one typed
 //!   [`Request`](vfio_gate_protocol::Request), sends it as one frame, reads one
 //!   [`Response`](vfio_gate_protocol::Response), and renders it for a person (tables, sentences
-//!   that name the next step) or for a script (`--json`, distinct exit codes). `vfio-gate run`
+//!   that name the next step) or for a script (`--json`, documents of their own versioned by a
+//!   `schema` field, and distinct exit codes). `vfio-gate run`
 //!   keeps the connection open while its command runs (the helper ties the lease to it), then
 //!   sends a release on it.
 //!
@@ -24,6 +25,8 @@
 //!   NAME`, with the policy crate's reader, the helper's), and none is required: when they are
 //!   missing, ids and uids are shown instead. After a bind it `stat`s the `/dev/vfio/N` the
 //!   helper reports, to say truthfully whose it is.
+//! - `list` reads `/sys` (and the policy, for the reservations) itself when the helper cannot be
+//!   reached, with the helper's reader, and says so.
 //! - The offline audit commands (`explain --policy`, `policy check`, `policy report`,
 //!   `boot-config`) read the policy files, `/sys`, `/proc` (for the in-use guard), `/etc/passwd`
 //!   and `/etc/group` (and `boot-config` the kernel's `modules.alias`), and evaluate them with
@@ -43,10 +46,11 @@
 //! |---|---|
 //! | `main.rs` | parse, run one subcommand, map the outcome to an exit status |
 //! | [`cli`] | the clap argument structs; their doc comments are the help text |
-//! | [`cmd`] | a module per subcommand (`list`, `bind`, `release`, `run`, `explain`, `policy_check`, `policy_report`, `boot_config`): its request, its text and its JSON; the [`Context`](cmd::Context) they share |
+//! | [`cmd`] | a module per subcommand (`list`, `bind`, `release`, `run`, `explain`, `policy_check`, `policy_report`, `boot_config`): its request, its text and its JSON view; the [`Context`](cmd::Context) they share |
 //! | [`render`] | what their output shares: tables, the group plan, words for groups, guards, ids and policy files, the JSON writer |
+//! | [`json`] | the `--json` API: the `schema` version, the views the commands' documents share (devices, rules, plans, holders, the policy) and the error object |
 //! | [`error`] | what can fail; per failure one [`ErrorDetails`](error::ErrorDetails): exit status, kind, next step and facts |
-//! | [`messages`] | how errors, warnings and notes reach stderr, and stdout under `--json` |
+//! | [`messages`] | how errors, warnings and notes reach stderr, and the error document on stdout under `--json` |
 //! | [`client`] | requests and responses over the socket, retries at the helper's connection limit |
 //! | [`offline`] | the audit commands' own evaluation of a policy on this host, with the helper's crates |
 //! | [`supervise`] | the command of `vfio-gate run`: signals, waiting, watching the connection |
@@ -61,6 +65,7 @@ pub mod cli;
 pub mod client;
 pub mod cmd;
 pub mod error;
+pub mod json;
 pub mod localtime;
 pub mod messages;
 pub mod offline;

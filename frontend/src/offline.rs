@@ -11,7 +11,6 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use nix::unistd::{Gid, getegid, geteuid, getgroups};
-use serde::Serialize;
 use vfio_gate_host::explain::ExplainError;
 use vfio_gate_host::groups::ViabilityRule;
 use vfio_gate_host::guards::{self, HostUse};
@@ -437,7 +436,7 @@ pub enum HoldRefusal {
 }
 
 /// One row of `policy report`: `user` may bind `device` to `driver`, as `rule` grants.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PermissionRow {
     /// The account's name, or `uid N` for a uid a rule names that `/etc/passwd` does not.
     pub user: String,
@@ -452,7 +451,6 @@ pub struct PermissionRow {
     /// A built-in guard that refuses the device now, whatever the policy says; `null` when none.
     /// `guard_error` says why it could not be checked, if it could not.
     pub guard: Option<GuardFinding>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub guard_error: Option<String>,
 }
 

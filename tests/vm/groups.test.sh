@@ -5,7 +5,8 @@
 # node nor bind any member; release restores e1000 and the node; the guards refuse what the host
 # uses and non-endpoints even though a rule allows them; a release while alice's program holds the
 # group is refused at once while other clients are served. Plus vfio-gate's viability verdict
-# beside the kernel's in viable and not-viable states, and `# metric` lines.
+# beside the kernel's in viable and not-viable states (and `list --by-group`'s, from the helper and
+# from /sys), and `# metric` lines.
 . /test/lib.sh
 
 metric uptime_at_start_s "$(uptime_s)"
@@ -58,6 +59,12 @@ check_equals "by hand: edu is on vfio-pci" vfio-pci driver_of $EDU
 check_equals "the kernel reports group 11 not viable (e1000 still on e1000)" "not viable" \
     vfio-probe status 11
 check_output_contains "vfio-gate's verdict agrees: not viable" "agree not-viable" vfio-viability 11
+check_output_contains "list --by-group says so, naming the e1000 in the way" \
+    "IOMMU group 11: not viable: $E1000 is on the host driver e1000" \
+    runas alice vfio-gate list --by-group --group 11
+check_output_contains "and so does list read from /sys when the helper is unreachable" \
+    "IOMMU group 11: not viable: $E1000 is on the host driver e1000" \
+    runas alice vfio-gate --socket /nonexistent.sock list --by-group --group 11
 check_output_contains "a VFIO program stops at the viability check" "not viable" \
     vfio-probe open 11 "0000:$EDU"
 # e1000 without any driver: viable (a driver-less member claims no DMA ownership).
@@ -65,6 +72,13 @@ echo "0000:$E1000" > $S/drivers/e1000/unbind
 check_equals "by hand: e1000 is driver-less" none driver_of $E1000
 check_equals "the kernel reports group 11 viable with e1000 driver-less" viable vfio-probe status 11
 check_output_contains "vfio-gate's verdict agrees: viable" "agree viable" vfio-viability 11
+check_output_contains "list --by-group says viable" "IOMMU group 11: viable" \
+    runas alice vfio-gate list --by-group --group 11
+check_output_contains "list --by-group --json too" '"viable": true' \
+    runas alice vfio-gate list --by-group --group 11 --json
+check_output_contains "and from /sys without the helper (exit 0, source sysfs)" '"source": "sysfs"' \
+    runas alice vfio-gate --socket /nonexistent.sock list --by-group --group 11 --json
+check "the fallback exits 0" runas alice vfio-gate --socket /nonexistent.sock list
 # Restore: e1000 back on e1000, edu off vfio-pci with its override cleared (a newline clears it).
 echo "0000:$E1000" > $S/drivers_probe
 echo > "$(dev $EDU)/driver_override"
@@ -104,6 +118,12 @@ check_equals "the bridge $BRIDGE is left alone (no driver)" none driver_of $BRID
 check_equals "and its override is untouched" "(null)" override_of $BRIDGE
 check_equals "the kernel reports group 11 viable" viable vfio-probe status 11
 check_output_contains "vfio-gate's verdict agrees: viable" "agree viable" vfio-viability 11
+check_output_contains "list --by-group: group 11 is viable and alice's" \
+    "IOMMU group 11: viable; held by alice" runas bob vfio-gate list --by-group --group 11
+check_output_contains "alice's list --mine has the e1000 she did not name" "$E1000" \
+    runas alice vfio-gate list --mine
+check_output_contains "bob's list --mine has nothing" "No device matches --mine." \
+    runas bob vfio-gate list --mine
 check_equals "/dev/vfio/11 is alice's, mode 0600" "alice 600" node_owner 11
 check_output_contains "alice's VFIO program gets a device fd for $EDU" "device fd" \
     runas alice vfio-probe open 11 "0000:$EDU"

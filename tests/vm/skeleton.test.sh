@@ -15,6 +15,8 @@ check "alice lists devices as a non-root user" runas alice vfio-gate list
 check_output_contains "the list shows $NIC" "$NIC" runas alice vfio-gate list
 check_output_contains "the list shows its driver" e1000e runas alice vfio-gate list
 check_output_contains "list --json works" '"address"' runas alice vfio-gate list --json
+check_output_contains "list --json is a versioned document from the helper" '"source": "helper"' \
+    runas alice vfio-gate list --json
 check "the helper was started by socket activation" test -s /run/vfio-gated.pid
 
 # --- alice binds the NIC to vfio-pci and releases it ---

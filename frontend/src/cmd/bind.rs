@@ -9,9 +9,12 @@ use std::path::Path;
 
 use vfio_gate_protocol::{BindReport, PciAddress, Plan, Request, Response, StepAction, WireError};
 
+use serde::Serialize;
+
 use super::{Context, name_the_holder, unexpected};
 use crate::cli::BindArgs;
 use crate::error::{Error, GroupNeeded, Status};
+use crate::json::PlanJson;
 use crate::messages;
 use crate::render::{adopt_note, group_name, join_words, plan_block, plan_names};
 use crate::users::{self, ETC_ROOT, UserNames};
@@ -39,10 +42,31 @@ pub fn run(ctx: &Context<'_>, args: &BindArgs, out: &mut impl Write) -> Result<S
         (Some(path), false) => Some(check_node(path)),
         _ => None,
     };
-    ctx.print(out, &report, || {
+    ctx.print(out, &BindJson::from(&report), || {
         text(ctx, args, &report, devices[0], node.as_ref())
     })?;
     Ok(Status::Ok)
+}
+
+/// `bind --json`.
+#[derive(Debug, Serialize)]
+pub struct BindJson {
+    /// Only planned (`--dry-run`): nothing was changed.
+    pub dry_run: bool,
+    /// What the bind did (or would do) to each member of the IOMMU group.
+    pub plan: PlanJson,
+    /// The group node handed to you (`/dev/vfio/N`) by a bind to vfio-pci; `null` otherwise.
+    pub vfio_node: Option<String>,
+}
+
+impl From<&BindReport> for BindJson {
+    fn from(r: &BindReport) -> Self {
+        Self {
+            dry_run: r.dry_run,
+            plan: PlanJson::from(&r.plan),
+            vfio_node: r.vfio_node.clone(),
+        }
+    }
 }
 
 /// The plan carried out (or, in a dry run, the plan), then whose the group is now (or how to
@@ -340,17 +364,32 @@ mod tests {
     }
 
     #[test]
-    fn bind_json_is_the_report() {
+    fn bind_json_has_the_plan_by_address_with_tagged_actions() {
         let mut out = Vec::new();
-        write_json(&mut out, &report(Some("/dev/vfio/11"), false)).unwrap();
+        let report = report(Some("/dev/vfio/11"), false);
+        write_json(&mut out, &BindJson::from(&report)).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
-        assert_eq!(v["plan"]["group"], 11);
+        assert_eq!(v["plan"]["iommu_group"], 11);
         assert_eq!(v["dry_run"], false);
         assert_eq!(v["vfio_node"], "/dev/vfio/11");
-        assert_eq!(v["plan"]["steps"][0]["device"], "0000:05:02.0");
+        let members = &v["plan"]["members"];
+        assert_eq!(members[0]["address"], "0000:04:00.0");
+        assert_eq!(members[0]["kind"], "bridge");
+        assert_eq!(members[0]["action"], "keep");
+        assert_eq!(members[0]["reason"], "keeps the group viable");
         assert_eq!(
-            v["plan"]["steps"][0]["action"]["Bind"]["driver"],
-            "vfio-pci"
+            members[2],
+            serde_json::json!({
+                "address": "0000:05:02.0",
+                "short": "05:02.0",
+                "vendor": "1234",
+                "device": "11e8",
+                "kind": "endpoint",
+                "driver": null,
+                "action": "bind",
+                "to": "vfio-pci",
+                "rule": {"name": "lab", "file": "/etc/vfio-gate/policy.toml", "line": 12}
+            })
         );
     }
 }

@@ -38,6 +38,7 @@ use vfio_gate_protocol::{Driver, PciAddress, RuleRef};
 use super::Context;
 use crate::cli::BootConfigArgs;
 use crate::error::{DEFAULT_POLICY, Error, Status};
+use crate::json::{self, PolicyJson, Reserved, Rule};
 use crate::offline::{self, Evaluator, HoldRefusal, Host};
 use crate::render::{Table, guard_label, ids, join_words};
 
@@ -102,8 +103,7 @@ pub fn run(
     let reservations = policy.reservations().len();
     let sha = policy.sha256();
     let doc = BootConfigJson::new(
-        &path,
-        &sha,
+        PolicyJson::new(Some(&path), Some(&sha), policy.sources()),
         &modules_dir,
         &target,
         config.as_ref(),
@@ -124,7 +124,7 @@ fn default_modules_dir() -> PathBuf {
 }
 
 /// A module that would drive a reserved device.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostModule {
     /// The module name, as modprobe knows it.
     pub module: String,
@@ -136,7 +136,7 @@ pub struct HostModule {
 }
 
 /// One device the policy holds from boot, as read from this host.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HeldDevice {
     pub address: PciAddress,
     /// Hex, 4 digits: "8086".
@@ -154,12 +154,11 @@ pub struct HeldDevice {
     pub host_modules: Vec<HostModule>,
     /// Why it is left out of the configuration (the helper would not hold it), if it is.
     pub left_out: Option<String>,
-    #[serde(skip)]
     ids: (u16, u16),
 }
 
 /// A device reservations disagree on: held by none, left out.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Conflict {
     pub address: PciAddress,
     pub reason: String,
@@ -294,14 +293,14 @@ impl Softdep {
 }
 
 /// A built-in host driver module and the devices it would take first.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Builtin {
     pub module: String,
     pub devices: Vec<PciAddress>,
 }
 
 /// Ids one driver claims (`DRIVER.ids=`) and the other devices of this host they catch.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SameIds {
     /// "1234:11e8".
     pub ids: String,
@@ -316,7 +315,7 @@ pub struct SameIds {
 }
 
 /// Ids reserved on both drivers: left out of every `ids=`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MixedIds {
     pub ids: String,
     pub vendor: String,
@@ -691,27 +690,26 @@ pub fn nothing_text(policy: &str, reservations: usize, args: &BootConfigArgs) ->
 /// `boot-config --json`.
 #[derive(Debug, Serialize)]
 pub struct BootConfigJson<'a> {
-    pub policy: &'a str,
-    pub sha256: &'a str,
+    pub policy: PolicyJson,
     pub modules_dir: String,
     /// The modprobe.d file `--write` writes.
     pub path: String,
     /// Every device the policy holds from boot here, with its host driver modules; those left
     /// out have `left_out`.
-    pub devices: &'a [HeldDevice],
+    pub devices: Vec<HeldJson>,
     /// Devices reservations disagree on (held by none).
-    pub conflicts: &'a [Conflict],
+    pub conflicts: Vec<ConflictJson>,
     pub softdep_lines: Vec<String>,
     /// `options DRIVER ids=…`: in `file` only with `--ids`.
     pub options_lines: &'a [String],
     pub ids_in_file: bool,
     pub kernel_parameters: &'a [String],
     /// Host driver modules built into the kernel, and the devices they would take.
-    pub builtin_modules: &'a [Builtin],
+    pub builtin_modules: Vec<BuiltinJson>,
     /// Ids whose `ids=` claims other devices of this host too.
-    pub same_ids: &'a [SameIds],
+    pub same_ids: Vec<SameIdsJson>,
     /// Ids reserved on both drivers, in no `ids=`.
-    pub mixed_ids: &'a [MixedIds],
+    pub mixed_ids: Vec<MixedIdsJson>,
     pub initramfs: Vec<InitramfsJson>,
     pub notes: Vec<String>,
     pub warnings: Vec<String>,
@@ -721,38 +719,182 @@ pub struct BootConfigJson<'a> {
     pub written: Option<String>,
 }
 
+/// A device held from boot, as read from this host.
+#[derive(Debug, Serialize)]
+pub struct HeldJson {
+    pub address: String,
+    pub short: String,
+    pub vendor: String,
+    pub device: String,
+    /// The driver bound to it now.
+    pub driver: Option<String>,
+    /// The driver that holds it and the `[[reserve]]` that says so.
+    pub reserved: Reserved,
+    /// The host drivers that would take it; empty when none is known.
+    pub host_modules: Vec<HostModuleJson>,
+    /// Why it is left out of the configuration (the helper would not hold it), if it is.
+    pub left_out: Option<String>,
+}
+
+/// A module that would drive a reserved device: its name, whether it is built into the kernel,
+/// and how it was found (`bound`: the device's driver now; `alias`: `modules.alias`).
+#[derive(Debug, Serialize)]
+pub struct HostModuleJson {
+    pub module: String,
+    pub builtin: bool,
+    pub source: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ConflictJson {
+    pub address: String,
+    pub short: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BuiltinJson {
+    pub module: String,
+    pub devices: Vec<String>,
+}
+
+/// Ids one driver claims (`DRIVER.ids=`) and the other devices of this host they catch.
+#[derive(Debug, Serialize)]
+pub struct SameIdsJson {
+    /// "1234:11e8".
+    pub ids: String,
+    pub vendor: String,
+    pub device: String,
+    pub driver: &'static str,
+    /// The reserved devices with these ids.
+    pub reserved: Vec<String>,
+    /// The other devices of this host with these ids: `ids=` claims them too.
+    pub others: Vec<String>,
+}
+
+/// Ids reserved on both drivers.
+#[derive(Debug, Serialize)]
+pub struct MixedIdsJson {
+    pub ids: String,
+    pub vendor: String,
+    pub device: String,
+    /// Each device with these ids and the driver that holds it.
+    pub devices: Vec<MixedDeviceJson>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct MixedDeviceJson {
+    pub address: String,
+    pub driver: &'static str,
+}
+
 #[derive(Debug, Serialize)]
 pub struct InitramfsJson {
     pub distributions: &'static str,
     pub command: &'static str,
 }
 
+fn addresses(list: &[PciAddress]) -> Vec<String> {
+    list.iter().copied().map(json::address).collect()
+}
+
 impl<'a> BootConfigJson<'a> {
     fn new(
-        policy: &'a str,
-        sha256: &'a str,
+        policy: PolicyJson,
         modules_dir: &Path,
         target: &Path,
         config: Option<&'a BootConfig>,
         ids: bool,
         written: Option<&Path>,
     ) -> Self {
-        let empty_devices: &[HeldDevice] = &[];
         Self {
             policy,
-            sha256,
             modules_dir: modules_dir.display().to_string(),
             path: target.display().to_string(),
-            devices: config.map_or(empty_devices, |c| &c.found.held),
-            conflicts: config.map_or(&[], |c| &c.found.conflicts),
+            devices: config.map_or_else(Vec::new, |c| {
+                c.found
+                    .held
+                    .iter()
+                    .map(|d| HeldJson {
+                        address: json::address(d.address),
+                        short: d.address.short(),
+                        vendor: d.vendor.clone(),
+                        device: d.device.clone(),
+                        driver: d.current_driver.clone(),
+                        reserved: Reserved {
+                            driver: d.driver.as_str(),
+                            rule: Rule::from(&d.rule),
+                            companion_of: d.companion_of.map(json::address),
+                        },
+                        host_modules: d
+                            .host_modules
+                            .iter()
+                            .map(|m| HostModuleJson {
+                                module: m.module.clone(),
+                                builtin: m.builtin,
+                                source: m.source,
+                            })
+                            .collect(),
+                        left_out: d.left_out.clone(),
+                    })
+                    .collect()
+            }),
+            conflicts: config.map_or_else(Vec::new, |c| {
+                c.found
+                    .conflicts
+                    .iter()
+                    .map(|x| ConflictJson {
+                        address: json::address(x.address),
+                        short: x.address.short(),
+                        reason: x.reason.clone(),
+                    })
+                    .collect()
+            }),
             softdep_lines: config
                 .map_or_else(Vec::new, |c| c.softdeps.iter().map(Softdep::line).collect()),
             options_lines: config.map_or(&[], |c| &c.options_lines),
             ids_in_file: ids && config.is_some_and(|c| !c.options_lines.is_empty()),
             kernel_parameters: config.map_or(&[], |c| &c.kernel_parameters),
-            builtin_modules: config.map_or(&[], |c| &c.builtin),
-            same_ids: config.map_or(&[], |c| &c.same_ids),
-            mixed_ids: config.map_or(&[], |c| &c.mixed_ids),
+            builtin_modules: config.map_or_else(Vec::new, |c| {
+                c.builtin
+                    .iter()
+                    .map(|b| BuiltinJson {
+                        module: b.module.clone(),
+                        devices: addresses(&b.devices),
+                    })
+                    .collect()
+            }),
+            same_ids: config.map_or_else(Vec::new, |c| {
+                c.same_ids
+                    .iter()
+                    .map(|x| SameIdsJson {
+                        ids: x.ids.clone(),
+                        vendor: x.vendor.clone(),
+                        device: x.device.clone(),
+                        driver: x.driver.as_str(),
+                        reserved: addresses(&x.reserved),
+                        others: addresses(&x.others),
+                    })
+                    .collect()
+            }),
+            mixed_ids: config.map_or_else(Vec::new, |c| {
+                c.mixed_ids
+                    .iter()
+                    .map(|x| MixedIdsJson {
+                        ids: x.ids.clone(),
+                        vendor: x.vendor.clone(),
+                        device: x.device.clone(),
+                        devices: x
+                            .devices
+                            .iter()
+                            .map(|(a, d)| MixedDeviceJson {
+                                address: json::address(*a),
+                                driver: d.as_str(),
+                            })
+                            .collect(),
+                    })
+                    .collect()
+            }),
             initramfs: INITRAMFS
                 .iter()
                 .map(|(distributions, command)| InitramfsJson {

@@ -15,9 +15,14 @@ use vfio_gate_protocol::{
     WireError,
 };
 
+use serde::Serialize;
+
 use super::{Context, name_the_holder, unexpected};
 use crate::cli::{ExplainArgs, UserArg};
 use crate::error::{Error, Status};
+use crate::json::{
+    self, GuardJson, HolderJson, MemberJson, PlanJson, PolicyJson, Reserved, Rule, User,
+};
 use crate::localtime;
 use crate::offline::{self, Evaluator, Host};
 use crate::pci_ids::{PciNames, Wanted};
@@ -35,12 +40,143 @@ pub fn run(ctx: &Context<'_>, args: &ExplainArgs, out: &mut impl Write) -> Resul
             (report, source, args.host.etc())
         }
     };
-    ctx.print(out, &report, || {
+    let users = UserNames::load(&etc_root, &explain_uids(&report));
+    ctx.print(out, &ExplainJson::new(&report, &source, &users), || {
         let names = ctx.pci_names(&explain_names(&report));
-        let users = UserNames::load(&etc_root, &explain_uids(&report));
         explain_text(&report, &names, &users, &source)
     })?;
     Ok(Status::Ok)
+}
+
+/// `explain --json`.
+#[derive(Debug, Serialize)]
+pub struct ExplainJson {
+    /// `helper`, or `offline` (`--policy`: computed here, from that policy and this host).
+    pub source: &'static str,
+    pub device: ExplainDeviceJson,
+    /// Whom the answer is for.
+    pub subject: User,
+    /// Per driver, the policy's decision.
+    pub verdicts: Vec<VerdictJson>,
+    /// The built-in guards that refuse the device now, whatever the policy says.
+    pub guards: Vec<GuardJson>,
+    /// What a bind to vfio-pci would do to the group.
+    pub plan: ExplainPlanJson,
+    /// Who holds the device's group; offline always `null` (only the helper knows).
+    pub holder: Option<HolderJson>,
+    pub reserved: Option<Reserved>,
+    /// The policy the answer comes from (the helper names no file: `path` null, `files` empty).
+    pub policy: PolicyJson,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ExplainDeviceJson {
+    pub address: String,
+    pub short: String,
+    pub vendor: String,
+    pub device: String,
+    pub class: String,
+    pub driver: Option<String>,
+    pub iommu_group: Option<u32>,
+}
+
+/// The policy's decision for one driver.
+#[derive(Debug, Serialize)]
+pub struct VerdictJson {
+    pub driver: &'static str,
+    pub allowed: bool,
+    /// No rule matches: denied by default (`rule` is null).
+    pub by_default: bool,
+    /// The deciding rule: the first matching deny, else the first matching allow.
+    pub rule: Option<Rule>,
+    /// Every matching allow rule, in order of consultation.
+    pub allows: Vec<Rule>,
+    /// Every matching deny rule, in order of consultation.
+    pub denies: Vec<Rule>,
+}
+
+/// The group plan of an explanation, tagged by `kind`: `planned` (what a vfio-pci bind would do
+/// to each member, and whether it needs `--group`), `impossible` (no plan works, and why) or
+/// `none` (no plan is made, and why: no IOMMU group, vfio-pci not allowed, a pci-stub question).
+#[derive(Debug, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ExplainPlanJson {
+    Planned {
+        iommu_group: Option<u32>,
+        members: Vec<MemberJson>,
+        needs_group: bool,
+    },
+    Impossible {
+        reason: String,
+    },
+    None {
+        reason: String,
+    },
+}
+
+impl ExplainJson {
+    pub fn new(r: &ExplainReport, source: &Source, users: &UserNames) -> Self {
+        let rules = |list: &[RuleRef]| list.iter().map(Rule::from).collect();
+        let (source_name, policy) = match source {
+            Source::Helper => ("helper", PolicyJson::new(None, Some(&r.policy_sha256), &[])),
+            Source::Offline(files) => (
+                "offline",
+                PolicyJson::new(
+                    files.first().map(|f| f.path.as_str()),
+                    Some(&r.policy_sha256),
+                    files,
+                ),
+            ),
+        };
+        Self {
+            source: source_name,
+            device: ExplainDeviceJson {
+                address: json::address(r.device),
+                short: r.device.short(),
+                vendor: json::id(r.vendor),
+                device: json::id(r.device_id),
+                class: json::class(r.class),
+                driver: r.driver.clone(),
+                iommu_group: r.iommu_group,
+            },
+            subject: User::new(r.uid, users),
+            verdicts: r
+                .verdicts
+                .iter()
+                .map(|v| VerdictJson {
+                    driver: v.driver.as_str(),
+                    allowed: v.allowed,
+                    by_default: v.rule.is_none(),
+                    rule: v.rule.as_ref().map(Rule::from),
+                    allows: rules(&v.allows),
+                    denies: rules(&v.denies),
+                })
+                .collect(),
+            guards: r.guards.iter().map(GuardJson::from).collect(),
+            plan: match &r.plan {
+                Some(Ok(plan)) => {
+                    let PlanJson {
+                        iommu_group,
+                        members,
+                    } = PlanJson::from(plan);
+                    ExplainPlanJson::Planned {
+                        iommu_group,
+                        members,
+                        needs_group: moves_companions(plan, &[r.device]),
+                    }
+                }
+                Some(Err(reason)) => ExplainPlanJson::Impossible {
+                    reason: reason.clone(),
+                },
+                None => ExplainPlanJson::None {
+                    reason: no_plan_reason(r),
+                },
+            },
+            holder: r.holder.as_ref().map(|h| HolderJson::new(h, users)),
+            reserved: r.reserved.as_ref().map(Reserved::from),
+            policy,
+        }
+    }
 }
 
 /// The helper's answer, about the caller or `--user`.
@@ -190,15 +326,15 @@ fn holder_text(h: &Holder, users: &UserNames) -> String {
     )
 }
 
-/// Why there is no plan, when the report has none.
+/// Why there is no plan, when the report has none: "01:00.0 has no IOMMU group".
 fn no_plan_reason(r: &ExplainReport) -> String {
     let short = r.device.short();
     if r.iommu_group.is_none() {
-        return format!("No group plan: {short} has no IOMMU group");
+        return format!("{short} has no IOMMU group");
     }
     match r.verdicts.iter().find(|v| v.driver == Driver::VfioPci) {
-        Some(_) => "No group plan: the policy does not allow vfio-pci".to_owned(),
-        None => "No group plan: a pci-stub bind moves only the device itself".to_owned(),
+        Some(_) => "the policy does not allow vfio-pci".to_owned(),
+        None => "a pci-stub bind moves only the device itself".to_owned(),
     }
 }
 
@@ -289,7 +425,7 @@ pub fn explain_text(
             );
         }
         None => {
-            let _ = writeln!(t, "{}", no_plan_reason(r));
+            let _ = writeln!(t, "No group plan: {}", no_plan_reason(r));
         }
     }
 

@@ -21,6 +21,7 @@ use vfio_gate_protocol::{Request, Response, WireError};
 
 use crate::client::{Client, response_name};
 use crate::error::Error;
+use crate::json::Document;
 use crate::localtime;
 use crate::pci_ids::{PciNames, Wanted};
 use crate::render::write_json;
@@ -37,8 +38,9 @@ pub struct Context<'a> {
 }
 
 impl Context<'_> {
-    /// Prints a command's answer on `out` and flushes it: `json` under `--json`, else the text
-    /// `text` renders (so names are looked up only when they are shown). A write that fails is
+    /// Prints a command's answer on `out` and flushes it: under `--json` the document whose
+    /// fields `json` gives (after `"schema"`, [`crate::json::Document`]), else the text `text`
+    /// renders (so names are looked up only when they are shown). A write that fails is
     /// [`Error::Output`] (a closed stdout then exits quietly).
     pub fn print(
         &self,
@@ -47,7 +49,7 @@ impl Context<'_> {
         text: impl FnOnce() -> String,
     ) -> Result<(), Error> {
         if self.json {
-            write_json(out, json)
+            write_json(out, &Document::new(json))
         } else {
             out.write_all(text().as_bytes())
         }
@@ -79,6 +81,7 @@ fn name_the_holder(err: Error) -> Error {
                 group,
                 uid,
                 user: users.display(uid),
+                name: users.name(uid).map(str::to_owned),
                 since,
                 when: localtime::when(since, localtime::now_unix()),
             }

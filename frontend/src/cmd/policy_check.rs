@@ -13,6 +13,7 @@ use vfio_gate_policy::{Finding, PolicySource, Severity};
 use super::Context;
 use crate::cli::PolicyCheckArgs;
 use crate::error::{Error, Status};
+use crate::json::PolicyJson;
 use crate::offline::{self, Evaluator, Host};
 use crate::render::{count, files_text};
 
@@ -50,14 +51,14 @@ pub fn run(
     let files = policy.as_ref().map_or(&[][..], |p| p.sources());
     let (errors, warnings, notes) = tally(&findings);
     let doc = CheckJson {
-        policy: &path,
+        policy: PolicyJson::new(Some(&path), sha.as_deref(), files),
         loaded: policy.is_some(),
-        sha256: sha.as_deref(),
-        files,
-        findings: &findings,
-        errors,
-        warnings,
-        notes,
+        findings: findings.iter().map(FindingJson::from).collect(),
+        counts: CountsJson {
+            error: errors,
+            warning: warnings,
+            info: notes,
+        },
         exit_code: status.code(),
     };
     ctx.print(out, &doc, || {
@@ -78,23 +79,52 @@ pub fn check_status(findings: &[Finding]) -> Status {
 
 /// `policy check --json`.
 #[derive(Debug, Serialize)]
-pub struct CheckJson<'a> {
-    /// The main policy file checked.
-    pub policy: &'a str,
+pub struct CheckJson {
+    /// The main file checked; its hash and files when it loads (`sha256` null, `files` empty
+    /// when it is refused).
+    pub policy: PolicyJson,
     /// Whether the policy loads (the helper would serve it).
     pub loaded: bool,
-    /// The policy hash, when it loads.
-    pub sha256: Option<&'a str>,
-    /// The files loaded, main file first, each with its own hash.
-    pub files: &'a [PolicySource],
-    /// Every finding, sorted by file and line: severity, file, line (0: the file as a whole),
-    /// rule (or null), message.
-    pub findings: &'a [Finding],
-    pub errors: usize,
-    pub warnings: usize,
-    pub notes: usize,
+    /// Every finding, sorted by file and line.
+    pub findings: Vec<FindingJson>,
+    /// How many findings of each severity.
+    pub counts: CountsJson,
     /// The exit status: 0 clean, 8 warnings, 9 errors.
     pub exit_code: u8,
+}
+
+/// One finding: severity (`error`, `warning` or `info`), file, line (0: the file as a whole),
+/// rule (or null), message.
+#[derive(Debug, Serialize)]
+pub struct FindingJson {
+    pub severity: &'static str,
+    pub file: String,
+    pub line: u32,
+    pub rule: Option<String>,
+    pub message: String,
+}
+
+impl From<&Finding> for FindingJson {
+    fn from(f: &Finding) -> Self {
+        Self {
+            severity: match f.severity {
+                Severity::Error => "error",
+                Severity::Warning => "warning",
+                Severity::Info => "info",
+            },
+            file: f.file.clone(),
+            line: f.line,
+            rule: f.rule.clone(),
+            message: f.message.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct CountsJson {
+    pub error: usize,
+    pub warning: usize,
+    pub info: usize,
 }
 
 /// How many findings of each severity: (errors, warnings, notes).

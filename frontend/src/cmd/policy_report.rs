@@ -11,6 +11,7 @@ use vfio_gate_policy::PolicySource;
 use super::Context;
 use crate::cli::PolicyReportArgs;
 use crate::error::{Error, Status};
+use crate::json::{self, GuardJson, PolicyJson, Rule};
 use crate::offline::{self, Evaluator, Host, PermissionRow};
 use crate::pci_ids::{PciNames, Wanted};
 use crate::render::{Table, count, files_text, guard_label, ids};
@@ -39,10 +40,8 @@ pub fn run(
     let sha = policy.sha256();
     let path = policy_path.display().to_string();
     let doc = ReportJson {
-        policy: &path,
-        sha256: &sha,
-        files: policy.sources(),
-        rows: &rows,
+        policy: PolicyJson::new(Some(&path), Some(&sha), policy.sources()),
+        rows: rows.iter().map(PermissionJson::from).collect(),
     };
     ctx.print(out, &doc, || {
         let mut text = String::new();
@@ -57,12 +56,56 @@ pub fn run(
 
 /// `policy report --json`.
 #[derive(Debug, Serialize)]
-pub struct ReportJson<'a> {
-    pub policy: &'a str,
-    pub sha256: &'a str,
-    pub files: &'a [PolicySource],
+pub struct ReportJson {
+    pub policy: PolicyJson,
     /// One row per (user, device, driver) the policy grants, sorted by user, device, driver.
-    pub rows: &'a [PermissionRow],
+    pub rows: Vec<PermissionJson>,
+}
+
+/// `user` may bind `device` to `driver`, as `rule` grants; unless `guard` refuses the device now.
+#[derive(Debug, Serialize)]
+pub struct PermissionJson {
+    /// The account's name, or `uid N` for a uid a rule names that `/etc/passwd` does not.
+    pub user: String,
+    pub uid: u32,
+    pub device: PermissionDeviceJson,
+    /// The driver it may be bound to.
+    pub driver: &'static str,
+    /// The allow rule the helper would cite.
+    pub rule: Rule,
+    /// A built-in guard that refuses the device now, whatever the policy says; `null` when none.
+    pub guard: Option<GuardJson>,
+    /// Why the guards could not be checked, if they could not; else `null`.
+    pub guard_error: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PermissionDeviceJson {
+    pub address: String,
+    pub short: String,
+    pub vendor: String,
+    pub device: String,
+    pub class: String,
+}
+
+impl From<&PermissionRow> for PermissionJson {
+    fn from(r: &PermissionRow) -> Self {
+        Self {
+            user: r.user.clone(),
+            uid: r.uid,
+            device: PermissionDeviceJson {
+                address: json::address(r.device),
+                short: r.device.short(),
+                vendor: json::id(r.vendor),
+                device: json::id(r.device_id),
+                class: json::class(r.class),
+            },
+            driver: r.driver.as_str(),
+            rule: Rule::from(&r.rule),
+            guard: r.guard.as_ref().map(GuardJson::from),
+            guard_error: r.guard_error.clone(),
+        }
+    }
 }
 
 /// The ids whose names a report shows.

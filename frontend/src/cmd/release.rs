@@ -14,6 +14,7 @@ use vfio_gate_protocol::{
 use super::{Context, name_the_holder, unexpected};
 use crate::cli::ReleaseArgs;
 use crate::error::{Error, Status};
+use crate::json::{self, User};
 use crate::messages;
 use crate::render::group_name;
 use crate::users::{self, ETC_ROOT, UserNames};
@@ -30,17 +31,9 @@ pub fn run(ctx: &Context<'_>, args: &ReleaseArgs, out: &mut impl Write) -> Resul
         other => return Err(unexpected(&request, &other)),
     };
     warn_unrestored(&report);
-    let doc = ReleaseJson {
-        report: &report,
-        restored_as_expected: released_devices(&report)
-            .into_iter()
-            .all(restored_as_expected),
-    };
-    ctx.print(out, &doc, || {
-        let me = users::my_uid();
-        let mut uids = owner_uids(&report);
-        uids.remove(&me);
-        let users = UserNames::load(Path::new(ETC_ROOT), &uids);
+    let me = users::my_uid();
+    let users = UserNames::load(Path::new(ETC_ROOT), &owner_uids(&report));
+    ctx.print(out, &ReleaseJson::new(&report, &users), || {
         release_summary(&report, me, &users, &nothing_released(args, me))
     })?;
     Ok(Status::Ok)
@@ -68,13 +61,63 @@ pub(crate) fn warn_unrestored(report: &ReleaseReport) {
     }
 }
 
-/// What `release --json` prints: the helper's report (`groups`, each with `group`, `owner_uid`
-/// and `devices`) plus whether every device went back to the driver it had before.
+/// `release --json`: each group given back (in group order) with who held it and where each
+/// device went, and whether every device went back to the driver it had before.
 #[derive(Debug, Serialize)]
-pub struct ReleaseJson<'a> {
-    #[serde(flatten)]
-    pub report: &'a ReleaseReport,
+pub struct ReleaseJson {
+    pub groups: Vec<ReleasedGroupJson>,
     pub restored_as_expected: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ReleasedGroupJson {
+    pub iommu_group: Option<u32>,
+    /// Who held it.
+    pub holder: User,
+    /// The devices vfio-gate had moved, in address order.
+    pub devices: Vec<RestoredJson>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RestoredJson {
+    pub address: String,
+    pub short: String,
+    /// The driver it had before the bind.
+    pub expected_driver: Option<String>,
+    /// The driver it is on now.
+    pub restored_driver: Option<String>,
+    pub restored_as_expected: bool,
+}
+
+impl ReleaseJson {
+    pub fn new(r: &ReleaseReport, users: &UserNames) -> Self {
+        let mut groups: Vec<&ReleasedGroup> = r.groups.iter().collect();
+        groups.sort_by_key(|g| g.group);
+        Self {
+            groups: groups
+                .into_iter()
+                .map(|g| {
+                    let mut devices: Vec<&RestoredDevice> = g.devices.iter().collect();
+                    devices.sort_by_key(|d| d.device);
+                    ReleasedGroupJson {
+                        iommu_group: g.group,
+                        holder: User::new(g.owner_uid, users),
+                        devices: devices
+                            .into_iter()
+                            .map(|d| RestoredJson {
+                                address: json::address(d.device),
+                                short: d.device.short(),
+                                expected_driver: d.expected_driver.clone(),
+                                restored_driver: d.restored_driver.clone(),
+                                restored_as_expected: restored_as_expected(d),
+                            })
+                            .collect(),
+                    }
+                })
+                .collect(),
+            restored_as_expected: released_devices(r).into_iter().all(restored_as_expected),
+        }
+    }
 }
 
 /// True when the device went back to the driver it had before the bind.

@@ -197,26 +197,30 @@ fn a_pci_stub_bind_has_no_node() {
 }
 
 #[test]
-fn json_is_the_bind_report() {
+fn json_is_the_plan_with_each_member_s_action() {
     let (_dir, node) = fake_node(0o600);
     let fake = FakeHelper::answering(report(false, Some(&node)));
     let r = run(against(&fake, &["bind", "05:02.0", "--group", "--json"]));
     let v = r.code(0).stderr_empty().json();
+    assert_eq!(v["schema"], 1);
     assert_eq!(v["dry_run"], false);
     assert_eq!(v["vfio_node"], node.as_str());
-    assert_eq!(v["plan"]["group"], 11);
-    let steps = v["plan"]["steps"]
+    assert_eq!(v["plan"]["iommu_group"], 11);
+    let members = v["plan"]["members"]
         .as_array()
-        .unwrap_or_else(|| r.fail("no steps"));
-    assert_eq!(steps.len(), 3);
-    assert_eq!(steps[1]["device"], "0000:05:01.0");
-    assert_eq!(steps[1]["driver"], "e1000");
-    assert_eq!(steps[1]["action"]["Bind"]["driver"], "pci-stub");
-    assert_eq!(steps[1]["action"]["Bind"]["rule"]["line"], 20);
-    assert_eq!(
-        steps[0]["action"]["Keep"]["reason"],
-        "keeps the group viable"
-    );
+        .unwrap_or_else(|| r.fail("no members"));
+    assert_eq!(members.len(), 3);
+    assert_eq!(members[1]["address"], "0000:05:01.0");
+    assert_eq!(members[1]["short"], "05:01.0");
+    assert_eq!(members[1]["vendor"], "8086");
+    assert_eq!(members[1]["device"], "100e");
+    assert_eq!(members[1]["kind"], "endpoint");
+    assert_eq!(members[1]["driver"], "e1000");
+    assert_eq!(members[1]["action"], "bind");
+    assert_eq!(members[1]["to"], "pci-stub");
+    assert_eq!(members[1]["rule"]["line"], 20);
+    assert_eq!(members[0]["action"], "keep");
+    assert_eq!(members[0]["reason"], "keeps the group viable");
     fake.requests();
 }
 
@@ -310,10 +314,9 @@ fn an_adopted_device_stays_where_it_is_and_the_bind_says_nothing_moved() {
     // JSON: the action as the helper sent it.
     let r = run(against(&fake, &["bind", "00:06.0", "--json"]));
     let v = r.code(0).stderr_empty().json();
-    assert_eq!(
-        v["plan"]["steps"][0]["action"]["Adopt"]["driver"],
-        "vfio-pci"
-    );
-    assert_eq!(v["plan"]["steps"][0]["action"]["Adopt"]["rule"]["line"], 12);
+    let member = &v["plan"]["members"][0];
+    assert_eq!(member["action"], "adopt");
+    assert_eq!(member["to"], "vfio-pci");
+    assert_eq!(member["rule"]["line"], 12);
     fake.requests();
 }

@@ -232,8 +232,8 @@ fn json_has_the_lines_the_warnings_and_each_device_s_modules() {
     assert_eq!(
         keys,
         BTreeSet::from([
+            "schema",
             "policy",
-            "sha256",
             "modules_dir",
             "path",
             "devices",
@@ -267,6 +267,9 @@ fn json_has_the_lines_the_warnings_and_each_device_s_modules() {
         ])
     );
     assert_eq!(v["ids_in_file"], true);
+    assert_eq!(v["policy"]["path"], fx.policy().display().to_string());
+    assert_eq!(v["policy"]["sha256"].as_str().map(str::len), Some(64));
+    assert_eq!(v["policy"]["files"][0]["path"], v["policy"]["path"]);
     assert_eq!(
         v["kernel_parameters"],
         serde_json::json!(["vfio-pci.ids=1234:11e8", "pci-stub.ids=8086:100e,8086:10d3"])
@@ -296,16 +299,19 @@ fn json_has_the_lines_the_warnings_and_each_device_s_modules() {
         devices[1],
         serde_json::json!({
             "address": "0000:05:01.0",
+            "short": "05:01.0",
             "vendor": "8086",
             "device": "100e",
-            "driver": "pci-stub",
-            "rule": {
-                "name": "the edu, with its group",
-                "file": fx.policy().display().to_string(),
-                "line": header_line(RESERVE_POLICY, "the edu, with its group"),
+            "driver": "e1000",
+            "reserved": {
+                "driver": "pci-stub",
+                "rule": {
+                    "name": "the edu, with its group",
+                    "file": fx.policy().display().to_string(),
+                    "line": header_line(RESERVE_POLICY, "the edu, with its group"),
+                },
+                "companion_of": "0000:05:02.0",
             },
-            "companion_of": "0000:05:02.0",
-            "current_driver": "e1000",
             "host_modules": [{ "module": "e1000", "builtin": false, "source": "bound" }],
             "left_out": null,
         })
@@ -331,7 +337,8 @@ fn a_device_already_held_is_resolved_through_modules_alias() {
         v["devices"][0]["host_modules"],
         serde_json::json!([{ "module": "e1000e", "builtin": false, "source": "alias" }])
     );
-    assert_eq!(v["devices"][0]["current_driver"], "pci-stub");
+    assert_eq!(v["devices"][0]["driver"], "pci-stub");
+    assert_eq!(v["devices"][0]["reserved"]["driver"], "pci-stub");
     // vfio-pci's own `vfio_pci:` alias is no host driver.
     assert_eq!(v["devices"][2]["host_modules"], serde_json::json!([]));
     assert_eq!(v["file"], expected_file(&fx, false));
@@ -465,6 +472,15 @@ driver  = \"pci-stub\"
     let v = boot_config(&fx, &["--json"]).code(0).json();
     assert_eq!(v["conflicts"][0]["address"], "0000:01:00.0");
     assert_eq!(v["mixed_ids"][0]["ids"], "1234:11e8");
+    let mixed = v["mixed_ids"][0]["devices"]
+        .as_array()
+        .expect("the devices of the mixed ids");
+    assert!(
+        mixed
+            .iter()
+            .all(|d| d["address"].is_string() && d["driver"].is_string()),
+        "{mixed:?}"
+    );
     assert_eq!(v["kernel_parameters"], serde_json::json!([]));
     assert!(v["devices"][0]["left_out"].is_string());
 }

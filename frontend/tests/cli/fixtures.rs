@@ -1,8 +1,8 @@
 //! What several areas share: the fake helper's devices and plans, the offline tests' lab policy.
 
 use vfio_gate_protocol::{
-    BusyReason, DeviceInfo, Driver, Holder, MemberKind, PciAddress, Plan, PlanStep, Response,
-    RuleRef, StepAction, WireError,
+    BusyReason, DeviceInfo, Driver, Holder, MemberKind, PciAddress, Plan, PlanStep, Reservation,
+    Response, RuleRef, StepAction, WireError,
 };
 
 use crate::util::{HostFixture, header_line};
@@ -79,6 +79,98 @@ pub fn devices() -> Vec<DeviceInfo> {
     let odd = dev("0001:00:00.0", 0xabcd, 0x0001, 0x120000, None, None);
     // Out of order on purpose: the table sorts by address.
     vec![edu, odd, nic, nvme]
+}
+
+/// The test guest as the helper lists it for alice (uid 1000) under README's policy: the
+/// 82574L at 01:00.0 and group 11 reserved (the NIC and the e1000 on pci-stub, the edu on
+/// vfio-pci), alice allowed vfio-pci for the NIC and the edu, and holding group 11 through
+/// `vfio-gate run` (the edu taken as it was; the e1000 kept, so not in her lease).
+pub fn guest_list() -> Vec<DeviceInfo> {
+    let reserve = |line| RuleRef {
+        name: if line == 20 {
+            "the lab NIC, parked from boot".into()
+        } else {
+            "group 11, held from boot".into()
+        },
+        file: "/etc/vfio-gate/policy.toml".into(),
+        line,
+    };
+    let dev = |a: &str, vendor, device, class, driver: Option<&str>, group| DeviceInfo {
+        address: addr(a),
+        vendor,
+        device,
+        subsystem_vendor: if vendor == 0x1b36 { 0x1af4 } else { vendor },
+        subsystem_device: 0x1100,
+        class,
+        driver: driver.map(str::to_owned),
+        driver_override: None,
+        iommu_group: group,
+        allowed: vec![],
+        holder: None,
+        reserved: None,
+    };
+    let display = dev(
+        "00:02.0",
+        0x1234,
+        0x1111,
+        0x030000,
+        Some("bochs-drm"),
+        Some(2),
+    );
+    let mut nic = dev(
+        "01:00.0",
+        0x8086,
+        0x10d3,
+        0x020000,
+        Some("pci-stub"),
+        Some(8),
+    );
+    nic.driver_override = Some("pci-stub".into());
+    nic.allowed = vec![Driver::VfioPci];
+    nic.reserved = Some(Reservation {
+        driver: Driver::PciStub,
+        rule: reserve(20),
+        companion_of: None,
+    });
+    let nvme = dev("03:00.0", 0x1b36, 0x0010, 0x010802, Some("nvme"), Some(10));
+    let bridge = dev("04:00.0", 0x1b36, 0x000e, 0x060400, None, Some(11));
+    let mut e1000 = dev(
+        "05:01.0",
+        0x8086,
+        0x100e,
+        0x020000,
+        Some("pci-stub"),
+        Some(11),
+    );
+    e1000.driver_override = Some("pci-stub".into());
+    e1000.reserved = Some(Reservation {
+        driver: Driver::PciStub,
+        rule: reserve(25),
+        companion_of: Some(addr("05:02.0")),
+    });
+    let mut edu = dev(
+        "05:02.0",
+        0x1234,
+        0x11e8,
+        0x00ff00,
+        Some("vfio-pci"),
+        Some(11),
+    );
+    edu.driver_override = Some("vfio-pci".into());
+    edu.allowed = vec![Driver::VfioPci];
+    edu.reserved = Some(Reservation {
+        driver: Driver::VfioPci,
+        rule: reserve(25),
+        companion_of: None,
+    });
+    edu.holder = Some(Holder {
+        uid: 1000,
+        driver: Driver::VfioPci,
+        since: 1_700_000_000,
+        group: Some(11),
+        tied: true,
+    });
+    vec![display, nic, nvme, bridge, e1000, edu]
 }
 
 /// The test guest's IOMMU group 11 as `bind 05:02.0 --group` plans it: the edu device to

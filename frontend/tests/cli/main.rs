@@ -9,6 +9,7 @@ mod bind;
 mod boot_config;
 mod errors;
 mod explain;
+mod json_docs;
 mod list;
 mod policy_check;
 mod policy_report;

@@ -92,11 +92,14 @@ fn warnings_exit_8_with_file_line_and_rule() {
     let r = check(&fx, &["--json"]);
     r.code(8);
     let v = r.json();
+    assert_eq!(v["schema"], 1);
     assert_eq!(v["exit_code"], 8);
     assert_eq!(v["loaded"], true);
-    assert_eq!(v["warnings"], 3);
-    assert_eq!(v["errors"], 0);
-    assert_eq!(v["files"].as_array().map(Vec::len), Some(2));
+    assert_eq!(v["counts"]["warning"], 3);
+    assert_eq!(v["counts"]["error"], 0);
+    assert_eq!(v["policy"]["path"], fx.policy().display().to_string());
+    assert_eq!(v["policy"]["sha256"].as_str().map(str::len), Some(64));
+    assert_eq!(v["policy"]["files"].as_array().map(Vec::len), Some(2));
     let nic = v["findings"]
         .as_array()
         .unwrap()
@@ -184,9 +187,11 @@ fn refused_policies_exit_9_naming_the_file_and_line() {
         .code(9)
         .json();
         assert_eq!(
-            (v["loaded"].clone(), v["errors"].clone()),
+            (v["loaded"].clone(), v["counts"]["error"].clone()),
             (false.into(), 1.into())
         );
+        assert_eq!(v["policy"]["sha256"], serde_json::Value::Null);
+        assert_eq!(v["policy"]["files"], serde_json::json!([]));
         assert_eq!(v["findings"][0]["line"], line);
         assert_eq!(v["findings"][0]["severity"], "error");
     }

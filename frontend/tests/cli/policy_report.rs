@@ -143,10 +143,16 @@ fn json_rows_carry_the_ids_the_rule_and_the_guard() {
     let display = &rows[0];
     assert_eq!(display["user"], "alice");
     assert_eq!(display["uid"], 1000);
-    assert_eq!(display["device"], "0000:00:02.0");
-    assert_eq!(display["vendor"], 0x1234);
-    assert_eq!(display["device_id"], 0x1111);
-    assert_eq!(display["class"], 0x030000);
+    assert_eq!(
+        display["device"],
+        serde_json::json!({
+            "address": "0000:00:02.0",
+            "short": "00:02.0",
+            "vendor": "1234",
+            "device": "1111",
+            "class": "030000",
+        })
+    );
     assert_eq!(display["driver"], "vfio-pci");
     assert_eq!(display["rule"]["name"], "alice: the display");
     assert_eq!(display["rule"]["file"], fx.policy().display().to_string());
@@ -154,10 +160,15 @@ fn json_rows_carry_the_ids_the_rule_and_the_guard() {
         display["rule"]["line"],
         header_line(LAB_POLICY, "alice: the display")
     );
-    assert_eq!(display["guard"]["guard"], "BootVga");
+    assert_eq!(display["guard"]["guard"], "boot_vga");
+    assert!(display["guard"]["reason"].is_string());
     assert!(rows[1]["guard"].is_null());
+    assert!(rows[1]["guard_error"].is_null());
     // Nobody is granted storage: the deny wins over alice's NVMe rule.
-    assert!(rows.iter().all(|r| r["device"] != "0000:03:00.0"));
+    assert!(
+        rows.iter()
+            .all(|r| r["device"]["address"] != "0000:03:00.0")
+    );
     // bob's drop-in fences pci-stub off for him only.
     assert!(
         rows.iter()
@@ -167,9 +178,10 @@ fn json_rows_carry_the_ids_the_rule_and_the_guard() {
         rows.iter()
             .all(|r| !(r["user"] == "bob" && r["driver"] == "pci-stub"))
     );
-    assert_eq!(v["sha256"].as_str().map(str::len), Some(64));
+    assert_eq!(v["policy"]["sha256"].as_str().map(str::len), Some(64));
+    assert_eq!(v["policy"]["path"], fx.policy().display().to_string());
     assert_eq!(
-        v["files"][1]["path"],
+        v["policy"]["files"][1]["path"],
         fx.drop_in_dir().join("50-bob.toml").display().to_string()
     );
 }

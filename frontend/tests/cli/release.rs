@@ -90,7 +90,7 @@ fn all_releases_every_group_of_the_caller_one_line_per_device() {
     let v = r.code(0).stderr_empty().json();
     assert_eq!(
         v,
-        serde_json::json!({"groups": [], "restored_as_expected": true})
+        serde_json::json!({"schema": 1, "groups": [], "restored_as_expected": true})
     );
     assert_eq!(
         fake.requests(),
@@ -210,11 +210,24 @@ fn warns_when_a_host_driver_did_not_come_back() {
     let v = r.code(0).stderr_has("warning").json();
     assert_eq!(v["restored_as_expected"], false);
     let g = &v["groups"][0];
-    assert_eq!(g["group"], 11);
-    assert_eq!(g["owner_uid"], my_uid());
-    assert_eq!(g["devices"][1]["device"], "0000:05:01.0");
-    assert_eq!(g["devices"][1]["expected_driver"], "e1000");
-    assert_eq!(g["devices"][1]["restored_driver"], serde_json::Value::Null);
+    assert_eq!(g["iommu_group"], 11);
+    assert_eq!(g["holder"]["uid"], my_uid());
+    assert_eq!(
+        g["holder"]["user"],
+        serde_json::json!(Some(passwd_name(my_uid())).filter(|n| *n != my_uid().to_string()))
+    );
+    // In address order.
+    assert_eq!(
+        g["devices"][0],
+        serde_json::json!({
+            "address": "0000:05:01.0",
+            "short": "05:01.0",
+            "expected_driver": "e1000",
+            "restored_driver": null,
+            "restored_as_expected": false,
+        })
+    );
+    assert_eq!(g["devices"][1]["restored_as_expected"], true);
     assert_eq!(fake.requests().len(), 2);
 }
 

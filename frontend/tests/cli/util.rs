@@ -328,11 +328,20 @@ impl Run {
             .unwrap_or_else(|e| self.fail(&format!("stdout is not JSON: {e}")))
     }
 
-    /// Asserts the `--json` error object's kind and exit code, and returns it.
+    /// Asserts the `--json` error document's schema, its error object's kind and exit code, and
+    /// that the fields every error has are there; returns the error object.
     #[track_caller]
     pub fn json_error(&self, kind: &str) -> serde_json::Value {
         let v = self.json();
+        if v["schema"] != 1 || v.as_object().map(|o| o.len()) != Some(2) {
+            self.fail("expected {\"schema\": 1, \"error\": {...}}");
+        }
         let e = &v["error"];
+        for field in ["kind", "exit_code", "message", "next_step"] {
+            if e.get(field).is_none() {
+                self.fail(&format!("the JSON error has no {field:?}"));
+            }
+        }
         if e["kind"] != kind || Some(e["exit_code"].as_i64().unwrap_or(-1) as i32) != self.code {
             self.fail(&format!(
                 "expected a JSON error of kind {kind:?} whose exit_code is the exit status"
