@@ -147,9 +147,10 @@ pub fn plan(
         }
         let current = m.driver.as_ref().map_or("no driver", DriverName::as_str);
         match (m.kind, &m.driver) {
-            (MemberKind::Endpoint, None) => {
-                steps.push(keep(m, "a device without a driver does not block the group"))
-            }
+            (MemberKind::Endpoint, None) => steps.push(keep(
+                m,
+                "a device without a driver does not block the group",
+            )),
             (MemberKind::Endpoint, Some(d)) if d.as_str() == "pci-stub" => {
                 steps.push(keep(m, "pci-stub does not block the group"))
             }
