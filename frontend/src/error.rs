@@ -14,6 +14,7 @@
 //! | 7 | protocol version mismatch: the frontend and the helper come from different releases |
 //! | 8 | `policy check`: the policy loads, with warnings a reviewer should look at |
 //! | 9 | the policy is refused (`policy check`, `policy report`, `explain --policy`, `boot-config`): the helper would serve nothing with it |
+//! | 10 | `doctor`: a check failed (each failed check says its fix) |
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -42,7 +43,8 @@ Exit status:
   7  protocol version mismatch: vfio-gate and vfio-gated come from different releases
   8  policy check: the policy loads, with warnings to review
   9  the policy is refused (policy check, policy report, explain --policy, boot-config):
-     the helper would serve nothing with it";
+     the helper would serve nothing with it
+  10  doctor: a check failed (each failed check says its fix)";
 
 /// The policy file the helper reads unless its admin passed `--policy`.
 pub const DEFAULT_POLICY: &str = "/etc/vfio-gate/policy.toml";
@@ -61,10 +63,11 @@ pub enum Status {
     VersionMismatch = 7,
     PolicyWarnings = 8,
     PolicyRefused = 9,
+    CheckFailed = 10,
 }
 
 impl Status {
-    pub const ALL: [Status; 10] = [
+    pub const ALL: [Status; 11] = [
         Status::Ok,
         Status::Failure,
         Status::Usage,
@@ -75,6 +78,7 @@ impl Status {
         Status::VersionMismatch,
         Status::PolicyWarnings,
         Status::PolicyRefused,
+        Status::CheckFailed,
     ];
 
     pub fn code(self) -> u8 {
