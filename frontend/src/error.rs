@@ -565,10 +565,12 @@ fn guard_advice(guard: Guard, device: PciAddress) -> String {
     let addr = device.short();
     match guard {
         Guard::NoIommuGroup => "The IOMMU is off, so the kernel cannot isolate the device. An \
-            admin can turn it on: enable VT-d (Intel) or AMD-Vi/IOMMU (AMD) in the firmware \
-            settings, add intel_iommu=on or amd_iommu=on to the kernel command line \
-            (GRUB_CMDLINE_LINUX in /etc/default/grub, then update-grub), and reboot; \
-            ls /sys/kernel/iommu_groups then lists the groups"
+            admin can turn it on. Intel: enable VT-d in the firmware settings and add \
+            intel_iommu=on to the kernel command line (GRUB_CMDLINE_LINUX in /etc/default/grub, \
+            then update-grub). AMD: enable AMD-Vi (IOMMU) in the firmware settings; no kernel \
+            parameter is needed (amd_iommu=on is not a valid option; iommu=pt is optional). \
+            Then reboot; ls /sys/kernel/iommu_groups then lists the groups, and vfio-gate doctor \
+            checks the rest"
             .to_owned(),
         Guard::BootVga => format!(
             "{addr} is the boot display: the host console and the firmware framebuffer use it, \
@@ -795,7 +797,10 @@ mod tests {
     fn every_guard_is_denied_with_its_own_advice() {
         let addr: PciAddress = "03:00.0".parse().unwrap();
         for (guard, advice) in [
-            (Guard::NoIommuGroup, "intel_iommu=on or amd_iommu=on"),
+            (
+                Guard::NoIommuGroup,
+                "AMD: enable AMD-Vi (IOMMU) in the firmware",
+            ),
             (Guard::BootVga, "Use another GPU"),
             (Guard::HostInUse, "ip link set DEV down"),
             (Guard::NotEndpoint, "Bind the endpoint behind it"),
@@ -820,6 +825,20 @@ mod tests {
             let step = d.next_step.unwrap();
             assert!(step.contains(advice), "{guard:?}: {step}");
         }
+    }
+
+    #[test]
+    fn the_iommu_advice_is_right_for_each_vendor() {
+        let step = guard_advice(Guard::NoIommuGroup, "03:00.0".parse().unwrap());
+        assert!(step.contains("Intel: enable VT-d"), "{step}");
+        assert!(step.contains("add intel_iommu=on"), "{step}");
+        // AMD-Vi is on by default: amd_iommu=on only earns "AMD-Vi: Unknown option - 'on'".
+        assert!(step.contains("AMD: enable AMD-Vi (IOMMU)"), "{step}");
+        assert!(
+            step.contains("amd_iommu=on is not a valid option"),
+            "{step}"
+        );
+        assert_eq!(step.matches("amd_iommu=on").count(), 1, "{step}");
     }
 
     #[test]
