@@ -284,6 +284,11 @@ fn user_parser(value: &str) -> Result<UserArg, String> {
 /// that it outlives CMD and releases the devices cleanly; SIGTERM and SIGHUP sent to vfio-gate
 /// are passed on to CMD. Notes from vfio-gate go to stderr; --json cannot be used with run.
 ///
+/// When CMD is QEMU (qemu-system-*, qemu-kvm) and the devices go to vfio-pci, vfio-gate warns
+/// before starting it if its -m asks for more guest RAM than your memlock limit (ulimit -l) lets
+/// it pin, which QEMU would fail on (VFIO_MAP_DMA failed: Cannot allocate memory); vfio-gate
+/// doctor --memory SIZE gives the fix. It only warns: CMD is started all the same.
+///
 /// Exit status: CMD's; 128+N when CMD was killed by signal N; 127 when CMD was not found, 126
 /// when it could not be started. When the bind fails, the statuses of vfio-gate --help.
 ///
