@@ -24,8 +24,10 @@ pub const QEMU_DEFAULT_RAM: u64 = 128 << 20;
 /// The limits.d file `doctor` names.
 pub const LIMITS_FILE: &str = "/etc/security/limits.d/vfio-gate.conf";
 
-/// The systemd drop-in `doctor` names for `DefaultLimitMEMLOCK=`.
+/// The systemd drop-in `doctor` names for `DefaultLimitMEMLOCK=`, and its directory (which
+/// systemd does not create).
 pub const SYSTEMD_DROP_IN: &str = "/etc/systemd/system.conf.d/vfio-gate.conf";
+const SYSTEMD_DROP_IN_DIR: &str = "/etc/systemd/system.conf.d";
 
 const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
@@ -176,8 +178,9 @@ pub fn fix(need: u64, who: &str, limit: &Limit) -> String {
         "for login sessions, echo '{who} - memlock {kib}' > {LIMITS_FILE} (KiB; pam_limits \
          applies it at the next login: log out and in again); for a VM started by a systemd unit, \
          LimitMEMLOCK={sd} in the unit's [Service] section (systemctl edit UNIT); for every unit \
-         and every user's systemd instance, printf '[Manager]\\nDefaultLimitMEMLOCK={sd}\\n' > \
-         {SYSTEMD_DROP_IN}, then systemctl daemon-reexec. docs/memlock.md says which applies \
+         and every user's systemd instance, mkdir -p {SYSTEMD_DROP_IN_DIR} && printf \
+         '[Manager]\\nDefaultLimitMEMLOCK={sd}\\n' > {SYSTEMD_DROP_IN}, then systemctl \
+         daemon-reexec. docs/memlock.md says which applies \
          where"
     ));
     fix
@@ -384,7 +387,8 @@ mod tests {
         );
         assert!(
             f.contains(
-                "printf '[Manager]\\nDefaultLimitMEMLOCK=2G\\n' > \
+                "mkdir -p /etc/systemd/system.conf.d && printf \
+                 '[Manager]\\nDefaultLimitMEMLOCK=2G\\n' > \
                  /etc/systemd/system.conf.d/vfio-gate.conf, then systemctl daemon-reexec"
             ),
             "{f}"
