@@ -70,6 +70,7 @@ pub enum Command {
     Run(RunArgs),
     Explain(ExplainArgs),
     BootConfig(BootConfigArgs),
+    Doctor(DoctorArgs),
     /// Check a policy file, or report the permissions it grants on this host (offline).
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -321,6 +322,11 @@ fn user_parser(value: &str) -> Result<UserArg, String> {
 /// that it outlives CMD and releases the devices cleanly; SIGTERM and SIGHUP sent to vfio-gate
 /// are passed on to CMD. Notes from vfio-gate go to stderr; --json cannot be used with run.
 ///
+/// When CMD is QEMU (qemu-system-*, qemu-kvm) and the devices go to vfio-pci, vfio-gate warns
+/// before starting it if its -m asks for more guest RAM than your memlock limit (ulimit -l) lets
+/// it pin, which QEMU would fail on (VFIO_MAP_DMA failed: Cannot allocate memory); vfio-gate
+/// doctor --memory SIZE gives the fix. It only warns: CMD is started all the same.
+///
 /// Exit status: CMD's; 128+N when CMD was killed by signal N; 127 when CMD was not found, 126
 /// when it could not be started. When the bind fails, the statuses of vfio-gate --help.
 ///
@@ -564,6 +570,45 @@ pub struct BootConfigArgs {
 
     #[command(flatten)]
     pub host: HostArgs,
+}
+
+/// Check this host for what vfio-gate and a VM with a device need, and say how to fix the rest.
+///
+/// Works without the helper: it reads /sys, /proc, /dev and /etc (nothing it reads needs
+/// privilege, and nothing is written), then asks the helper, if it answers, what the policy
+/// grants you. One line per check, ok, warn or fail, with what was found, and the fix on the line
+/// below: the kernel and its viability rule; the IOMMU (its groups, the firmware's DMAR or IVRS
+/// table, the kernel parameter for the CPU's vendor: intel_iommu=on on Intel, none on AMD, whose
+/// IOMMU is on by default); interrupt remapping (and allow_unsafe_interrupts); an ACS override on
+/// the command line; the vfio, vfio_pci and pci_stub modules and whether they load at boot;
+/// /dev/vfio/vfio and its mode; the policy; landlock against the policy's sandbox_floor; the
+/// socket and its unit; the helper and its protocol version; the devices the policy lets you
+/// bind; your memlock limit (RLIMIT_MEMLOCK), against --memory SIZE when given, with the exact
+/// limits.d and systemd lines that raise it.
+///
+/// Exit status 0 when no check fails (warnings alone too), 10 when one does.
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Your guest's RAM, to check your memlock limit against (VFIO pins all of it): 64M, 8G,
+    /// 2048 (MiB), as QEMU's -m takes it.
+    #[arg(long, value_name = "SIZE", value_parser = crate::memlock::memory_arg)]
+    pub memory: Option<u64>,
+
+    /// The policy file whose settings (sandbox_floor) are checked; drop-ins from policy.d
+    /// beside it.
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_POLICY)]
+    pub policy: PathBuf,
+
+    #[command(flatten)]
+    pub host: HostArgs,
+
+    /// Read procfs from this tree instead of /proc (tests).
+    #[arg(long, value_name = "DIR", hide = true)]
+    pub proc_root: Option<PathBuf>,
+
+    /// Read /dev from this tree instead of /dev (tests).
+    #[arg(long, value_name = "DIR", hide = true)]
+    pub dev_root: Option<PathBuf>,
 }
 
 /// `word` as a shell would need it: as it is when it holds only safe characters, else in single

@@ -14,6 +14,7 @@
 //! | 7 | protocol version mismatch: the frontend and the helper come from different releases |
 //! | 8 | `policy check`: the policy loads, with warnings a reviewer should look at |
 //! | 9 | the policy is refused (`policy check`, `policy report`, `explain --policy`, `boot-config`): the helper would serve nothing with it |
+//! | 10 | `doctor`: a check failed (each failed check says its fix) |
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -42,7 +43,8 @@ Exit status:
   7  protocol version mismatch: vfio-gate and vfio-gated come from different releases
   8  policy check: the policy loads, with warnings to review
   9  the policy is refused (policy check, policy report, explain --policy, boot-config):
-     the helper would serve nothing with it";
+     the helper would serve nothing with it
+  10  doctor: a check failed (each failed check says its fix)";
 
 /// The policy file the helper reads unless its admin passed `--policy`.
 pub const DEFAULT_POLICY: &str = "/etc/vfio-gate/policy.toml";
@@ -61,10 +63,11 @@ pub enum Status {
     VersionMismatch = 7,
     PolicyWarnings = 8,
     PolicyRefused = 9,
+    CheckFailed = 10,
 }
 
 impl Status {
-    pub const ALL: [Status; 10] = [
+    pub const ALL: [Status; 11] = [
         Status::Ok,
         Status::Failure,
         Status::Usage,
@@ -75,6 +78,7 @@ impl Status {
         Status::VersionMismatch,
         Status::PolicyWarnings,
         Status::PolicyRefused,
+        Status::CheckFailed,
     ];
 
     pub fn code(self) -> u8 {
@@ -583,10 +587,12 @@ fn guard_advice(guard: Guard, device: PciAddress) -> String {
     let addr = device.short();
     match guard {
         Guard::NoIommuGroup => "The IOMMU is off, so the kernel cannot isolate the device. An \
-            admin can turn it on: enable VT-d (Intel) or AMD-Vi/IOMMU (AMD) in the firmware \
-            settings, add intel_iommu=on or amd_iommu=on to the kernel command line \
-            (GRUB_CMDLINE_LINUX in /etc/default/grub, then update-grub), and reboot; \
-            ls /sys/kernel/iommu_groups then lists the groups"
+            admin can turn it on. Intel: enable VT-d in the firmware settings and add \
+            intel_iommu=on to the kernel command line (GRUB_CMDLINE_LINUX in /etc/default/grub, \
+            then update-grub). AMD: enable AMD-Vi (IOMMU) in the firmware settings; no kernel \
+            parameter is needed (amd_iommu=on is not a valid option; iommu=pt is optional). \
+            Then reboot; ls /sys/kernel/iommu_groups then lists the groups, and vfio-gate doctor \
+            checks the rest"
             .to_owned(),
         Guard::BootVga => format!(
             "{addr} is the boot display: the host console and the firmware framebuffer use it, \
@@ -813,7 +819,10 @@ mod tests {
     fn every_guard_is_denied_with_its_own_advice() {
         let addr: PciAddress = "03:00.0".parse().unwrap();
         for (guard, advice) in [
-            (Guard::NoIommuGroup, "intel_iommu=on or amd_iommu=on"),
+            (
+                Guard::NoIommuGroup,
+                "AMD: enable AMD-Vi (IOMMU) in the firmware",
+            ),
             (Guard::BootVga, "Use another GPU"),
             (Guard::HostInUse, "ip link set DEV down"),
             (Guard::NotEndpoint, "Bind the endpoint behind it"),
@@ -838,6 +847,20 @@ mod tests {
             let step = d.next_step.unwrap();
             assert!(step.contains(advice), "{guard:?}: {step}");
         }
+    }
+
+    #[test]
+    fn the_iommu_advice_is_right_for_each_vendor() {
+        let step = guard_advice(Guard::NoIommuGroup, "03:00.0".parse().unwrap());
+        assert!(step.contains("Intel: enable VT-d"), "{step}");
+        assert!(step.contains("add intel_iommu=on"), "{step}");
+        // AMD-Vi is on by default: amd_iommu=on only earns "AMD-Vi: Unknown option - 'on'".
+        assert!(step.contains("AMD: enable AMD-Vi (IOMMU)"), "{step}");
+        assert!(
+            step.contains("amd_iommu=on is not a valid option"),
+            "{step}"
+        );
+        assert_eq!(step.matches("amd_iommu=on").count(), 1, "{step}");
     }
 
     #[test]

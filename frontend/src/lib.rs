@@ -33,6 +33,11 @@
 //!   the helper's own crates (`vfio-gate-policy`, `vfio-gate-host`), so their answers are the
 //!   helper's. They load the policy with the helper's checks (root-owned, not group/world-
 //!   writable, no symlinks), so a policy they accept is one the helper accepts.
+//! - `doctor` reads, as the caller, what a VM with a device depends on: sysfs and procfs (the
+//!   IOMMU, interrupt remapping, modules, LSMs, the kernel's command line), `/dev/vfio/vfio`,
+//!   `modules-load.d` and the socket unit's files, the policy, the caller's memlock limit, and
+//!   asks the running kernel for its landlock ABI (a query that creates nothing) and the helper
+//!   for a list. It writes nothing.
 //! - Identity is not part of any request; the helper takes it from the kernel.
 //! - Every failure maps to one [`Status`](error::Status) (the exit code) and, where there is one,
 //!   a next step the user can take, both from [`Error::details`](error::Error::details), which
@@ -46,7 +51,7 @@
 //! |---|---|
 //! | `main.rs` | parse, run one subcommand, map the outcome to an exit status |
 //! | [`cli`] | the clap argument structs; their doc comments are the help text |
-//! | [`cmd`] | a module per subcommand (`list`, `bind`, `release`, `run`, `explain`, `policy_check`, `policy_report`, `boot_config`): its request, its text and its JSON view; the [`Context`](cmd::Context) they share |
+//! | [`cmd`] | a module per subcommand (`list`, `bind`, `release`, `run`, `explain`, `policy_check`, `policy_report`, `boot_config`, `doctor`): its request, its text and its JSON view; the [`Context`](cmd::Context) they share |
 //! | [`render`] | what their output shares: tables, the group plan, words for groups, guards, ids and policy files, the JSON writer |
 //! | [`json`] | the `--json` API: the `schema` version, the views the commands' documents share (devices, rules, plans, holders, the policy) and the error object |
 //! | [`error`] | what can fail; per failure one [`ErrorDetails`](error::ErrorDetails): exit status, kind, next step and facts |
@@ -58,6 +63,7 @@
 //! | [`pci_ids`] | vendor, device and class names from the PCI ID database |
 //! | [`users`] | user names and uids, with the policy crate's reader of `/etc/passwd` |
 //! | [`localtime`] | "since 17:02" |
+//! | [`memlock`] | RLIMIT_MEMLOCK against a guest's RAM: sizes, QEMU's `-m`, the exact fix (`doctor`, `run`) |
 
 #![deny(unsafe_code)]
 
@@ -67,6 +73,7 @@ pub mod cmd;
 pub mod error;
 pub mod json;
 pub mod localtime;
+pub mod memlock;
 pub mod messages;
 pub mod offline;
 pub mod pci_ids;

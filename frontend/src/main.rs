@@ -38,6 +38,7 @@ fn run(cli: &Cli) -> Result<ExitCode, Error> {
         Command::Release(args) => cmd::release::run(&ctx, args, &mut out)?,
         Command::Explain(args) => cmd::explain::run(&ctx, args, &mut out)?,
         Command::BootConfig(args) => cmd::boot_config::run(&ctx, args, &mut out)?,
+        Command::Doctor(args) => cmd::doctor::run(&ctx, args, &mut out)?,
         Command::Policy(PolicyCommand::Check(args)) => {
             cmd::policy_check::run(&ctx, args, &mut out)?
         }

@@ -9,6 +9,8 @@
 //! - What `vfio-gate run`'s command starts with ([`start_with`]): code that runs in the child
 //!   between `fork` and `exec`.
 //! - The local time ([`localtime`]): `localtime_r(3)`, which nix does not wrap.
+//! - The running kernel's landlock ABI ([`landlock_abi`]): `landlock_create_ruleset(2)` with its
+//!   version flag, for `vfio-gate doctor`; libc has only the raw system call.
 
 #![allow(unsafe_code)]
 
@@ -131,4 +133,32 @@ pub fn localtime(t: libc::time_t) -> Option<libc::tm> {
     // `localtime_r` writes only to `tm` and is the thread-safe variant.
     let result = unsafe { libc::localtime_r(&t, &mut tm) };
     (!result.is_null()).then_some(tm)
+}
+
+/// `landlock_create_ruleset(2)`'s flag that asks for the highest landlock ABI the running kernel
+/// supports instead of creating a ruleset (`LANDLOCK_CREATE_RULESET_VERSION`, which libc does not
+/// define).
+const LANDLOCK_CREATE_RULESET_VERSION: libc::c_uint = 1;
+
+/// The running kernel's landlock ABI version (1, 2, …), or the errno that says why there is none:
+/// `ENOSYS` (not built in), `EOPNOTSUPP` (built in, not enabled at boot). Creates nothing and
+/// restricts nothing: the `landlock` crate asks the same question only on its way to sandboxing
+/// the caller, which `vfio-gate doctor` must not be.
+pub fn landlock_abi() -> Result<i32, Errno> {
+    // SAFETY: with LANDLOCK_CREATE_RULESET_VERSION the kernel requires a null attribute pointer
+    // and a zero size, reads and writes no memory of ours, and returns the ABI version or -1 with
+    // errno; no descriptor is created.
+    let v = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<libc::c_void>(),
+            0usize,
+            LANDLOCK_CREATE_RULESET_VERSION,
+        )
+    };
+    if v < 0 {
+        Err(Errno::last())
+    } else {
+        Ok(i32::try_from(v).unwrap_or(i32::MAX))
+    }
 }

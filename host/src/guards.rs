@@ -52,7 +52,7 @@ pub fn check(
         return refuse(
             Guard::NoIommuGroup,
             format!(
-                "{short} has no IOMMU group: the IOMMU is off. An admin can enable it (VT-d or AMD-Vi in the firmware, intel_iommu=on or amd_iommu=on on the kernel command line) and reboot"
+                "{short} has no IOMMU group: the IOMMU is off. An admin can turn it on: on Intel, VT-d in the firmware and intel_iommu=on on the kernel command line; on AMD, AMD-Vi (IOMMU) in the firmware, with no kernel parameter (amd_iommu=on is not a valid option); then reboot. vfio-gate doctor checks it"
             ),
         );
     }

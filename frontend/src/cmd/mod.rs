@@ -5,6 +5,7 @@
 
 pub mod bind;
 pub mod boot_config;
+pub mod doctor;
 pub mod explain;
 pub mod list;
 pub mod policy_check;

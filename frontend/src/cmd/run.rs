@@ -3,7 +3,7 @@
 //! exit with the command's status. Its notes go to stderr; stdout is the command's.
 
 use vfio_gate_protocol::{
-    BindReport, PciAddress, ReleaseReport, ReleaseTarget, Request, Response, StepAction,
+    BindReport, Driver, PciAddress, ReleaseReport, ReleaseTarget, Request, Response, StepAction,
 };
 
 use super::bind::{check_node, needs_group};
@@ -11,6 +11,7 @@ use super::release::warn_unrestored;
 use super::{Context, name_the_holder, unexpected};
 use crate::cli::RunArgs;
 use crate::error::Error;
+use crate::memlock;
 use crate::messages;
 use crate::render::{group_name, join_words};
 use crate::supervise::{self, Outcome, Supervisor};
@@ -41,6 +42,9 @@ pub fn run(ctx: &Context<'_>, args: &RunArgs) -> Result<u8, Error> {
     let mut supervisor = Supervisor::install().map_err(Error::Signals)?;
     let program = args.program_name();
     messages::note(&run_note(&report, &devices, &program));
+    if let Some(warning) = memlock_warning(args) {
+        messages::warn(&warning);
+    }
     let primary = devices[0];
     let finished = supervisor.run(&args.command, conn.stream(), || {
         messages::warn(&format!(
@@ -91,6 +95,16 @@ pub fn run(ctx: &Context<'_>, args: &RunArgs) -> Result<u8, Error> {
     drop(conn);
     drop(supervisor);
     Ok(code)
+}
+
+/// A warning before QEMU starts with devices on vfio-pci when its `-m` asks for more guest RAM
+/// than the memlock limit lets it pin (`crate::memlock::run_warning`). Only a warning: the limit
+/// may be raised by the command itself, or the devices may not be used for DMA.
+fn memlock_warning(args: &RunArgs) -> Option<String> {
+    if args.driver != Driver::VfioPci {
+        return None;
+    }
+    memlock::run_warning(&args.command, &memlock::Limit::current().ok()?)
 }
 
 /// The note `vfio-gate run` prints before it starts the command: "05:02.0 is on vfio-pci

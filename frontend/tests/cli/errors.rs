@@ -426,7 +426,7 @@ fn a_guard_refusal_says_why_and_what_an_admin_can_do() {
         (
             Guard::NoIommuGroup,
             "03:00.0 has no IOMMU group",
-            "intel_iommu=on or amd_iommu=on",
+            "add intel_iommu=on to the kernel command line",
         ),
         (
             Guard::BootVga,

@@ -7,6 +7,7 @@ mod util;
 
 mod bind;
 mod boot_config;
+mod doctor;
 mod errors;
 mod explain;
 mod json_docs;

@@ -574,3 +574,122 @@ fn a_sigkilled_vfio_gate_closes_the_connection_though_the_command_lives_on() {
     assert!(still_running);
     assert_eq!(fake.requests(), vec![hold_bind_plain()]);
 }
+
+/// A stand-in for QEMU in a temporary directory: `qemu-system-x86_64`, a script that records
+/// its arguments in `args` beside it and exits 0.
+fn fake_qemu(dir: &Path) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let qemu = dir.join("qemu-system-x86_64");
+    std::fs::write(
+        &qemu,
+        "#!/bin/sh\nprintf '%s\\n' \"$@\" > \"$(dirname \"$0\")/args\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&qemu, std::fs::Permissions::from_mode(0o755)).unwrap();
+    qemu
+}
+
+/// `vfio-gate run --device 05:02.0 RUN_ARGS -- QEMU QEMU_ARGS` under `ulimit -l 8192` (8 MiB,
+/// the kernel's default), against a fake helper that binds and releases.
+fn run_qemu(run_args: &[&str], qemu: &Path, qemu_args: &[&str]) -> (crate::util::Run, FakeHelper) {
+    let fake = FakeHelper::start(vec![Reply::Session(Session::new(
+        vec![bound(None), released()],
+        None,
+    ))]);
+    let mut cmd = std::process::Command::new("sh");
+    cmd.arg("-c")
+        .arg("ulimit -l 8192 && exec \"$@\"")
+        .arg("sh")
+        .arg(env!("CARGO_BIN_EXE_vfio-gate"))
+        .arg("--socket")
+        .arg(fake.socket())
+        .args(["run", "--device", "05:02.0"])
+        .args(run_args)
+        .arg("--")
+        .arg(qemu)
+        .args(qemu_args)
+        .env_remove("VFIO_GATE_SOCKET")
+        .stdin(Stdio::null());
+    (run(cmd), fake)
+}
+
+#[test]
+fn qemu_asking_for_more_ram_than_memlock_allows_gets_a_warning_and_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let qemu = fake_qemu(dir.path());
+    let (r, fake) = run_qemu(
+        &[],
+        &qemu,
+        &[
+            "-M",
+            "q35",
+            "-m",
+            "1G",
+            "-device",
+            "vfio-pci,host=0000:05:02.0",
+        ],
+    );
+    r.code(0);
+    assert_eq!(
+        r.stderr,
+        "vfio-gate: 05:02.0 is on vfio-pci and 05:01.0 on pci-stub while qemu-system-x86_64 runs\n\
+         vfio-gate: warning: qemu-system-x86_64 asks for 1 GiB of guest RAM (-m 1G), which VFIO \
+         pins, but your memlock limit (ulimit -l) is 8 MiB: the VM will fail to map its memory \
+         for the device (VFIO_MAP_DMA failed: Cannot allocate memory). To give it the RAM and \
+         libvirt's 1 GiB margin, an admin must raise it to 2 GiB (2097152 KiB) for you; \
+         vfio-gate doctor --memory 1G gives the exact fix\n\
+         vfio-gate: released IOMMU group 11\n",
+        "{r:#?}"
+    );
+    // Started all the same, with its arguments.
+    let args = std::fs::read_to_string(dir.path().join("args")).unwrap();
+    assert_eq!(
+        args,
+        "-M\nq35\n-m\n1G\n-device\nvfio-pci,host=0000:05:02.0\n"
+    );
+    fake.requests();
+    // The other forms of -m, and memory backends.
+    for (qemu_args, said) in [
+        (
+            &["-m", "size=2G,maxmem=4G"][..],
+            "2 GiB of guest RAM (-m size=2G,maxmem=4G)",
+        ),
+        (&["--m", "512"][..], "512 MiB of guest RAM (--m 512)"),
+        (
+            &[
+                "-object",
+                "memory-backend-memfd,id=m,size=1073741824",
+                "-machine",
+                "memory-backend=m",
+            ][..],
+            "1 GiB of guest RAM (its memory-backend object)",
+        ),
+        (&[][..], "128 MiB of guest RAM (QEMU's default, without -m)"),
+    ] {
+        let (r, fake) = run_qemu(&[], &qemu, qemu_args);
+        r.code(0).stderr_has(said);
+        fake.requests();
+    }
+}
+
+#[test]
+fn no_memlock_warning_within_the_limit_for_pci_stub_or_other_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let qemu = fake_qemu(dir.path());
+    let (r, fake) = run_qemu(&[], &qemu, &["-m", "4M"]);
+    r.code(0);
+    assert!(!r.stderr.contains("warning"), "{r:#?}");
+    fake.requests();
+    // pci-stub pins nothing.
+    let (r, fake) = run_qemu(&["--to", "pci-stub"], &qemu, &["-m", "1G"]);
+    r.code(0);
+    assert!(!r.stderr.contains("warning"), "{r:#?}");
+    fake.requests();
+    // Not QEMU: its -m means something else.
+    let sh = dir.path().join("run-my-vm");
+    std::fs::copy(&qemu, &sh).unwrap();
+    let (r, fake) = run_qemu(&[], &sh, &["-m", "1G"]);
+    r.code(0);
+    assert!(!r.stderr.contains("warning"), "{r:#?}");
+    fake.requests();
+}
